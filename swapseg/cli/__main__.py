@@ -1,0 +1,5 @@
+import sys
+
+from swapseg.cli import main
+
+sys.exit(main())
