@@ -1,0 +1,175 @@
+"""Device profiles for the simulator: memory, compute and link speeds, with sources.
+
+Figures are vendor peak numbers; ``*_efficiency`` turns them into what a 3D U-Net step
+achieves (assumptions, stated per profile). ``local`` is measured on this machine: compute
+throughput from the model's own conv layers run forward and backward at a small shape,
+memory bandwidth from a large element-wise op, copy bandwidth from copies into a reused
+buffer (host tier) or a file (disk tier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from swapseg.errors import InputError
+
+__all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local"]
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    """Profile name, e.g. ``p100-nvlink``."""
+    memory_bytes: int
+    """Device memory."""
+    flops_per_s: float
+    """Achieved fp32 FLOP/s of conv-like ops (peak x efficiency)."""
+    mem_bytes_per_s: float
+    """Achieved device-memory bandwidth, which bounds element-wise ops and norms."""
+    d2h_bytes_per_s: float
+    """Achieved copy bandwidth device -> host (swap-out)."""
+    h2d_bytes_per_s: float
+    """Achieved copy bandwidth host -> device (swap-in)."""
+    op_overhead_s: float = 10e-6
+    """Fixed cost per op (kernel launch, dispatcher)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each figure comes from."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def op_seconds(self, flops: float, io_bytes: int) -> float:
+        return max(flops / self.flops_per_s, io_bytes / self.mem_bytes_per_s) + self.op_overhead_s
+
+
+_GPU_EFF = ("Assumed efficiencies: 50% of peak FLOP/s for cuDNN 3D convolutions, 70% of peak "
+            "memory bandwidth, 80% of the link's per-direction bandwidth for pinned copies.")
+
+
+def _gpu(name: str, mem_gb: float, tflops: float, hbm_gbs: float, link_gbs: float,
+         sources: dict[str, str]) -> DeviceProfile:
+    return DeviceProfile(
+        name=name, memory_bytes=int(mem_gb * 2**30), flops_per_s=0.5 * tflops * 1e12,
+        mem_bytes_per_s=0.7 * hbm_gbs * GB, d2h_bytes_per_s=0.8 * link_gbs * GB,
+        h2d_bytes_per_s=0.8 * link_gbs * GB, op_overhead_s=10e-6,
+        sources={**sources, "efficiency": _GPU_EFF})
+
+
+PROFILES: dict[str, DeviceProfile] = {
+    "p100-nvlink": _gpu("p100-nvlink", 16, 10.6, 732, 40, {
+        "memory, FLOP/s, HBM2": "NVIDIA Tesla P100 datasheet (SXM2/NVLink module: 16 GB, "
+                                "10.6 TFLOP/s fp32, 732 GB/s); the PCIe card is 9.3 TFLOP/s",
+        "link": "Imai et al. 2019 and IBM S822LC (Minsky) redbook: NVLink 1.0 CPU-GPU, "
+                "2 links x 20 GB/s = 40 GB/s each way (80 GB/s bidirectional)"}),
+    "v100-pcie3": _gpu("v100-pcie3", 16, 14.0, 900, 15.75, {
+        "memory, FLOP/s, HBM2": "NVIDIA V100 PCIe datasheet: 16 GB, 14 TFLOP/s fp32, 900 GB/s",
+        "link": "PCIe 3.0 x16: 15.75 GB/s each way (PCI-SIG spec)"}),
+    "a100-pcie4": _gpu("a100-pcie4", 40, 19.5, 1555, 31.5, {
+        "memory, FLOP/s, HBM2": "NVIDIA A100 datasheet (PCIe 40 GB): 19.5 TFLOP/s fp32 "
+                                "(non-tensor-core), 1,555 GB/s",
+        "link": "PCIe 4.0 x16: 31.5 GB/s each way (PCI-SIG spec)"}),
+    "h100-pcie5": _gpu("h100-pcie5", 80, 51.0, 2000, 63.0, {
+        "memory, FLOP/s, HBM": "NVIDIA H100 datasheet (PCIe 80 GB): 51 TFLOP/s fp32, 2.0 TB/s",
+        "link": "PCIe 5.0 x16: 63 GB/s each way (PCI-SIG spec)"}),
+    "h200": _gpu("h200", 141, 67.0, 4800, 63.0, {
+        "memory, FLOP/s, HBM3e": "NVIDIA H200 datasheet (SXM): 141 GB, 67 TFLOP/s fp32, "
+                                 "4.8 TB/s",
+        "link": "host link PCIe 5.0 x16: 63 GB/s each way (H200 SXM boards reach the CPU "
+                "over PCIe 5.0)"}),
+}
+
+
+def get_profile(name: str, model: nn.Module | None = None, tier: str = "host") -> DeviceProfile:
+    """A named profile; ``local`` is measured now (needs ``model`` for its conv layers)."""
+    if name == "local":
+        if model is None:
+            raise InputError("the local device profile is measured on the model; pass it")
+        return measure_local(model, tier=tier)
+    if name not in PROFILES:
+        raise InputError(f"unknown device {name!r}; choose one of "
+                         f"{', '.join([*PROFILES, 'local'])}")
+    return PROFILES[name]
+
+
+def _median_time(fn: Any, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _conv_rate(model: nn.Module, side: int) -> float:
+    """FLOP/s of the model's distinct 3x3x3 convs, forward + backward, at ``side``^3."""
+    seen = set()
+    flops = secs = 0.0
+    for m in model.modules():
+        if not isinstance(m, nn.Conv3d) or m.kernel_size != (3, 3, 3):
+            continue
+        key = (m.in_channels, m.out_channels, m.stride)
+        if key in seen:
+            continue
+        seen.add(key)
+        conv = nn.Conv3d(m.in_channels, m.out_channels, 3, stride=m.stride, padding=1)
+        x = torch.randn(1, m.in_channels, side, side, side, requires_grad=True)
+        out_vox = (side // m.stride[0]) ** 3
+        # 2 FLOPs per MAC; backward costs twice forward (grad input + grad weight)
+        f = 3 * 2 * m.in_channels * m.out_channels * 27 * out_vox
+
+        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
+            conv(x).sum().backward()
+        secs += _median_time(run)
+        flops += f
+    return flops / secs if secs else 1e10
+
+
+def _mem_rate(nbytes: int) -> float:
+    x = torch.randn(nbytes // 4)
+    t = _median_time(lambda: torch.nn.functional.leaky_relu(x, 0.01))
+    return 2 * nbytes / t  # read + write
+
+
+def _copy_rate(nbytes: int, tier: str) -> float:
+    src = torch.randn(nbytes // 4)
+    if tier == "disk":
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "probe.bin")
+
+            def run() -> None:
+                src.numpy().tofile(path)
+                torch.from_numpy(__import__("numpy").fromfile(path, dtype="float32"))
+            return 2 * nbytes / _median_time(run)  # write and read back
+    dst = torch.empty_like(src)
+    return nbytes / _median_time(lambda: dst.copy_(src))
+
+
+def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
+                  probe_bytes: int = 64 * 2**20) -> DeviceProfile:
+    """Measure this machine (a CPU run: 'device' memory is host memory)."""
+    with torch.no_grad():
+        overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
+        mem = _mem_rate(probe_bytes)
+        copy = _copy_rate(probe_bytes, tier)
+    flops = _conv_rate(model, side)
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} with {torch.get_num_threads()} threads"
+    return DeviceProfile(
+        name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
+        d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
+        sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd, "
+                                f"at {side}^3",
+                 "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
+                 "copy": f"{how}: {tier} tier copy of {probe_bytes >> 20} MiB",
+                 "memory_bytes": "physical memory (sysconf)"})

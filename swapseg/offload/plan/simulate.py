@@ -1,0 +1,259 @@
+"""Simulate one training step on a device profile: compute lane, two copy lanes, memory.
+
+Input: a :class:`~swapseg.offload.plan.trace.StepTrace`, a device profile and a plan
+(swap policy and/or recompute policy). Output: predicted step time, stall time, peak
+device bytes (everything: parameters, optimizer state, gradients, live activations and
+op temporaries) and peak saved bytes resident (what the engine's ``peak_device_bytes``
+counts), plus the timeline as data.
+
+Semantics follow the engine (DESIGN.md): a swapped storage leaves the device once its
+copy-out ends and no forward code still holds it; in backward, the unpack at position p
+of the swapped-unpack order starts the swap-in of positions p+1..p+prefetch, the first
+window starts when backward starts, and a swap-in cannot start before the copy-out of the
+same storage ended. Recomputed scopes rerun their forward ops just before the first
+backward op that needs one of their saved tensors.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from swapseg.offload.plan.devices import DeviceProfile
+from swapseg.offload.plan.trace import StepTrace
+from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.recompute import RecomputePolicy
+
+__all__ = ["Decision", "SimResult", "decide", "simulate", "scope_matches"]
+
+KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
+
+
+def scope_matches(scope: str, globs: tuple[str, ...]) -> bool:
+    """True if the scope or any enclosing module name matches one of the globs."""
+    parts = scope.split(".") if scope else []
+    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
+
+
+@dataclass
+class Decision:
+    """What happens to each saved storage under a plan."""
+    fate: dict[int, str]                 # storage uid -> keep | swap | recompute
+    regions: dict[str, int]              # recomputed region -> bwd op index it reruns before
+    region_ops: dict[str, list[int]]     # region -> fwd op indices rerun
+    region_inputs: dict[str, list[int]]  # region -> storage uids kept as checkpoint inputs
+
+    def count(self, fate: str) -> int:
+        return sum(1 for f in self.fate.values() if f == fate)
+
+
+def _regions(trace: StepTrace, rc: RecomputePolicy) -> list[str]:
+    chosen: list[str] = []
+    for name in sorted(trace.module_ops, key=lambda n: trace.module_ops[n][0]):
+        if any(fnmatch.fnmatchcase(name, g) for g in rc.scopes) and \
+                not any(name.startswith(c + ".") for c in chosen):
+            chosen.append(name)
+    return chosen
+
+
+def decide(trace: StepTrace, swap: SwapPolicy | None,
+           recompute: RecomputePolicy | None) -> Decision:
+    uniq = trace.unique_saved()   # uid -> records, in pack order of their first pack
+    fate = {uid: KEEP for uid in uniq}
+    regions: dict[str, int] = {}
+    region_ops: dict[str, list[int]] = {}
+    region_inputs: dict[str, list[int]] = {}
+    if recompute is not None:
+        for r in _regions(trace, recompute):
+            first, last = trace.module_ops[r]
+            ops = list(range(first, last + 1))
+            mine = [uid for uid, recs in uniq.items()
+                    if recs[0].scope == r or recs[0].scope.startswith(r + ".")]
+            if recompute.mode == "speed":  # conv outputs stay saved
+                mine = [u for u in mine if trace.storages[u].producer != "aten.convolution"]
+                ops = [i for i in ops if trace.ops[i].name != "aten.convolution"]
+            mine = [u for u in mine if u not in trace.module_inputs.get(r, [])]
+            if not mine:
+                continue
+            for u in mine:
+                fate[u] = RECOMPUTE
+            uses = [min(x.uses) for u in mine for x in uniq[u] if x.uses]
+            regions[r] = min(uses) if uses else trace.n_fwd_ops
+            region_ops[r] = ops
+            region_inputs[r] = list(trace.module_inputs.get(r, []))
+    if swap is not None:
+        n = 0
+        for uid, recs in uniq.items():
+            if fate[uid] != KEEP or recs[0].nbytes < swap.min_bytes:
+                continue
+            scope = recs[0].scope
+            if swap.include and not scope_matches(scope, swap.include):
+                continue
+            if swap.exclude and scope_matches(scope, swap.exclude):
+                continue
+            if swap.n_tensors != -1 and n >= swap.n_tensors:
+                break
+            fate[uid] = SWAP
+            n += 1
+    return Decision(fate, regions, region_ops, region_inputs)
+
+
+@dataclass
+class SimResult:
+    step_s: float
+    compute_s: float
+    stall_s: float
+    recompute_s: float
+    peak_bytes: int
+    peak_saved_bytes: int
+    swapped_tensors: int
+    swapped_bytes: int
+    recomputed_tensors: int
+    timeline: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def as_dict(self, with_timeline: bool = False) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("step_s", "compute_s", "stall_s", "recompute_s",
+                                            "peak_bytes", "peak_saved_bytes", "swapped_tensors",
+                                            "swapped_bytes", "recomputed_tensors")}
+        if with_timeline:
+            d["timeline"] = self.timeline
+        return d
+
+
+def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
+               prefetch: int) -> dict[str, Any]:
+    """Walk the ops in order; returns op start/end times and copy intervals per storage."""
+    uniq = trace.unique_saved()
+    swapped = [u for u, f in dec.fate.items() if f == SWAP]
+    first_use = {u: min((x for r in uniq[u] for x in r.uses), default=len(trace.ops))
+                 for u in swapped}
+    order = sorted(swapped, key=lambda u: first_use[u])     # swapped-unpack order
+    pos = {u: i for i, u in enumerate(order)}
+    out_at = {u: uniq[u][0].packed_at for u in swapped}
+    outs_by_op: dict[int, list[int]] = {}
+    for u, i in out_at.items():
+        outs_by_op.setdefault(i, []).append(u)
+    needs: dict[int, list[int]] = {}
+    for u in swapped:
+        needs.setdefault(first_use[u], []).append(u)
+    rerun_at: dict[int, list[str]] = {}
+    for r, i in dec.regions.items():
+        rerun_at.setdefault(i, []).append(r)
+    t = d2h_free = h2d_free = stall = rec_s = 0.0
+    copy_out: dict[int, tuple[float, float]] = {}
+    copy_in: dict[int, tuple[float, float]] = {}
+    starts, ends, stalls = [], [], []
+
+    def swap_in(u: int, now: float) -> None:
+        nonlocal h2d_free
+        if u in copy_in:
+            return
+        s = max(now, h2d_free, copy_out[u][1])
+        copy_in[u] = (s, s + trace.storages[u].nbytes / dev.h2d_bytes_per_s)
+        h2d_free = copy_in[u][1]
+
+    for op in trace.ops:
+        i = op.index
+        if i == trace.n_fwd_ops:
+            for u in order[:prefetch]:
+                swap_in(u, t)
+        for r in rerun_at.get(i, []):
+            d = sum(dev.op_seconds(trace.ops[j].flops, trace.ops[j].io_bytes)
+                    for j in dec.region_ops[r])
+            rec_s += d
+            t += d
+        for u in needs.get(i, []):
+            swap_in(u, t)
+            for v in order[pos[u] + 1: pos[u] + 1 + prefetch]:
+                swap_in(v, t)
+            if copy_in[u][1] > t:
+                stalls.append((t, copy_in[u][1]))
+                stall += copy_in[u][1] - t
+                t = copy_in[u][1]
+        starts.append(t)
+        t += dev.op_seconds(op.flops, op.io_bytes)
+        ends.append(t)
+        for u in outs_by_op.get(i, []):
+            s = max(t, d2h_free)
+            copy_out[u] = (s, s + trace.storages[u].nbytes / dev.d2h_bytes_per_s)
+            d2h_free = copy_out[u][1]
+    return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
+            "stalls": stalls, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
+
+
+def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any]) -> tuple[Any, Any]:
+    """Bytes resident per op (all, and saved only), from storage lives and the plan."""
+    n = len(trace.ops)
+    ends = lanes["ends"]
+    total = np.zeros(n + 1)
+    saved = np.zeros(n + 1)
+    uniq = trace.unique_saved()
+
+    def op_at(time_s: float) -> int:
+        return min(bisect.bisect_left(ends, time_s), n - 1)
+
+    def add(arr: np.ndarray, a: int, b: int, nbytes: int) -> None:
+        if b >= a:
+            arr[max(a, 0)] += nbytes
+            arr[b + 1] -= nbytes
+
+    keep_until = {}
+    for r, i in dec.regions.items():
+        for u in dec.region_inputs[r]:
+            keep_until[u] = max(keep_until.get(u, -1), i)
+    for s in trace.storages.values():
+        fwd_end = n - 1 if s.freed_at is None else s.freed_at
+        fwd_end = max(fwd_end, keep_until.get(s.uid, -1))
+        if s.uid not in uniq:
+            add(total, s.produced_at, fwd_end, s.nbytes)
+            continue
+        recs = uniq[s.uid]
+        release = max(r.released_at if r.released_at is not None else n - 1 for r in recs)
+        packed = recs[0].packed_at
+        fate = dec.fate[s.uid]
+        if fate == KEEP:
+            add(total, s.produced_at, max(fwd_end, release), s.nbytes)
+            add(saved, packed, release, s.nbytes)
+        elif fate == SWAP:
+            out_end = op_at(lanes["copy_out"][s.uid][1])
+            in_start = op_at(lanes["copy_in"][s.uid][0])
+            add(total, s.produced_at, max(fwd_end, out_end), s.nbytes)
+            add(saved, packed, out_end, s.nbytes)
+            add(total, max(in_start, max(fwd_end, out_end) + 1), release, s.nbytes)
+            add(saved, max(in_start, out_end + 1), release, s.nbytes)
+        else:  # recomputed: forward life, then again from the rerun to its release
+            region = next(r for r in dec.regions
+                          if recs[0].scope == r or recs[0].scope.startswith(r + "."))
+            add(total, s.produced_at, fwd_end, s.nbytes)
+            add(total, max(dec.regions[region], fwd_end + 1), release, s.nbytes)
+    return np.cumsum(total)[:n], np.cumsum(saved)[:n]
+
+
+def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = None,
+             recompute: RecomputePolicy | None = None) -> SimResult:
+    dec = decide(trace, swap, recompute)
+    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1)
+    mem, saved = _memory(trace, dec, lanes)
+    base = trace.persistent_bytes
+    swapped = [u for u, f in dec.fate.items() if f == SWAP]
+    compute = sum(e - s for s, e in zip(lanes["starts"], lanes["ends"], strict=True))
+    timeline = {
+        "op_start_s": lanes["starts"], "op_end_s": lanes["ends"],
+        "phase": [o.phase for o in trace.ops],
+        "memory_bytes": (mem + base).tolist(), "saved_bytes": saved.tolist(),
+        "copy_out_s": [list(v) for v in lanes["copy_out"].values()],
+        "copy_in_s": [list(v) for v in lanes["copy_in"].values()],
+        "stalls_s": [list(v) for v in lanes["stalls"]],
+        "fwd_end_s": lanes["ends"][trace.n_fwd_ops - 1],
+    }
+    return SimResult(
+        step_s=lanes["step_s"], compute_s=compute, stall_s=lanes["stall_s"],
+        recompute_s=lanes["recompute_s"], peak_bytes=int(mem.max() + base),
+        peak_saved_bytes=int(saved.max()), swapped_tensors=len(swapped),
+        swapped_bytes=sum(trace.storages[u].nbytes for u in swapped),
+        recomputed_tensors=dec.count(RECOMPUTE), timeline=timeline)

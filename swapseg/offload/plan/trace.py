@@ -1,0 +1,306 @@
+"""Trace one training step under FakeTensorMode: what autograd saves, when, and at what cost.
+
+No memory is allocated for activations: parameters become fake tensors and every op only
+computes shapes. A :class:`~torch.utils._python_dispatch.TorchDispatchMode` records each op
+(FLOPs, bytes read and written, module scope) and the life of each storage it creates
+(weak-reference finalizers tell when the last tensor on a storage dies). A
+``saved_tensors_hooks`` pair records every tensor autograd saves, with its storage, scope,
+producing op and the backward ops that use it.
+
+The hooks hand autograd a fake *clone* of each saved tensor. So the original storage dies
+when forward code drops it (its "forward life"), and the clone dies when autograd releases
+the saved variable (its "backward life"). The simulator combines the two per policy: a kept
+tensor lives across both, a swapped one leaves the device in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+__all__ = ["OpRecord", "SavedRecord", "StorageRecord", "StepTrace", "trace_step",
+           "default_loss", "CONV_OPS"]
+
+CONV_OPS = frozenset({"aten.convolution", "aten.convolution_backward", "aten.mm",
+                      "aten.addmm", "aten.bmm"})
+
+
+@dataclass
+class OpRecord:
+    index: int
+    phase: str          # "fwd" or "bwd"
+    name: str           # aten op packet, e.g. "aten.convolution"
+    scope: str          # innermost module scope in forward; "" at the top level or in bwd
+    flops: float        # from torch.utils.flop_counter; 0 for ops it does not count
+    io_bytes: int       # bytes of tensor inputs plus outputs (memory traffic bound)
+
+
+@dataclass
+class StorageRecord:
+    uid: int
+    nbytes: int
+    kind: str                 # "act" (op output), "input", "grad" (alive at step end)
+    produced_at: int          # op index; -1 for step inputs
+    freed_at: int | None      # op index during/after which its last tensor died; None: survives
+    producer: str = ""        # op name
+    scope: str = ""
+
+
+@dataclass
+class SavedRecord:
+    index: int                # pack order in forward
+    uid: int                  # storage uid (StorageRecord.uid)
+    nbytes: int               # storage bytes (what a swap moves)
+    scope: str                # module scope at pack time
+    packed_at: int            # op index of the op that saved it
+    uses: list[int] = field(default_factory=list)   # bwd op indices of unpacks
+    released_at: int | None = None                  # op index when autograd let it go
+
+
+@dataclass
+class StepTrace:
+    """One traced training step. Op indices order forward then backward."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    ops: list[OpRecord]
+    storages: dict[int, StorageRecord]
+    saved: list[SavedRecord]
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    n_fwd_ops: int
+    module_inputs: dict[str, list[int]]   # module name -> storage uids of its first call's args
+    module_ops: dict[str, tuple[int, int]]  # module name -> [first, last] forward op index
+    trace_s: float = 0.0
+
+    @property
+    def persistent_bytes(self) -> int:
+        """Parameters and optimizer state: resident for the whole step."""
+        return self.param_bytes + self.optimizer_bytes
+
+    def unique_saved(self) -> dict[int, list[SavedRecord]]:
+        out: dict[int, list[SavedRecord]] = {}
+        for s in self.saved:
+            out.setdefault(s.uid, []).append(s)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        uniq = self.unique_saved()
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "ops": len(self.ops),
+            "fwd_ops": self.n_fwd_ops,
+            "saved_tensors": len(self.saved),
+            "saved_storages": len(uniq),
+            "saved_bytes": sum(r[0].nbytes for r in uniq.values()),
+            "param_bytes": self.param_bytes,
+            "grad_bytes": self.grad_bytes,
+            "optimizer_bytes": self.optimizer_bytes,
+            "fwd_flops": sum(o.flops for o in self.ops if o.phase == "fwd"),
+            "bwd_flops": sum(o.flops for o in self.ops if o.phase == "bwd"),
+            "trace_s": round(self.trace_s, 3),
+        }
+
+
+def default_loss(out: torch.Tensor) -> torch.Tensor:
+    """Soft Dice on sigmoid outputs against a target of the output's shape (as in training)."""
+    target = torch.zeros_like(out)
+    p = out.sigmoid()
+    dims = tuple(range(2, out.dim()))
+    inter = (p * target).sum(dims)
+    return 1 - ((2 * inter + 1) / (p.sum(dims) + target.sum(dims) + 1)).mean()
+
+
+def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
+    fn = flop_registry.get(func._overloadpacket)
+    if fn is None:
+        return 0.0
+    return float(fn(*args, **kwargs, out_val=out))
+
+
+def _tensors(x: Any) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for y in x:
+            yield from _tensors(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _tensors(y)
+
+
+class _Recorder(TorchDispatchMode):
+    """Records ops and storage lives; module hooks set ``scope``; saved hooks use it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[OpRecord] = []
+        self.storages: dict[int, StorageRecord] = {}
+        self.live: dict[int, list[int]] = {}   # storage cdata -> [uid, live tensor count]
+        self.next_uid = 0
+        self.phase = "fwd"
+        self.scope: list[str] = [""]
+        self.suspended = False
+
+    def now(self) -> int:
+        return len(self.ops) - 1
+
+    def uid_of(self, t: torch.Tensor) -> int | None:
+        entry = self.live.get(t.untyped_storage()._cdata)
+        return entry[0] if entry else None
+
+    def register(self, t: torch.Tensor, kind: str, producer: str = "") -> int:
+        key = t.untyped_storage()._cdata
+        entry = self.live.get(key)
+        if entry is None:
+            uid = self.next_uid
+            self.next_uid += 1
+            entry = self.live[key] = [uid, 0]
+            self.storages[uid] = StorageRecord(
+                uid, t.untyped_storage().nbytes(), kind,
+                self.now() if kind != "input" else -1, None, producer, self.scope[-1])
+        entry[1] += 1
+        weakref.finalize(t, self._dead, key, entry[0])
+        return entry[0]
+
+    def _dead(self, key: int, uid: int) -> None:
+        entry = self.live.get(key)
+        if entry is None or entry[0] != uid:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[key]
+            self.storages[uid].freed_at = max(self.now(), self.storages[uid].produced_at)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.suspended:
+            return out
+        io = sum(t.numel() * t.element_size() for t in _tensors((args, kwargs, out)))
+        name = str(func._overloadpacket)
+        self.ops.append(OpRecord(len(self.ops), self.phase, name,
+                                 self.scope[-1] if self.phase == "fwd" else "",
+                                 _flops(func, args, kwargs, out), io))
+        for t in _tensors(out):
+            self.register(t, "act", name)
+        return out
+
+
+@contextlib.contextmanager
+def _scope_hooks(model: nn.Module, rec: _Recorder, module_inputs: dict[str, list[int]],
+                 module_ops: dict[str, tuple[int, int]]) -> Iterator[None]:
+    handles = []
+
+    def pre(name: str) -> Callable:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            rec.scope.append(name)
+            if name not in module_inputs:
+                module_inputs[name] = [u for t in _tensors(args)
+                                       if (u := rec.uid_of(t)) is not None]
+                module_ops[name] = (len(rec.ops), -1)
+        return hook
+
+    def post(name: str) -> Callable:
+        def hook(mod: nn.Module, args: tuple, out: Any) -> None:
+            rec.scope.pop()
+            first, last = module_ops[name]
+            if last < 0:
+                module_ops[name] = (first, rec.now())
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_pre_hook(pre(name)))
+            handles.append(m.register_forward_hook(post(name)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> Any:
+    def pack(t: torch.Tensor) -> Any:
+        if t.untyped_storage()._cdata in params:
+            return ("param", t)
+        uid = rec.uid_of(t)
+        if uid is None:  # saved before we saw it (e.g. a buffer): treat as a step input
+            uid = rec.register(t, "input")
+        rec.suspended = True
+        try:
+            clone = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device)
+        finally:
+            rec.suspended = False
+        rec_ = SavedRecord(len(saved), uid, rec.storages[uid].nbytes, rec.scope[-1], rec.now())
+        saved.append(rec_)
+        weakref.finalize(clone, _released, rec, rec_)
+        return ("act", clone, rec_)
+
+    def unpack(packed: Any) -> torch.Tensor:
+        if packed[0] == "param":
+            return packed[1]
+        packed[2].uses.append(len(rec.ops))  # the next op to run is the one using it
+        return packed[1]
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+def _released(rec: _Recorder, r: SavedRecord) -> None:
+    r.released_at = rec.now()
+
+
+def trace_step(model: nn.Module, input_shape: tuple[int, ...],
+               loss_fn: Callable[[torch.Tensor], torch.Tensor] = default_loss,
+               optimizer_states: int = 2, name: str | None = None) -> StepTrace:
+    """Trace forward + backward of ``model`` on a fake input of ``input_shape``.
+
+    ``optimizer_states`` is the number of parameter-sized state tensors of the optimizer
+    (2 for Adam's two moments, 0 for plain SGD). The model itself is not modified.
+    """
+    t0 = time.perf_counter()
+    rec = _Recorder()
+    saved: list[SavedRecord] = []
+    module_inputs: dict[str, list[int]] = {}
+    module_ops: dict[str, tuple[int, int]] = {}
+    named = dict(model.named_parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in named.values())
+    with FakeTensorMode(allow_non_fake_inputs=False) as fm:
+        fparams = {n: fm.from_tensor(p) for n, p in named.items()}
+        fbuffers = {n: fm.from_tensor(b) for n, b in model.named_buffers()}
+        x = torch.empty(input_shape, dtype=next(iter(named.values())).dtype)
+        param_keys = {p.untyped_storage()._cdata for p in fparams.values()}
+        with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
+                _saved_hooks(rec, param_keys, saved):
+            rec.register(x, "input")
+            out = functional_call(model, {**fparams, **fbuffers}, (x,))
+            loss = loss_fn(out)
+            n_fwd = len(rec.ops)
+            rec.phase = "bwd"
+            loss.backward()
+            del out, loss
+        grad_bytes = sum(p.grad.numel() * p.grad.element_size()
+                         for p in fparams.values() if p.grad is not None)
+        for uid in [e[0] for e in rec.live.values()]:
+            if rec.storages[uid].kind == "act" and rec.storages[uid].freed_at is None:
+                rec.storages[uid].kind = "grad"
+        del fparams, fbuffers, x
+    return StepTrace(
+        model=name or type(model).__name__, input_shape=tuple(input_shape), ops=rec.ops,
+        storages=rec.storages, saved=saved, param_bytes=param_bytes, grad_bytes=grad_bytes,
+        optimizer_bytes=optimizer_states * param_bytes, n_fwd_ops=n_fwd,
+        module_inputs=module_inputs, module_ops=module_ops,
+        trace_s=time.perf_counter() - t0)
