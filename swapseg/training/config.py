@@ -1,0 +1,220 @@
+"""Training configuration: one typed dataclass, validated, with presets as functions.
+
+Every value of the reference protocol (Imai et al. 2019, after Isensee et al. 2017) is a
+field with its default written once, here. Presets are functions returning a config:
+:func:`tiny` (tests), :func:`demo` (``swapseg demo`` on a CPU), :func:`brats_full` and
+:func:`brats_patch` (the paper's two arms). A resolved config round-trips through JSON,
+so ``RUN/config.json`` is the whole record of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from swapseg.errors import InputError
+from swapseg.offload.policy import SwapPolicy
+from swapseg.training.losses import LOSSES
+
+__all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS"]
+
+MODES = ("full", "patch")
+
+
+@dataclass
+class TrainConfig:
+    # --- data -------------------------------------------------------------------------
+    data: str = ""
+    """Dataset root (any layout that ``swapseg.data.brats.find_cases`` reads)."""
+
+    out: str = "run"
+    """Run directory: config.json, splits.json, log.csv, checkpoints/ go here."""
+
+    mode: str = "full"
+    """``full``: train on whole (preprocessed) volumes; ``patch``: on random patches."""
+
+    shape: tuple[int, int, int] = (192, 192, 192)
+    """Volume shape after preprocessing (crop/pad around the brain, then ``zoom``)."""
+
+    zoom: int = 1
+    """Integer down-sampling factor after the crop (2 or 3 lets a CPU train real cases)."""
+
+    patch: int = 128
+    """Patch side length in patch mode (the paper's 128^3 baseline)."""
+
+    patches_per_volume: int = 1
+    """Random patches drawn from each training volume per epoch (patch mode)."""
+
+    batch_size: int | None = None
+    """Samples per step. None: 1 for full volumes, 2 for patches (the paper's, the
+    largest that fit a 16 GB P100)."""
+
+    augment: bool = True
+    """Random flips and axis permutations, run in the DataLoader workers."""
+
+    workers: int = 2
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    cache_dir: str | None = None
+    """Where preprocessed volumes are cached as .npy; None uses ``<out>/cache``."""
+
+    # --- cross-validation -------------------------------------------------------------
+    folds: int = 5
+    """Number of folds. Fold k tests on part k, validates on part k+1 and trains on the
+    rest, so 5 folds give the paper's 60/20/20 split."""
+
+    fold: int = 0
+    """The fold this run trains (0-based)."""
+
+    seed: int = 0
+    """Seed of the split, the weights, the sampling order and the augmentation."""
+
+    # --- model ------------------------------------------------------------------------
+    base_filters: int = 16
+    """Filters of the first U-Net level (level k has base_filters * 2**k)."""
+
+    depth: int = 5
+    """U-Net encoder levels; input sides must be multiples of 2**(depth-1)."""
+
+    dropout: float = 0.3
+    """Dropout3d rate in the context modules."""
+
+    # --- optimisation -----------------------------------------------------------------
+    loss: str = "dice"
+    """``dice``: the per-sample, per-channel soft Dice of the reference; ``dice_bce``:
+    soft Dice plus binary cross-entropy."""
+
+    dice_eps: float = 1e-5
+    """Smoothing term of the soft Dice (numerator and denominator)."""
+
+    lr: float = 5e-4
+    """Adam learning rate."""
+
+    lr_factor: float = 0.5
+    """Factor applied to the learning rate when validation loss stops improving."""
+
+    lr_patience: int = 10
+    """Epochs without validation-loss improvement before the learning rate drops."""
+
+    early_stop: int = 50
+    """Epochs without validation-loss improvement before training stops."""
+
+    max_epochs: int = 500
+    """Upper bound on epochs (ellisdg's n_epochs); early stopping usually ends sooner."""
+
+    # --- engine -----------------------------------------------------------------------
+    swap: SwapPolicy | None = None
+    """Activation-swapping policy; None trains without swapping (the null context)."""
+
+    memory_budget_bytes: int | None = None
+    """With ``--swap auto``: the planner picks swap/recompute to fit this many bytes."""
+
+    plan: dict[str, Any] | None = None
+    """The resolved memory plan chosen for ``memory_budget_bytes`` (written by train)."""
+
+    trace_step: int | None = None
+    """Global training step (0-based) whose swap timeline goes to timeline.png/json."""
+
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)  # JSON gives lists
+        if isinstance(self.swap, dict):
+            self.swap = SwapPolicy.from_dict(self.swap)
+        _check(self)
+
+    @property
+    def batch(self) -> int:
+        """The batch size in effect (``batch_size``, or the mode's default)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1 if self.mode == "full" else 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        d["batch_size"] = self.batch  # resolved, so config.json says what ran
+        d["swap"] = None if self.swap is None else self.swap.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown training config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check(c: TrainConfig) -> None:
+    div = 2 ** (c.depth - 1)
+    if c.mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {c.mode!r}")
+    if len(c.shape) != 3 or any(s <= 0 or s % div for s in c.shape):
+        raise InputError(f"shape {c.shape} must be 3 positive multiples of {div} "
+                         f"(2**(depth-1), depth={c.depth})")
+    if c.mode == "patch" and (c.patch <= 0 or c.patch % div or c.patch > min(c.shape)):
+        raise InputError(f"patch {c.patch} must be a multiple of {div} and fit in {c.shape}")
+    checks = [
+        (c.zoom >= 1, f"zoom must be >= 1, got {c.zoom}"),
+        (c.depth >= 2, f"depth must be >= 2, got {c.depth}"),
+        (c.base_filters >= 1, f"base_filters must be >= 1, got {c.base_filters}"),
+        (0.0 <= c.dropout < 1.0, f"dropout must be in [0, 1), got {c.dropout}"),
+        (c.batch >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+        (c.patches_per_volume >= 1, f"patches_per_volume must be >= 1, got "
+                                    f"{c.patches_per_volume}"),
+        (c.workers >= 0, f"workers must be >= 0, got {c.workers}"),
+        (c.folds >= 3, f"folds must be >= 3 (train/validation/test parts), got {c.folds}"),
+        (0 <= c.fold < c.folds, f"fold must be in 0..{c.folds - 1}, got {c.fold}"),
+        (c.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}"),
+        (c.dice_eps > 0, f"dice_eps must be > 0, got {c.dice_eps}"),
+        (c.lr > 0, f"lr must be > 0, got {c.lr}"),
+        (0 < c.lr_factor < 1, f"lr_factor must be in (0, 1), got {c.lr_factor}"),
+        (c.lr_patience >= 0, f"lr_patience must be >= 0, got {c.lr_patience}"),
+        (c.early_stop >= 1, f"early_stop must be >= 1, got {c.early_stop}"),
+        (c.max_epochs >= 1, f"max_epochs must be >= 1, got {c.max_epochs}"),
+        (c.memory_budget_bytes is None or c.memory_budget_bytes > 0,
+         f"memory budget must be > 0 bytes, got {c.memory_budget_bytes}"),
+        (c.trace_step is None or c.trace_step >= 0,
+         f"trace_step must be >= 0, got {c.trace_step}"),
+        (c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
+         f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise InputError(msg)
+
+
+# --- presets ------------------------------------------------------------------------------
+
+def brats_full(**changes: Any) -> TrainConfig:
+    """The paper's full-volume arm: 192^3 volumes, batch 1."""
+    return TrainConfig(mode="full", shape=(192, 192, 192)).replace(**changes)
+
+
+def brats_patch(**changes: Any) -> TrainConfig:
+    """The paper's patch baseline: 128^3 patches from 192^3 volumes, batch 2."""
+    return TrainConfig(mode="patch", shape=(192, 192, 192), patch=128).replace(**changes)
+
+
+def demo(**changes: Any) -> TrainConfig:
+    """``swapseg demo`` on a 2-core CPU: small phantoms, a narrower U-Net, host swapping."""
+    base = TrainConfig(mode="full", shape=(48, 48, 48), base_filters=8, depth=4,
+                       dropout=0.1, lr=2e-3, max_epochs=30, lr_patience=5, early_stop=15,
+                       workers=1, swap=SwapPolicy(tier="host"), device="cpu")
+    return base.replace(**changes)
+
+
+def tiny(**changes: Any) -> TrainConfig:
+    """Tests: 16^3 volumes, a 3-level U-Net with 4 filters, 2 epochs, no workers."""
+    base = TrainConfig(mode="full", shape=(16, 16, 16), base_filters=4, depth=3,
+                       dropout=0.0, max_epochs=2, workers=0, device="cpu")
+    return base.replace(**changes)
+
+
+PRESETS = {"brats_full": brats_full, "brats_patch": brats_patch, "demo": demo, "tiny": tiny}

@@ -1,0 +1,271 @@
+"""The training loop: epochs, Adam, LR drop on plateau, early stopping, checkpoints, resume.
+
+:func:`train` runs one fold of a data set from a :class:`TrainConfig`; :func:`fit` is the
+loop itself and works with any pair of datasets whose items are
+``{"image": (4, D, H, W), "target": (3, D, H, W), ...}``. Every step runs inside the
+engine's ``swap_activations(model, policy)`` context; ``policy=None`` is its null context,
+so swapping on or off is the same code path.
+
+Order of writes at the end of an epoch: log.csv, then best.pt, then last.pt, all atomic.
+A kill between them leaves last.pt one epoch behind the log; resuming drops the log rows
+that last.pt does not cover and redoes that epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from swapseg import offload
+from swapseg.io import write_json
+from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.training import distributed as dist_
+from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swapseg.training.config import TrainConfig
+from swapseg.training.losses import make_loss
+from swapseg.training.runlog import EpochLog
+from swapseg.training.swaplog import SwapLog, write_trace
+from swapseg.training.validation import validate
+
+__all__ = ["train", "fit", "build_model", "model_kwargs", "resolve_device", "NonFiniteLoss",
+           "TrainState"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the message names the epoch and step."""
+
+
+@dataclass
+class TrainState:
+    """Progress and early-stopping state, saved in every checkpoint."""
+    epoch: int = 0
+    """Epochs completed."""
+    global_step: int = 0
+    """Optimizer steps taken."""
+    best_val_loss: float = math.inf
+    """Lowest validation loss so far."""
+    best_epoch: int = -1
+    """Epoch (1-based) of the lowest validation loss."""
+    bad_epochs: int = 0
+    """Epochs since the validation loss last improved."""
+
+
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    return {"in_channels": 4, "out_channels": 3, "base_filters": config.base_filters,
+            "depth": config.depth, "dropout": config.dropout}
+
+
+def build_model(config: TrainConfig) -> Isensee3DUNet:
+    torch.manual_seed(config.seed)  # the same initial weights for every fold and rerun
+    return Isensee3DUNet(**model_kwargs(config))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
+             device: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    gen = torch.Generator()
+    sampler = dist_.make_sampler(train_ds, info, config.seed, gen)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_ds, batch_size=config.batch, sampler=sampler,
+                              num_workers=config.workers, generator=gen, pin_memory=pin)
+    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False,
+                            num_workers=min(config.workers, 1), pin_memory=pin)
+    return train_loader, val_loader, gen
+
+
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+            echo: Callable[[str], None]) -> TrainState:
+    ck = load_checkpoint(path)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    set_rng_state(ck["rng"])
+    state = TrainState(**ck["state"])
+    echo(f"resuming from {path} after epoch {state.epoch} (step {state.global_step})")
+    return state
+
+
+def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
+    """One pass over the training loader; returns loss, timing and data-wait share."""
+    ctx.ddp_model.train()
+    loss_sum, n_samples, wait_s, busy_s = 0.0, 0, 0.0, 0.0
+    batches = iter(ctx.train_loader)
+    bar = tqdm(total=len(ctx.train_loader), desc=f"epoch {epoch + 1}", leave=False,
+               disable=not progress, unit="step")
+    for step in range(len(ctx.train_loader)):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        image = batch["image"].to(ctx.device, non_blocking=True)
+        target = batch["target"].to(ctx.device, non_blocking=True)
+        trace = ctx.config.trace_step == ctx.state.global_step
+        ctx.optimizer.zero_grad(set_to_none=True)
+        with offload.swap_activations(ctx.model, ctx.policy, trace=trace) as stats:
+            loss = ctx.loss_fn(ctx.ddp_model(image), target)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"(global step {ctx.state.global_step}); stopping. The last good "
+                    f"checkpoint is {ctx.run_dir / 'checkpoints' / 'last.pt'}")
+            loss.backward()
+        ctx.optimizer.step()
+        busy_s += time.perf_counter() - t1
+        wait_s += t1 - t0
+        ctx.swaplog.add_step(stats, epoch)
+        if trace and ctx.info.is_main:
+            write_trace(stats, ctx.run_dir, ctx.state.global_step)
+        ctx.state.global_step += 1
+        loss_sum += loss.item() * image.shape[0]
+        n_samples += image.shape[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    return {"train_loss": loss_sum / max(n_samples, 1), "steps": len(ctx.train_loader),
+            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12)}
+
+
+@dataclass
+class _Ctx:
+    """Everything one epoch needs (keeps function signatures short)."""
+    config: TrainConfig
+    model: nn.Module
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    train_loader: DataLoader
+    device: torch.device
+    policy: Any
+    run_dir: Path
+    state: TrainState
+    swaplog: SwapLog
+    info: dist_.DistInfo
+
+
+def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> bool:
+    """Scheduler, early stopping, log row and checkpoints; True when training should stop."""
+    state, config = ctx.state, ctx.config
+    val_loss = row["val_loss"]
+    sched.step(val_loss)
+    improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
+    state.epoch += 1
+    if improved:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    if ctx.info.is_main:
+        row.update(epoch=state.epoch, best=int(improved))
+        log.append(row)
+        ckpt = {"epoch": state.epoch, "global_step": state.global_step,
+                "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(config),
+                "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
+                "state": asdict(state), "rng": rng_state(), "config": config.to_dict(),
+                "val": {k: v for k, v in row.items() if k.startswith("val_")}}
+        ckpt_dir = ctx.run_dir / "checkpoints"
+        if improved:
+            save_checkpoint(ckpt_dir / "best.pt", ckpt)
+        save_checkpoint(ckpt_dir / "last.pt", ckpt)
+        ctx.swaplog.write(ctx.run_dir / "swap_stats.json")
+    return state.bad_epochs >= config.early_stop
+
+
+def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfig,
+        *, resume: bool = False, progress: bool = True,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``model`` on ``train_ds``, validating on ``val_ds`` each epoch; see module doc."""
+    run_dir = Path(config.out)
+    info = dist_.init_from_env(resolve_device(config.device))
+    device = resolve_device(config.device, info.local_rank)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # Keras (the reference) drops the LR on the patience-th bad epoch; torch's
+    # ReduceLROnPlateau waits for patience+1 bad epochs, hence the -1.
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=max(config.lr_patience - 1, 0))
+    last = run_dir / "checkpoints" / "last.pt"
+    state = _resume(last, model, optimizer, sched, echo) if resume and last.exists() \
+        else TrainState()
+    log = EpochLog(run_dir / "log.csv")
+    if info.is_main:
+        log.load(upto_epoch=state.epoch)
+    train_loader, val_loader, gen = _loaders(train_ds, val_ds, config, info, device)
+    ctx = _Ctx(config, model, dist_.wrap_model(model, info, device), optimizer,
+               make_loss(config.loss, config.dice_eps), train_loader, device,
+               config.swap, run_dir, state, SwapLog(config.swap), info)
+    window = config.patch if config.mode == "patch" else None
+    stop_reason = "max_epochs"
+    for epoch in range(state.epoch, config.max_epochs):
+        gen.manual_seed(config.seed * 1_000_003 + epoch)  # same order and seeds on resume
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        row = _train_epoch(ctx, epoch, progress)
+        val = validate(model, val_loader, ctx.loss_fn, device, window) if info.is_main else {}
+        keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET"]
+        row.update(zip(keys, dist_.broadcast_floats([val.get(k, 0.0) for k in keys], info),
+                       strict=True))
+        row.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
+                   **ctx.swaplog.epoch_columns(epoch))
+        stop = _end_epoch(ctx, sched, log, row)
+        echo(_epoch_line(row, config.max_epochs))
+        if stop:
+            stop_reason = "early_stop"
+            break
+    dist_.barrier(info)
+    return {"epochs": state.epoch, "global_step": state.global_step,
+            "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+            "stop_reason": stop_reason, "run_dir": str(run_dir),
+            "last_row": log.rows[-1] if log.rows else {}}
+
+
+def _epoch_line(row: dict[str, Any], max_epochs: int) -> str:
+    swap = ""
+    if row.get("swap_swapped"):
+        swap = (f" | swap {row['swap_swapped']} tensors "
+                f"{row['swap_bytes_out'] / 2**20:.1f} MiB/step wait {row['swap_wait_s']:.3f}s")
+    return (f"epoch {row['epoch']}/{max_epochs} loss {row['train_loss']:.4f} "
+            f"val {row['val_loss']:.4f} dice WT {row['val_dice_WT']:.3f} "
+            f"TC {row['val_dice_TC']:.3f} ET {row['val_dice_ET']:.3f} "
+            f"lr {row['lr']:.2e} {row['epoch_s']:.1f}s data-wait "
+            f"{100 * row['data_wait_share']:.1f}%{swap}{' *' if row.get('best') else ''}")
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          echo: Callable[[str], None] = print, splits_path: str | Path | None = None
+          ) -> dict[str, Any]:
+    """Train one fold of ``config.data``; writes config.json, splits.json, log.csv, checkpoints."""
+    from swapseg.training.crossval import fold_split, load_or_make_splits
+    from swapseg.training.datasets import build_datasets, find_training_cases
+
+    run_dir = Path(config.out)
+    cases = find_training_cases(config.data)
+    splits = load_or_make_splits(splits_path or run_dir / "splits.json", sorted(cases),
+                                 config.folds, config.seed)
+    split = fold_split(splits, config.fold)
+    train_ds, val_ds = build_datasets(config, cases, split)
+    model = build_model(config)
+    if int(os.environ.get("RANK", "0")) == 0:  # before init: torchrun's env
+        write_json(run_dir / "config.json", config.to_dict())
+    echo(f"fold {config.fold}/{config.folds}: {len(split['train'])} train, "
+         f"{len(split['val'])} validation, {len(split['test'])} test cases; "
+         f"mode {config.mode}, shape {list(config.shape)}, batch {config.batch}, "
+         f"swap {'off' if config.swap is None else config.swap.to_dict()}")
+    result = fit(model, train_ds, val_ds, config, resume=resume, progress=progress, echo=echo)
+    result["split"] = split
+    return result

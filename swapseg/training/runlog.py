@@ -1,0 +1,59 @@
+"""``log.csv``: one row per epoch, rewritten atomically after every epoch.
+
+Rewriting the whole (small) file each epoch means a kill never leaves a torn row, and a
+resumed run can drop the rows of epochs that its checkpoint does not cover.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from swapseg.io import write_text
+
+__all__ = ["EpochLog", "LOG_COLUMNS"]
+
+#: Column order of log.csv; units are in the names.
+LOG_COLUMNS = (
+    "epoch", "train_loss", "val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET",
+    "lr", "epoch_s", "data_wait_share", "steps", "best",
+    "swap_swapped", "swap_bytes_out", "swap_peak_device_bytes", "swap_wait_s",
+)
+
+
+class EpochLog:
+    """The rows of log.csv, kept in memory and written whole after each append."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+
+    def load(self, upto_epoch: int) -> None:
+        """Read existing rows with ``epoch <= upto_epoch`` (a resumed run's checkpoint)."""
+        self.rows = []
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if int(row["epoch"]) <= upto_epoch:
+                    self.rows.append(row)
+        self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: _fmt(row.get(k, "")) for k in LOG_COLUMNS})
+        self._write()
+
+    def _write(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
