@@ -35,8 +35,9 @@ KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
 
 def scope_matches(scope: str, globs: tuple[str, ...]) -> bool:
     """True if the scope or any enclosing module name matches one of the globs."""
+    # same semantics as the engine's tracker: the root scope "" is matched by "" or "*"
     parts = scope.split(".") if scope else []
-    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] or [""]
     return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
 
 
@@ -68,12 +69,16 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
     regions: dict[str, int] = {}
     region_ops: dict[str, list[int]] = {}
     region_inputs: dict[str, list[int]] = {}
+    # saved inside a checkpointed region: either recomputed, or kept by the selective-
+    # checkpoint cache (speed mode), which the swap engine's hooks never see
+    in_region: set[int] = set()
     if recompute is not None:
         for r in _regions(trace, recompute):
             first, last = trace.module_ops[r]
             ops = list(range(first, last + 1))
             mine = [uid for uid, recs in uniq.items()
                     if recs[0].scope == r or recs[0].scope.startswith(r + ".")]
+            in_region.update(mine)
             if recompute.mode == "speed":  # conv outputs stay saved
                 mine = [u for u in mine if trace.storages[u].producer != "aten.convolution"]
                 ops = [i for i in ops if trace.ops[i].name != "aten.convolution"]
@@ -89,7 +94,7 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
     if swap is not None:
         n = 0
         for uid, recs in uniq.items():
-            if fate[uid] != KEEP or recs[0].nbytes < swap.min_bytes:
+            if fate[uid] != KEEP or uid in in_region or recs[0].nbytes < swap.min_bytes:
                 continue
             scope = recs[0].scope
             if swap.include and not scope_matches(scope, swap.include):

@@ -1,0 +1,61 @@
+"""Plot simulated timelines: compute and copy lanes with the memory curve (paper Fig. 2)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from swapseg.io import atomic_path
+
+__all__ = ["plot_timelines"]
+
+
+def _lanes(ax: Any, tl: dict[str, Any]) -> None:
+    starts, ends, phase = tl["op_start_s"], tl["op_end_s"], tl["phase"]
+    color = {"fwd": "tab:blue", "bwd": "tab:orange"}
+    for p in ("fwd", "bwd"):
+        bars = [(s, e - s) for s, e, ph in zip(starts, ends, phase, strict=True) if ph == p]
+        ax.broken_barh(bars, (2.6, 0.8), color=color[p], label=f"compute ({p})")
+    ax.broken_barh([(a, b - a) for a, b in tl["stalls_s"]], (2.6, 0.8), color="red",
+                   label="stall")
+    ax.broken_barh([(a, b - a) for a, b in tl["copy_out_s"]], (1.6, 0.8), color="tab:green",
+                   label="swap-out")
+    ax.broken_barh([(a, b - a) for a, b in tl["copy_in_s"]], (0.6, 0.8), color="tab:purple",
+                   label="swap-in")
+    ax.set_yticks([1, 2, 3], ["copy in", "copy out", "compute"])
+    ax.set_ylim(0.4, 3.6)
+
+
+def plot_timelines(panels: list[tuple[str, dict[str, Any]]], path: str | os.PathLike[str],
+                   budget_bytes: int | None = None) -> None:
+    """One row per (title, timeline) pair: lanes on top, device memory below."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    fig, axes = plt.subplots(2 * n, 1, figsize=(11, 2.6 * n + 0.5), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1] * n})
+    t_max = max(tl["op_end_s"][-1] for _, tl in panels)
+    for k, (title, tl) in enumerate(panels):
+        ax, am = axes[2 * k, 0], axes[2 * k + 1, 0]
+        _lanes(ax, tl)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_xlim(0, t_max)
+        ax.axvline(tl["fwd_end_s"], color="k", lw=0.6, ls=":")
+        gib = [b / 2**30 for b in tl["memory_bytes"]]
+        am.step(tl["op_start_s"], gib, where="post", color="k", lw=0.8, label="device memory")
+        am.step(tl["op_start_s"], [b / 2**30 for b in tl["saved_bytes"]], where="post",
+                color="tab:gray", lw=0.6, label="saved tensors resident")
+        if budget_bytes:
+            am.axhline(budget_bytes / 2**30, color="red", lw=0.6, ls="--", label="budget")
+        am.set_xlim(0, t_max)
+        am.set_ylabel("GiB")
+        if k == 0:
+            ax.legend(fontsize=7, ncol=6, loc="upper right")
+            am.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("simulated time in one training step (s)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
