@@ -1,0 +1,150 @@
+"""Module scopes and saved-tensor records.
+
+``ScopeTracker`` keeps a stack of module qualified names with forward pre/post hooks, so
+each tensor autograd saves can be tagged with the scope that saved it. ``Entry`` is one
+record per unique storage saved in a step: its id (forward order), scope, bytes, and where
+its bytes are. ``DedupTable`` finds the entry of a storage that was already saved, and
+never hands back an entry whose storage has died (a stale address is the classic silent
+gradient corruption of storage-keyed caches).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+
+__all__ = ["ScopeTracker", "Entry", "DedupTable", "scope_matches", "storage_key"]
+
+ROOT_SCOPE = ""
+
+
+def scope_matches(scope: str, globs: Iterable[str]) -> bool:
+    """True when ``scope`` or one of its ancestor scopes matches one of ``globs``.
+
+    ``decoder.0.loc1.0`` matches ``decoder``, ``decoder.*`` and ``decoder.0.loc1``.
+    The root module's scope is the empty string, matched only by ``""`` or ``*``.
+    """
+    globs = tuple(globs)
+    if not globs:
+        return False
+    parts = scope.split(".") if scope else []
+    candidates = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] or [ROOT_SCOPE]
+    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
+
+
+def storage_key(t: torch.Tensor) -> tuple[str, int, int]:
+    """(device, storage address, version): equal for a tensor and all its views."""
+    return (str(t.device), t.untyped_storage().data_ptr(), t._version)
+
+
+class ScopeTracker:
+    """Stack of module names maintained by forward hooks on every submodule."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        self._handles: list[Any] = []
+        self._param_storages: set[int] = set()
+        for name, module in model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._push(name)))
+            self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        for t in list(model.parameters()) + list(model.buffers()):
+            self._param_storages.add(t.untyped_storage().data_ptr())
+        self._model = model
+
+    def _push(self, name: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            self.stack.append(name)
+        return hook
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    @property
+    def scope(self) -> str:
+        return self.stack[-1] if self.stack else ROOT_SCOPE
+
+    def is_param_or_buffer(self, t: torch.Tensor) -> bool:
+        """Parameters, buffers and their views (``weight.t()``) are never swapped."""
+        if isinstance(t, nn.Parameter):
+            return True
+        return t.untyped_storage().data_ptr() in self._param_storages
+
+    def refresh_params(self) -> None:
+        """Re-read parameter storages (after ``model.to()`` inside the context)."""
+        self._param_storages = {t.untyped_storage().data_ptr()
+                                for t in list(self._model.parameters())
+                                + list(self._model.buffers())}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.stack.clear()
+
+
+@dataclass(eq=False)
+class Entry:
+    """One unique saved storage.
+
+    ``device_tensor`` is a uint8 view of the storage while it is on the device (kept,
+    being copied out, or reloaded); ``stored`` is the transport's copy (a host buffer
+    or a file) once copy-out has finished.
+    """
+
+    id: int
+    index: int
+    """Position among the entries created in this step (forward order)."""
+    scope: str
+    nbytes: int
+    device: torch.device
+    swap: bool
+    device_tensor: torch.Tensor | None = None
+    stored: Any = None
+    out_ticket: Any = None
+    in_ticket: Any = None
+    resident: bool = False
+    n_live: int = 0
+    n_unpacked: int = 0
+    epoch: int = -1
+    released: bool = False
+    weak: Any = field(default=None, repr=False)
+
+
+class DedupTable:
+    """Maps storage keys to live entries; a dead storage never matches."""
+
+    def __init__(self) -> None:
+        self._table: dict[tuple[str, int, int], tuple[Entry, StorageWeakRef]] = {}
+
+    def find(self, t: torch.Tensor) -> Entry | None:
+        key = storage_key(t)
+        hit = self._table.get(key)
+        if hit is None:
+            return None
+        entry, weak = hit
+        if weak.expired() or entry.released:
+            del self._table[key]
+            return None
+        return entry
+
+    def add(self, t: torch.Tensor, entry: Entry) -> None:
+        self._table[storage_key(t)] = (entry, StorageWeakRef(t.untyped_storage()))
+
+    def prune(self) -> None:
+        """Forget entries whose storage died or whose entry was released."""
+        dead = [k for k, (e, w) in self._table.items() if w.expired() or e.released]
+        for k in dead:
+            del self._table[k]
+
+    def clear(self) -> None:
+        self._table.clear()
+
+    def __len__(self) -> int:
+        return len(self._table)

@@ -1,0 +1,180 @@
+"""swap_activations: bitwise-equal training, dedup, exclude, no_grad, retain_graph."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from _swap_models import InplaceViews, assert_bitwise, isensee, monai_net, train_steps
+
+from swapseg.offload import SwapPolicy, SwapStats, swap_activations
+from swapseg.offload.tracker import scope_matches
+
+ARCHS = {"isensee": isensee, "monai_dynunet": monai_net, "inplace_views": InplaceViews}
+
+
+def _swap(policy, workers=1):
+    return lambda m: swap_activations(m, policy, workers=workers)
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    return {name: train_steps(make, _swap(None)) for name, make in ARCHS.items()}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_bitwise_three_steps(baselines, arch, tier, tmp_path):
+    policy = SwapPolicy(tier=tier, prefetch=2,
+                        disk_dir=str(tmp_path) if tier == "disk" else None)
+    run = train_steps(ARCHS[arch], _swap(policy))
+    assert_bitwise(baselines[arch], run)
+    for st in run[3]:
+        assert st.swapped > 0 and st.bytes_out > 0
+        assert st.packed == st.swapped + st.deduplicated + st.kept
+        assert st.device_bytes == 0  # nothing held after backward
+
+
+def test_bitwise_inline_transport_and_long_prefetch(baselines):
+    run = train_steps(isensee, _swap(SwapPolicy(prefetch=50), workers=0))
+    assert_bitwise(baselines["isensee"], run)
+    for st in run[3]:  # copies finish at pack, so every swapped storage comes back once
+        assert st.bytes_in == st.bytes_out > 0
+
+
+def test_dropout_really_on(baselines):
+    """Without reseeding, dropout makes runs differ, so the bitwise test is not vacuous."""
+    torch.manual_seed(5)
+    model = isensee().train()
+    x = torch.randn(1, 2, 16, 16, 16)
+    a = model(x)
+    b = model(x)
+    assert not torch.equal(a, b)
+
+
+def test_params_never_swapped():
+    model = isensee()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with swap_activations(model, SwapPolicy(), workers=0) as st:
+        model(x).sum().backward()
+    n_params = sum(1 for _ in model.parameters())
+    # every conv and norm weight is saved at least once; all of them are kept
+    assert st.kept >= sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert st.kept_bytes == 0  # kept params are not activation entries
+    assert n_params > 0
+
+
+def test_dedup_views_and_shared_storage():
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with swap_activations(lin, SwapPolicy(), workers=0) as st:
+        h = lin(x).exp()          # exp saves its result h
+        a = h[:2] * h[2:]         # mul saves both views of h's storage
+        a.sum().backward()
+    assert st.deduplicated >= 2
+    assert st.bytes_out < sum([x.numel() * 4, 32 * 4 * 3])  # h moved once, not three times
+    ref_x = x.grad.clone()
+    x.grad = None
+    h = lin(x).exp()
+    (h[:2] * h[2:]).sum().backward()
+    assert torch.equal(ref_x, x.grad)
+
+
+def test_dedup_key_never_outlives_storage():
+    """A freed storage whose address is reused must not match the old entry."""
+    x = torch.randn(1000, requires_grad=True)
+    m = torch.nn.Identity()
+    with swap_activations(m, SwapPolicy(), workers=0):
+        outs = []
+        for k in range(20):
+            t = (x * (k + 1)).detach()            # same size each time: address reuse
+            t.requires_grad_(True)
+            outs.append((t.sin(), t, k))
+            del t
+        for y, t, k in outs:
+            y.sum().backward()
+            assert torch.equal(t.grad, (x.detach() * (k + 1)).cos())
+
+
+def test_exclude_honoured_per_scope():
+    model = isensee()
+    x = torch.randn(1, 2, 16, 16, 16)
+    policy = SwapPolicy(exclude=("decoder.*",))
+    with swap_activations(model, policy, workers=0) as st:
+        model(x).sum().backward()
+    dec = {k: v for k, v in st.by_scope.items() if scope_matches(k, ("decoder.*",))}
+    enc = {k: v for k, v in st.by_scope.items() if k.startswith("encoder")}
+    assert dec and enc
+    assert sum(v.swapped for v in dec.values()) == 0
+    assert sum(v.bytes_out for v in dec.values()) == 0
+    assert sum(v.kept_bytes for v in dec.values()) > 0
+    assert sum(v.swapped for v in enc.values()) > 0
+    assert st.bytes_out == sum(v.bytes_out for v in st.by_scope.values())
+
+
+def test_n_tensors_and_min_bytes():
+    model = isensee()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with swap_activations(model, SwapPolicy(n_tensors=7), workers=0) as st:
+        model(x).sum().backward()
+    assert st.swapped == 7
+    with swap_activations(model, SwapPolicy(min_bytes=40_000), workers=0) as st:
+        model(x).sum().backward()
+    assert 0 < st.swapped < st.swapped + st.kept
+    assert st.bytes_out >= 40_000 * st.swapped
+
+
+def test_no_grad_does_nothing():
+    model = isensee().eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(3):
+            ref = model(x)
+        plain = time.perf_counter() - t0
+        with swap_activations(model, SwapPolicy(), workers=0) as st:
+            t0 = time.perf_counter()
+            for _ in range(3):
+                out = model(x)
+            swapped = time.perf_counter() - t0
+    assert torch.equal(ref, out)
+    assert st.as_dict() == SwapStats().as_dict()
+    assert swapped < 1.5 * plain + 0.05  # hooks only push/pop scope names
+
+
+def test_retain_graph_second_backward():
+    model = isensee()
+    x = torch.randn(1, 2, 16, 16, 16)
+    torch.manual_seed(3)
+    loss = model(x).square().mean()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    with swap_activations(model, SwapPolicy(prefetch=3)) as st:
+        torch.manual_seed(3)
+        loss = model(x).square().mean()
+        loss.backward(retain_graph=True)
+        first_in = st.bytes_in
+        loss.backward()
+    for a, p in zip(ref, model.parameters(), strict=True):
+        assert torch.equal(a, p.grad)
+    assert st.backwards == 2 and st.bytes_in >= 2 * st.bytes_out > 0 and first_in > 0
+    assert st.device_bytes == 0
+
+
+def test_autograd_grad_partial_and_inplace_detection():
+    x = torch.randn(50, requires_grad=True)
+    with swap_activations(torch.nn.Identity(), SwapPolicy(), workers=0):
+        y = x.exp()
+        y.add_(1)  # modifies a saved tensor: torch would refuse at backward
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
+def test_policy_none_is_null_context():
+    model = isensee()
+    with swap_activations(model, None) as st:
+        model(torch.randn(1, 2, 16, 16, 16)).sum().backward()
+    assert isinstance(st, SwapStats) and st.packed == 0 and st.as_dict()["by_scope"] == {}
