@@ -1,0 +1,116 @@
+"""Checking a dataset folder: layout, shapes, spacings, label sets, and every problem found.
+
+``check_dataset`` decodes every case with the same loader as training (so a corrupt file,
+NaN voxel or stray label is found), or with ``quick`` only reads the headers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swapseg.data.layouts import Case, find_cases
+from swapseg.data.loader import load_case, read_header
+from swapseg.errors import InputError
+
+__all__ = ["CaseSummary", "DatasetReport", "check_dataset"]
+
+
+@dataclass
+class CaseSummary:
+    case_id: str
+    shape: list[int] | None = None
+    spacing_mm: list[float] | None = None
+    labels: list[int] | None = None
+    has_seg: bool = False
+    problem: str | None = None
+
+
+@dataclass
+class DatasetReport:
+    root: str
+    layout: str
+    cases: list[CaseSummary] = field(default_factory=list)
+    #: problems with the folder structure (cases left out before loading)
+    layout_problems: list[str] = field(default_factory=list)
+    skip_bad: bool = False
+
+    @property
+    def problems(self) -> list[str]:
+        return self.layout_problems + [c.problem for c in self.cases if c.problem]
+
+    @property
+    def good_cases(self) -> list[CaseSummary]:
+        return [c for c in self.cases if c.problem is None]
+
+    @property
+    def usable(self) -> bool:
+        """No problem at all, or (with skip_bad) at least one good case left."""
+        return bool(self.good_cases) and (self.skip_bad or not self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(n_cases=len(self.cases), n_good_cases=len(self.good_cases),
+                 problems=self.problems, usable=self.usable)
+        return d
+
+    def lines(self) -> list[str]:
+        """The human-readable report."""
+        good = self.good_cases
+        out = [f"folder:   {self.root}", f"layout:   {self.layout}",
+               f"cases:    {len(self.cases) + len(self.layout_problems)} found, "
+               f"{len(good)} good, {sum(c.has_seg for c in good)} with segmentation"]
+        out.append("shapes:   " + _counts("x".join(map(str, c.shape)) for c in good if c.shape))
+        out.append("spacings: " + _counts("x".join(f"{s:g}" for s in c.spacing_mm) + " mm"
+                                          for c in good if c.spacing_mm))
+        out.append("labels:   " + _counts("{" + ",".join(map(str, c.labels)) + "}"
+                                          for c in good if c.labels is not None))
+        probs = self.problems
+        out.append(f"problems: {len(probs) or 'none'}")
+        out += [f"  - {p}" for p in probs]
+        if probs and self.skip_bad:
+            out.append(f"left out (--skip-bad): {len(probs)} bad case(s)")
+        out.append("usable:   " + ("yes" if self.usable else "no"))
+        return out
+
+
+def _counts(values: Iterable[str]) -> str:
+    c = Counter(values)
+    return ", ".join(f"{k} ({n})" for k, n in sorted(c.items())) or "-"
+
+
+def _check_case(case: Case, quick: bool) -> CaseSummary:
+    s = CaseSummary(case.case_id, has_seg=case.seg is not None)
+    try:
+        if quick:
+            img = read_header(case.files[0])
+            s.shape = [int(v) for v in img.shape[:3]]
+            s.spacing_mm = [float(z) for z in img.header.get_zooms()[:3]]
+            return s
+        loaded = load_case(case)
+        s.shape = list(loaded.image.shape[1:])
+        s.spacing_mm = list(loaded.spacing)
+        if loaded.seg is not None:
+            s.labels = [int(v) for v in np.unique(loaded.seg)]
+    except InputError as exc:
+        s.problem = f"case {case.case_id}: {exc}"
+    return s
+
+
+def check_dataset(root: str | Path, skip_bad: bool = False, quick: bool = False,
+                  progress: bool = False) -> DatasetReport:
+    """Check every case under ``root``; raises InputError only for a missing/empty folder."""
+    index = find_cases(root, skip_bad=True)
+    report = DatasetReport(str(root), index.layout, layout_problems=list(index.problems),
+                           skip_bad=skip_bad)
+    cases = index.cases
+    if progress:
+        from tqdm import tqdm
+        cases = tqdm(cases, desc="checking", unit="case")
+    report.cases = [_check_case(c, quick) for c in cases]
+    return report

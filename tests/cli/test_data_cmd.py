@@ -1,0 +1,88 @@
+"""`swapseg data check` and `swapseg synth` from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from swapseg.cli import main
+from swapseg.data.brats import find_cases, load_case
+
+
+def test_synth_then_check(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "s"), "--cases", "2", "--shape", "24,28,20",
+                 "--seed", "3", "--json", str(tmp_path / "synth.json")]) == 0
+    assert json.loads((tmp_path / "synth.json").read_text())["cases"] == [
+        "Synth_3_000", "Synth_3_001"]
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "s"), "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "layout:   brats2017-2018" in out
+    assert "cases:    2 found, 2 good, 2 with segmentation" in out
+    assert "shapes:   24x28x20 (2)" in out and "usable:   yes" in out
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["usable"] is True and report["n_cases"] == 2
+    assert report["cases"][0]["labels"] == [0, 1, 2, 4]
+    loaded = load_case(find_cases(tmp_path / "s").cases[1])
+    assert loaded.image.shape == (4, 24, 28, 20)
+
+
+def test_check_lists_every_problem(tmp_path, capsys):
+    from swapseg.data.synthetic import synthesize
+
+    paths = synthesize(tmp_path, 4, 20, seed=1)
+    (paths[0] / "Synth_1_000_t1.nii.gz").unlink()                      # missing modality
+    f = paths[1] / "Synth_1_001_t2.nii.gz"
+    f.write_bytes(f.read_bytes()[:200])                                # truncated
+    import nibabel as nib
+    seg = paths[2] / "Synth_1_002_seg.nii.gz"
+    img = nib.load(str(seg))
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(data, img.affine), str(seg))              # label 3 in brats2017
+    assert main(["data", "check", str(tmp_path)]) == 2
+    cap = capsys.readouterr()
+    assert "problems: 3" in cap.out
+    assert "case Synth_1_000: missing modality t1" in cap.out
+    assert "case Synth_1_001:" in cap.out and "Synth_1_001_t2.nii.gz" in cap.out
+    assert "case Synth_1_002:" in cap.out and "label value 3 is outside" in cap.out
+    assert cap.err.startswith("swapseg: error: dataset not usable: 3 problem(s)")
+    assert main(["data", "check", str(tmp_path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "1 good" in out and "left out (--skip-bad): 3 bad case(s)" in out
+
+
+def test_empty_folder_exit_2(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert "no BraTS or MSD cases found" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--cases", "0"]) == 2
+
+
+@pytest.mark.realdata
+def test_real_sample_is_usable(brats_sample, capsys):
+    assert main(["data", "check", str(brats_sample)]) == 0
+    out = capsys.readouterr().out
+    assert "cases:    12 found, 12 good, 12 with segmentation" in out
+    assert "shapes:   240x240x155 (12)" in out and "labels:   {0,1,2,4} (12)" in out
+
+
+@pytest.mark.realdata
+def test_real_copy_with_a_deleted_modality(brats_sample, tmp_path, capsys):
+    # two cases linked whole, one with its files linked except T1ce: fast, nothing copied
+    ids = ["Brats18_2013_20_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA01_201_1"]
+    for case_id in ids[:2]:
+        os.symlink(brats_sample / case_id, tmp_path / case_id)
+    broken = tmp_path / ids[2]
+    broken.mkdir()
+    for f in (brats_sample / ids[2]).iterdir():
+        if not f.name.endswith("_t1ce.nii.gz"):
+            os.symlink(f, broken / f.name)
+    assert main(["data", "check", "--quick", str(tmp_path)]) == 2
+    cap = capsys.readouterr()
+    assert "case Brats18_TCIA01_201_1: missing modality t1ce" in cap.out
+    assert "Brats18_TCIA01_201_1" in cap.err
+    assert main(["data", "check", "--quick", "--skip-bad", str(tmp_path)]) == 0
+    assert "3 found, 2 good" in capsys.readouterr().out
