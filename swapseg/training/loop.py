@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from swapseg import offload
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload.recompute import RecomputePolicy, recompute
 from swapseg.training import distributed as dist_
 from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from swapseg.training.config import TrainConfig
@@ -37,8 +38,8 @@ from swapseg.training.runlog import EpochLog
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
 
-__all__ = ["train", "fit", "build_model", "model_kwargs", "resolve_device", "NonFiniteLoss",
-           "TrainState"]
+__all__ = ["train", "train_all_folds", "fit", "build_model", "model_kwargs", "resolve_device",
+           "NonFiniteLoss", "TrainState"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -90,6 +91,12 @@ def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist
     return train_loader, val_loader, gen
 
 
+def _recompute_policy(config: TrainConfig) -> RecomputePolicy | None:
+    """The recompute half of an auto-chosen memory plan (None without one)."""
+    rec = (config.plan or {}).get("recompute")
+    return None if rec is None else RecomputePolicy.from_dict(rec)
+
+
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             echo: Callable[[str], None]) -> TrainState:
     ck = load_checkpoint(path)
@@ -103,42 +110,61 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
 
 
 def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
-    """One pass over the training loader; returns loss, timing and data-wait share."""
+    """One pass over the training loader; returns loss, timing and data-wait share.
+
+    The whole epoch runs in one swap context (and recompute context): the engine learns
+    the unpack order in one step and prefetches by it in the next, so a context per step
+    would throw that away. Per-step swap figures are differences of the live counters.
+    """
     ctx.ddp_model.train()
     loss_sum, n_samples, wait_s, busy_s = 0.0, 0, 0.0, 0.0
+    n_steps = len(ctx.train_loader)
+    first = ctx.state.global_step
+    trace_epoch = ctx.config.trace_step is not None and \
+        first <= ctx.config.trace_step < first + n_steps
     batches = iter(ctx.train_loader)
-    bar = tqdm(total=len(ctx.train_loader), desc=f"epoch {epoch + 1}", leave=False,
-               disable=not progress, unit="step")
-    for step in range(len(ctx.train_loader)):
-        t0 = time.perf_counter()
-        batch = next(batches)
-        t1 = time.perf_counter()
-        image = batch["image"].to(ctx.device, non_blocking=True)
-        target = batch["target"].to(ctx.device, non_blocking=True)
-        trace = ctx.config.trace_step == ctx.state.global_step
-        ctx.optimizer.zero_grad(set_to_none=True)
-        with offload.swap_activations(ctx.model, ctx.policy, trace=trace) as stats:
-            loss = ctx.loss_fn(ctx.ddp_model(image), target)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(global step {ctx.state.global_step}); stopping. The last good "
-                    f"checkpoint is {ctx.run_dir / 'checkpoints' / 'last.pt'}")
-            loss.backward()
-        ctx.optimizer.step()
-        busy_s += time.perf_counter() - t1
-        wait_s += t1 - t0
-        ctx.swaplog.add_step(stats, epoch)
-        if trace and ctx.info.is_main:
-            write_trace(stats, ctx.run_dir, ctx.state.global_step)
-        ctx.state.global_step += 1
-        loss_sum += loss.item() * image.shape[0]
-        n_samples += image.shape[0]
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+               unit="step")
+    with offload.swap_activations(ctx.model, ctx.policy, trace=trace_epoch) as stats, \
+            recompute(ctx.model, ctx.recompute):
+        for step in range(n_steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            before = stats.as_dict()
+            loss = _step(ctx, batch, epoch, step)
+            t2 = time.perf_counter()
+            busy_s += t2 - t1
+            wait_s += t1 - t0
+            ctx.swaplog.add_step(before, stats.as_dict(), epoch)
+            if trace_epoch and ctx.state.global_step == ctx.config.trace_step \
+                    and ctx.info.is_main:
+                write_trace(stats, (t1 - stats.t0, t2 - stats.t0), ctx.run_dir,
+                            ctx.state.global_step)
+            ctx.state.global_step += 1
+            loss_sum += loss * batch["image"].shape[0]
+            n_samples += batch["image"].shape[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()
-    return {"train_loss": loss_sum / max(n_samples, 1), "steps": len(ctx.train_loader),
+    return {"train_loss": loss_sum / max(n_samples, 1), "steps": n_steps,
             "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12)}
+
+
+def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> float:
+    """Forward, loss, backward, optimizer step; NonFiniteLoss before a bad update."""
+    image = batch["image"].to(ctx.device, non_blocking=True)  # (B, 4, D, H, W)
+    target = batch["target"].to(ctx.device, non_blocking=True)  # (B, 3, D, H, W)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss = ctx.loss_fn(ctx.ddp_model(image), target)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(
+            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
+            f"{ctx.state.global_step}); stopping. The last good checkpoint is "
+            f"{ctx.run_dir / 'checkpoints' / 'last.pt'}")
+    loss.backward()
+    ctx.optimizer.step()
+    return loss.item()
 
 
 @dataclass
@@ -152,6 +178,7 @@ class _Ctx:
     train_loader: DataLoader
     device: torch.device
     policy: Any
+    recompute: Any
     run_dir: Path
     state: TrainState
     swaplog: SwapLog
@@ -207,10 +234,14 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     train_loader, val_loader, gen = _loaders(train_ds, val_ds, config, info, device)
     ctx = _Ctx(config, model, dist_.wrap_model(model, info, device), optimizer,
                make_loss(config.loss, config.dice_eps), train_loader, device,
-               config.swap, run_dir, state, SwapLog(config.swap), info)
+               config.swap, _recompute_policy(config), run_dir, state,
+               SwapLog(config.swap), info)
     window = config.patch if config.mode == "patch" else None
     stop_reason = "max_epochs"
     for epoch in range(state.epoch, config.max_epochs):
+        if state.bad_epochs >= config.early_stop:  # a resumed run that had already stopped
+            stop_reason = "early_stop"
+            break
         gen.manual_seed(config.seed * 1_000_003 + epoch)  # same order and seeds on resume
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
@@ -246,6 +277,20 @@ def _epoch_line(row: dict[str, Any], max_epochs: int) -> str:
             f"{100 * row['data_wait_share']:.1f}%{swap}{' *' if row.get('best') else ''}")
 
 
+def _auto_plan(config: TrainConfig, model: nn.Module,
+               echo: Callable[[str], None]) -> TrainConfig:
+    """``--swap auto``: the planner's fastest plan that fits the memory budget."""
+    from swapseg.offload.hybrid import choose_plan
+
+    device = resolve_device(config.device)
+    side = config.patch if config.mode == "patch" else None
+    shape = (side,) * 3 if side else config.shape
+    plan = choose_plan(model, (config.batch, 4, *shape), "local", config.memory_budget_bytes,
+                       tier="cuda" if device.type == "cuda" else "host")
+    echo(f"memory plan for {config.memory_budget_bytes} bytes: {plan.to_dict()}")
+    return config.replace(swap=plan.swap, plan=plan.to_dict())
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           echo: Callable[[str], None] = print, splits_path: str | Path | None = None
           ) -> dict[str, Any]:
@@ -260,6 +305,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     split = fold_split(splits, config.fold)
     train_ds, val_ds = build_datasets(config, cases, split)
     model = build_model(config)
+    if config.memory_budget_bytes is not None and config.plan is None:
+        config = _auto_plan(config, model, echo)
     if int(os.environ.get("RANK", "0")) == 0:  # before init: torchrun's env
         write_json(run_dir / "config.json", config.to_dict())
     echo(f"fold {config.fold}/{config.folds}: {len(split['train'])} train, "
@@ -269,3 +316,21 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     result = fit(model, train_ds, val_ds, config, resume=resume, progress=progress, echo=echo)
     result["split"] = split
     return result
+
+
+def train_all_folds(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every fold in turn: RUN/fold<k>/ per fold, one RUN/splits.json and RUN/cache."""
+    run_dir = Path(config.out)
+    cache = config.cache_dir or str(run_dir / "cache")
+    base = config.replace(cache_dir=cache)
+    write_json(run_dir / "config.json", base.to_dict())
+    folds = []
+    for k in range(config.folds):
+        res = train(base.replace(fold=k, out=str(run_dir / f"fold{k}")), resume=resume,
+                    progress=progress, echo=echo, splits_path=run_dir / "splits.json")
+        folds.append({"fold": k, **{key: res[key] for key in
+                                    ("epochs", "best_epoch", "best_val_loss", "stop_reason")},
+                      "last_row": res["last_row"]})
+        write_json(run_dir / "crossval.json", {"folds": folds})
+    return {"run_dir": str(run_dir), "folds": folds}

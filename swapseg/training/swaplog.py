@@ -1,9 +1,12 @@
 """Swap statistics of a training run: the first step, the average step, per epoch.
 
-The engine yields one stats object per step (``SwapStats.as_dict()``). This module keeps
-the first step's dict whole (with its per-scope table) and averages the numeric fields
-per epoch and over the run, writes them to ``swap_stats.json`` and gives the per-epoch
-averages that go into log.csv.
+The training loop holds one swap context per epoch; the engine's counters are cumulative
+over it. A step's figures are the differences of ``SwapStats.as_dict()`` taken before and
+after it; ``peak_device_bytes`` is the running peak of the context at the end of the
+step (the engine keeps no per-step peak), which for a static graph is the step's own peak.
+This module keeps the first step whole (with its per-scope table), averages the numeric
+fields per epoch and over the run, writes them to ``swap_stats.json`` and gives the
+per-epoch averages that go into log.csv.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class SwapLog:
         self.run = _Mean()
         self.epochs: dict[int, _Mean] = {}
 
-    def add_step(self, stats: Any, epoch: int) -> None:
-        d = stats.as_dict()
+    def add_step(self, before: dict[str, Any], after: dict[str, Any], epoch: int) -> None:
+        d = step_delta(before, after)
         if self.first_step is None:
             self.first_step = d
         self.run.add(d)
@@ -65,6 +68,27 @@ class SwapLog:
         })
 
 
+#: Fields that are levels or peaks, not counters: a step reports the value after it.
+_LEVELS = ("device_bytes", "peak_device_bytes")
+
+
+def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One step's figures from two snapshots of the cumulative counters."""
+    out: dict[str, Any] = {}
+    for k, v in after.items():
+        if k == "by_scope":
+            continue
+        if k in _LEVELS or not isinstance(v, (int, float)) or isinstance(v, bool):
+            out[k] = v
+        else:
+            out[k] = v - before.get(k, 0)
+    scopes_before = before.get("by_scope", {})
+    out["by_scope"] = {
+        name: {f: c - scopes_before.get(name, {}).get(f, 0) for f, c in sc.items()}
+        for name, sc in after.get("by_scope", {}).items()}
+    return out
+
+
 def _event_dict(e: Any) -> Any:
     if hasattr(e, "as_dict"):
         return e.as_dict()
@@ -73,11 +97,18 @@ def _event_dict(e: Any) -> Any:
     return e
 
 
-def write_trace(stats: Any, run_dir: Path, step: int) -> None:
-    """RUN/timeline.json and RUN/timeline.png of a traced step."""
+def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
+    """RUN/timeline.json and RUN/timeline.png of the traced step.
+
+    ``window`` is the step's (start, end) in the engine's clock (seconds since
+    ``stats.t0``); only the events inside it are kept, so other steps of the epoch's
+    context do not crowd the plot.
+    """
     from swapseg.offload import plot_timeline
 
-    events = list(getattr(stats, "events", []) or [])
-    write_json(run_dir / "timeline.json",
-               {"step": step, "stats": stats.as_dict(), "events": [_event_dict(e) for e in events]})
+    lo, hi = window
+    events = [_event_dict(e) for e in (getattr(stats, "events", None) or [])]
+    events = [e for e in events if not isinstance(e, dict) or lo <= e.get("t", lo) <= hi]
+    write_json(run_dir / "timeline.json", {"step": step, "window_s": [lo, hi],
+                                           "stats": stats.as_dict(), "events": events})
     plot_timeline(events, run_dir / "timeline.png")

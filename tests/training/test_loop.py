@@ -101,3 +101,40 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values())
     assert [r["epoch"] for r in _rows(run)] == ["1"]
+
+
+def test_swapping_changes_nothing_but_the_stats(tmp_path):
+    from swapseg.offload.policy import SwapPolicy
+
+    data, val = BlobVolumes(2), BlobVolumes(1, seed=1)
+    plain = tiny(out=str(tmp_path / "plain"), max_epochs=2)
+    swapped = plain.replace(out=str(tmp_path / "swap"), swap=SwapPolicy(tier="host"))
+    m_plain, m_swap = build_model(plain), build_model(swapped)
+    fit(m_plain, data, val, plain, **SILENT)
+    fit(m_swap, data, val, swapped, **SILENT)
+    for (name, a), b in zip(m_plain.state_dict().items(), m_swap.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    rows = _rows(tmp_path / "swap")
+    assert all(float(r["swap_swapped"]) > 0 for r in rows)
+    assert all(float(r["swap_swapped"]) == 0 for r in _rows(tmp_path / "plain"))
+    stats = __import__("json").loads((tmp_path / "swap" / "swap_stats.json").read_text())
+    assert stats["steps"] == 4 and stats["policy"]["tier"] == "host"
+    first, avg = stats["first_step"], stats["average_step"]
+    # per-step figures, not the epoch's cumulative counters
+    assert first["swapped"] == avg["swapped"] > 0 and first["steps"] == 1
+    assert first["by_scope"] and avg["bytes_out"] == first["bytes_out"]
+
+
+def test_trace_step_writes_timeline(tmp_path):
+    pytest.importorskip("swapseg.offload.timeline")
+    from swapseg.offload.policy import SwapPolicy
+
+    cfg = tiny(out=str(tmp_path / "t"), max_epochs=2, swap=SwapPolicy(tier="host"),
+               trace_step=3)
+    fit(build_model(cfg), BlobVolumes(2), BlobVolumes(1), cfg, **SILENT)
+    tl = __import__("json").loads((tmp_path / "t" / "timeline.json").read_text())
+    assert tl["step"] == 3 and tl["events"]
+    lo, hi = tl["window_s"]
+    assert all(lo <= e["t"] <= hi for e in tl["events"])
+    assert (tmp_path / "t" / "timeline.png").stat().st_size > 0

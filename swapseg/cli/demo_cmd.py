@@ -1,0 +1,48 @@
+"""``swapseg demo``: the whole pipeline on synthetic data, in minutes on a CPU."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["register", "run"]
+
+EPILOG = """examples:
+  swapseg demo                         # writes ./swapseg-demo/ (about 5-10 minutes on 2 cores)
+  swapseg demo --out /tmp/demo --quick # a smoke test in well under a minute
+  swapseg demo --cases 30 --epochs 40  # more data, longer training
+"""
+
+
+def register(subparsers: Any) -> None:
+    from swapseg.training.demo import DEFAULT_CASES, DEFAULT_OUT
+
+    p = subparsers.add_parser(
+        "demo", help="synthetic data -> train with swapping -> evaluate -> report",
+        description="Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes "
+                    "with activation swapping (host tier on a CPU), predict and score the "
+                    "held-out cases, and write a report folder.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
+    p.add_argument("--cases", type=int, default=DEFAULT_CASES,
+                   help=f"synthetic cases, split 60/20/20 (default {DEFAULT_CASES})")
+    p.add_argument("--shape", type=int, help="cube side of the phantoms (multiple of 8)")
+    p.add_argument("--epochs", type=int, help="maximum training epochs")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny network, 32^3, 2 epochs: checks the pipeline, not the Dice")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapseg.training.demo import run_demo
+
+    summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
+                       quick=args.quick, seed=args.seed, progress=sys.stderr.isatty())
+    d = summary["dice"]
+    print(f"report: {args.out}/ (summary.json, boxplot.png, overlays/, log.csv, "
+          f"swap_stats.json)")
+    print(f"held-out Dice ({summary['n_cases']} cases): WT {d['WT']:.3f}  TC {d['TC']:.3f}  "
+          f"ET {d['ET']:.3f}   total {summary['demo']['wall_s']['total_s']:.0f} s")
+    return 0

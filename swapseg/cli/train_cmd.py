@@ -1,0 +1,181 @@
+"""``swapseg train``: train the Isensee U-Net on a BraTS-style data set (one fold or all)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from swapseg.errors import InputError
+
+__all__ = ["register", "run", "parse_bytes", "config_from_args"]
+
+EPILOG = """examples:
+  swapseg train --data brats18/ --out runs/full --shape 128 --zoom 1
+  swapseg train --data brats18/ --out runs/patch --mode patch --patch 128 --fold all
+  swapseg train --data synth/ --out runs/tiny --preset tiny --epochs 5 --swap all
+  swapseg train --data synth/ --out runs/tuned --swap all --swap-exclude 'decoder.*' \\
+      --swap-prefetch 20 --trace-step 3
+  swapseg train --data brats18/ --out runs/auto --swap auto --memory-budget 16GiB
+  swapseg train --out runs/full --resume          # continue after a crash or a kill
+"""
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'16GiB', '500MB', '1e9' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise InputError(f"not a memory size: {text!r} (use e.g. 16GiB, 500MB)")
+    try:
+        return int(float(m.group(1)) * _UNITS[unit])
+    except ValueError:
+        raise InputError(f"not a memory size: {text!r} (use e.g. 16GiB, 500MB)") from None
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise InputError(f"--shape {text!r}: expected N or DxHxW") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise InputError(f"--shape {text!r}: expected N or DxHxW")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the 3D U-Net (full volumes or patches, k-fold)",
+        description="Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
+                    "LR x0.5 after 10 epochs without validation improvement, early stop "
+                    "after 50), optionally with activation swapping.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="brats_full",
+                   choices=["brats_full", "brats_patch", "demo", "tiny"],
+                   help="starting configuration (default brats_full)")
+    p.add_argument("--mode", choices=["full", "patch"])
+    p.add_argument("--shape", type=_shape, help="volume shape after preprocessing: N or DxHxW")
+    p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
+    p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
+    p.add_argument("--batch", type=int, dest="batch_size", help="batch size")
+    p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=["dice", "dice_bce"])
+    p.add_argument("--base-filters", type=int, dest="base_filters")
+    p.add_argument("--depth", type=int)
+    p.add_argument("--folds", type=int)
+    p.add_argument("--fold", default=None, help="fold index K (0-based) or 'all'")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt with OUT/config.json")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    _add_swap_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_swap_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("activation swapping")
+    g.add_argument("--swap", default="none",
+                   help="none, all, auto (with --memory-budget) or a SwapPolicy JSON file")
+    g.add_argument("--swap-n-tensors", type=int, dest="n_tensors")
+    g.add_argument("--swap-include", action="append", dest="include", metavar="GLOB")
+    g.add_argument("--swap-exclude", action="append", dest="exclude", metavar="GLOB")
+    g.add_argument("--swap-min-bytes", type=int, dest="min_bytes")
+    g.add_argument("--swap-prefetch", type=int, dest="prefetch")
+    g.add_argument("--swap-branches", action="store_true", default=None, dest="swap_branches")
+    g.add_argument("--swap-tier", choices=["auto", "cuda", "host", "disk"], dest="tier")
+    g.add_argument("--swap-disk-dir", dest="disk_dir")
+    g.add_argument("--memory-budget", type=parse_bytes, dest="memory_budget_bytes",
+                   help="with --swap auto: bytes the step must fit in (e.g. 16GiB)")
+    g.add_argument("--trace-step", type=int, dest="trace_step",
+                   help="write OUT/timeline.png and timeline.json for this global step")
+
+
+_POLICY_FIELDS = ("n_tensors", "include", "exclude", "min_bytes", "prefetch",
+                  "swap_branches", "tier", "disk_dir")
+
+
+def _swap_policy(args: argparse.Namespace) -> Any:
+    from swapseg.offload.policy import SwapPolicy
+
+    flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
+    if args.swap == "auto":
+        if args.memory_budget_bytes is None:
+            raise InputError("--swap auto needs --memory-budget (e.g. 16GiB)")
+        if flags:
+            raise InputError(f"--swap auto chooses the policy; drop --swap-{next(iter(flags))}")
+        return None
+    if args.memory_budget_bytes is not None:
+        raise InputError("--memory-budget is only used with --swap auto")
+    if args.swap == "none":
+        if flags:
+            raise InputError(f"--swap-{next(iter(flags)).replace('_', '-')} needs --swap all "
+                             "or --swap FILE.json")
+        return None
+    if args.swap == "all":
+        base = SwapPolicy()
+    else:
+        path = Path(args.swap)
+        if not path.is_file():
+            raise InputError(f"--swap {args.swap}: not none, all, auto or an existing JSON file")
+        base = SwapPolicy.from_json(path.read_text())
+    return base.replace(**flags)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig that the command line describes (or the run's own, with --resume)."""
+    from swapseg.training.config import PRESETS, TrainConfig
+
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        try:
+            return TrainConfig.from_dict(json.loads(saved.read_text()))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{saved}: not valid JSON ({exc})") from None
+    if not args.data:
+        raise InputError("--data DIR is required (except with --resume of an existing run)")
+    names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
+             "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
+             "memory_budget_bytes")
+    changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.fold not in (None, "all"):
+        try:
+            changes["fold"] = int(args.fold)
+        except ValueError:
+            raise InputError(f"--fold {args.fold!r}: expected an integer or 'all'") from None
+    if args.no_augment:
+        changes["augment"] = False
+    changes["swap"] = _swap_policy(args)
+    return PRESETS[args.preset](data=str(args.data), out=str(args.out), **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
+
+    config = config_from_args(args)
+    kwargs = {"resume": args.resume, "progress": not args.no_progress and sys.stderr.isatty()}
+    try:
+        if args.fold == "all":
+            result = train_all_folds(config, **kwargs)
+        else:
+            result = train(config, **kwargs)
+    except NonFiniteLoss as exc:
+        print(f"swapseg: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {result['run_dir']} ({result.get('stop_reason', 'all folds')}); "
+          f"checkpoints in {result['run_dir']}/checkpoints" if "stop_reason" in result
+          else f"done: {result['run_dir']}/crossval.json")
+    return 0
