@@ -1,0 +1,93 @@
+"""`swapseg predict` and `swapseg evaluate` end to end, on a checkpoint from `swapseg.training`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from swapseg.cli import main
+from swapseg.data.synthetic import synthesize
+from swapseg.training.config import tiny
+from swapseg.training.loop import train
+
+SHAPE = (27, 30, 22)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data folder, best.pt) of a one-epoch tiny run on three synthetic cases."""
+    root = tmp_path_factory.mktemp("cli")
+    synthesize(root / "data", 3, SHAPE, 0)
+    config = tiny(data=str(root / "data"), out=str(root / "run"), folds=3, max_epochs=1,
+                  shape=(32, 32, 32))
+    train(config, progress=False, echo=lambda _: None)
+    best = root / "run" / "checkpoints" / "best.pt"
+    assert best.is_file()
+    return root / "data", best
+
+
+@pytest.fixture(scope="module")
+def predicted(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, best = trained
+    pred = tmp_path_factory.mktemp("pred")
+    assert main(["predict", "--checkpoint", str(best), "--input", str(data),
+                 "--out", str(pred), "--window", "32", "--overlap", "0.25"]) == 0
+    return pred
+
+
+def test_predict_then_evaluate(tmp_path: Path, trained, predicted, capsys) -> None:
+    data, best = trained
+    pred, ev = predicted, tmp_path / "eval"
+    cases = sorted(p.name for p in data.iterdir())
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]
+    for c in cases:
+        out, ref = nib.load(pred / f"{c}.nii.gz"), nib.load(data / c / f"{c}_flair.nii.gz")
+        assert out.shape == SHAPE
+        np.testing.assert_allclose(out.affine, ref.affine)
+        assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1, 2, 4}
+    meta = json.loads((pred / "predictions.json").read_text())
+    assert meta["window"] == 32 and meta["n_cases"] == 3 and meta["shape"] == [32, 32, 32]
+
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(ev)]) == 0
+    assert "mean Dice WT" in capsys.readouterr().out
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["n_cases"] == 3
+    for key in ("dice", "sensitivity", "specificity", "hd95_mm"):
+        assert set(summary[key]) == {"WT", "TC", "ET"}
+        assert set(summary["median"][key]) == {"WT", "TC", "ET"}
+        assert set(summary["std"][key]) == {"WT", "TC", "ET"}
+    assert all(0.0 <= summary["dice"][r] <= 1.0 for r in ("WT", "TC", "ET"))
+    assert (ev / "per_case.csv").read_text().count("\n") == 4
+    assert (ev / "boxplot.png").is_file() and len(list((ev / "overlays").glob("*.png"))) == 3
+
+
+def test_errors_exit_2_with_one_line(tmp_path: Path, trained, predicted, capsys) -> None:
+    data, best = trained
+    pred = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--input", str(data),
+                 "--out", str(pred)]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert not pred.exists()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(data),
+                 "--out", str(pred), "--window", "6"]) == 2
+    assert "window 6" in capsys.readouterr().err
+
+    shutil.copytree(predicted, pred)
+    victim = sorted(pred.glob("*.nii.gz"))[1]
+    ev = tmp_path / "eval"
+    moved = victim.rename(tmp_path / victim.name)
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(ev)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith("swapseg: error: no prediction for case ")
+    assert victim.name.removesuffix(".nii.gz") in err and "\n" not in err
+    img = nib.load(moved)
+    cut = np.asarray(img.dataobj)[:, :, :-2]
+    nib.save(nib.Nifti1Image(cut, img.affine, img.header), victim)
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(ev)]) == 2
+    assert f"{victim}: shape" in capsys.readouterr().err
+    assert not ev.exists()
