@@ -31,7 +31,7 @@ __all__ = ["TISSUE_CONTRAST", "make_phantom", "synthesize"]
 _TISSUES = ("background", "wm", "gm", "csf", "edema", "necrosis", "enhancing")
 #: Mean intensity of each tissue per modality, relative to white matter on T1.
 TISSUE_CONTRAST = {  # wm, gm, csf, edema, necrosis, enhancing
-    "flair": (0.70, 0.85, 0.22, 1.45, 0.95, 1.15),
+    "flair": (0.70, 0.85, 0.22, 1.70, 0.95, 1.15),
     "t1": (1.00, 0.72, 0.28, 0.62, 0.42, 0.70),
     "t1ce": (1.00, 0.86, 0.35, 0.70, 0.40, 1.75),
     "t2": (0.55, 0.80, 1.65, 1.30, 1.45, 1.00),
@@ -69,11 +69,13 @@ def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
     tissue = np.zeros(shape, np.uint8)
     brain = r < 1.0
     tissue[brain] = 1
-    folds = _smooth_noise(rng, shape, s / 40)  # gyri: the cortex ribbon's depth varies
-    gm = brain & (r > 0.80 + 0.07 * folds)
-    tissue[gm] = 2
-    sulci = gm & (folds > 0.9) & (r > 0.84)
-    tissue[sulci | (brain & (r > 0.965))] = 3
+    depth = 1.0 - r  # 0 at the brain surface, about 1 at the centre
+    # gyri: a grey ribbon of varying thickness; sulci: the zero sheets of a smooth field,
+    # which fold like real sulci, filled with CSF down to a varying depth
+    tissue[brain & (depth < 0.15 + 0.07 * _smooth_noise(rng, shape, s / 20))] = 2
+    folds = _smooth_noise(rng, shape, s / 28)
+    sulci = (np.abs(folds) < 0.14) & (depth < 0.2 + 0.08 * _smooth_noise(rng, shape, s / 16))
+    tissue[brain & (sulci | (depth < 0.02))] = 3
     for side in (-1, 1):  # deep grey nuclei and lateral ventricles
         nuc = _ellipsoid(xyz, (0.22 * side, 0.02, -0.05), (0.12, 0.16, 0.12))
         tissue[brain & (nuc < 1)] = 2
@@ -92,7 +94,7 @@ def _tumor(rng: np.random.Generator, shape: tuple[int, int, int], xyz: list[np.n
     r_ed = rng.uniform(0.32, 0.7)
     aniso = rng.uniform(0.75, 1.25, 3)
     d_ed = _ellipsoid(xyz, centre, r_ed * aniso) + 0.22 * _smooth_noise(rng, shape, s / 14)
-    d_ed -= 0.12 * (tissue == 1)  # edema spreads along white matter
+    d_ed -= 0.15 * (tissue == 1)  # edema spreads along white matter
     edema = brain & (d_ed < 1) & (tissue != 3)
     r_tc = r_ed * rng.uniform(0.5, 0.8)
     core_c = centre + rng.uniform(-0.3, 0.3, 3) * (r_ed - r_tc)
@@ -133,15 +135,17 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, labels: np.ndarray) ->
     texture = _smooth_noise(rng, shape, 1.2)
     bias = _smooth_noise(rng, shape, s / 4)
     scale = rng.uniform(300, 1500)
+    weight = ndimage.gaussian_filter(brain.astype(np.float64), 0.6)
     out = np.zeros((4, *shape), np.int16)
     for m, mod in enumerate(_MODS):
         table = np.array((0.0, *TISSUE_CONTRAST[mod])) * rng.uniform(0.93, 1.07, 7)
         own = _smooth_noise(rng, shape, 1.2)
         img = table[cls] * (1 + 0.04 * texture + 0.05 * own)
         img[vessels] *= _VESSEL_GAIN[mod]
-        img = ndimage.gaussian_filter(img, 0.6)  # partial volume
-        img *= np.exp(0.07 * bias + 0.09 * _smooth_noise(rng, shape, s / 4))
-        sigma = 0.045 * rng.uniform(0.8, 1.3)
+        # partial volume, blurring inside the brain only (no dark rim at its edge)
+        img = ndimage.gaussian_filter(img, 0.6) / np.maximum(weight, 1e-3)
+        img *= np.exp(0.05 * bias + 0.06 * _smooth_noise(rng, shape, s / 4))
+        sigma = 0.03 * rng.uniform(0.8, 1.3)
         img = np.hypot(img + sigma * rng.standard_normal(shape),
                        sigma * rng.standard_normal(shape))  # Rician magnitude noise
         out[m] = np.where(brain, np.clip(img * scale, 1, 32767), 0).astype(np.int16)
