@@ -25,8 +25,7 @@ def _shape(text: str) -> tuple[int, int, int]:
     if len(parts) == 1:
         parts *= 3
     if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use 64 or 64,64,48)") \
-            from None
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use 64 or 64,64,48)")
     return tuple(parts)  # type: ignore[return-value]
 
 

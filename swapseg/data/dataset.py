@@ -86,7 +86,10 @@ class BratsVolumes(Dataset):
         stem = self.cache_dir / f"{case.case_id}-{cache_key(case, self.target_shape, self.zoom)}"
         meta = _with(stem, ".json")
         if meta.is_file():
-            return self._read_cache(stem, meta)
+            try:
+                return self._read_cache(stem, meta)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged or partly deleted entry: rebuild it
         prep = preprocess(load_case(case), self.target_shape, self.zoom)
         with atomic_path(_with(stem, ".image.npy")) as tmp:
             np.save(tmp, prep.image)

@@ -208,6 +208,17 @@ def find_cases(root: str | Path, skip_bad: bool = False) -> CaseIndex:
         raise InputError(f"{root}: no such folder")
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
-    if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
-        return _find_msd(root, skip_bad)
-    return _find_brats(root, skip_bad)
+    try:
+        if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
+            return _find_msd(root, skip_bad)
+        return _find_brats(root, skip_bad)
+    except InputError:
+        # a release folder wrapped in one more (MICCAI_BraTS_2018_Data_Training/, a zip's
+        # top folder): look one level down before giving up
+        inner = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if len(inner) == 1 and not _nifti_files(root):
+            try:
+                return find_cases(inner[0], skip_bad)
+            except InputError:
+                pass
+        raise

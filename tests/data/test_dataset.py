@@ -88,3 +88,12 @@ def test_workers_draw_different_augmentations(two_cases):
     # (a 1-in-48 coincidence otherwise; fixed by the seed), so workers are seeded apart
     assert images[0] != images[1]
     assert len(set(images)) > 2
+
+
+def test_damaged_cache_entry_is_rebuilt(two_cases, tmp_path):
+    cache = tmp_path / "cache"
+    first = BratsVolumes(two_cases, 24, cache_dir=cache)[0]
+    (image_npy,) = cache.glob("*.image.npy")
+    image_npy.unlink()
+    again = BratsVolumes(two_cases, 24, cache_dir=cache)[0]
+    assert torch.equal(first["image"], again["image"]) and image_npy.is_file()

@@ -95,3 +95,11 @@ def test_all_bad_with_skip_bad_still_raises(tmp_path, make_case):
     (bad / "Brats18_B_1_flair.nii.gz").unlink()
     with pytest.raises(InputError, match="1 bad cases left out"):
         find_cases(tmp_path, skip_bad=True)
+
+
+def test_release_folder_wrapped_in_one_more(tmp_path, make_case, make_msd):
+    make_case(tmp_path / "MICCAI_BraTS_2018_Data_Training" / "HGG", "Brats18_A_1")
+    idx = find_cases(tmp_path)
+    assert idx.layout == "brats2017-2018-hgg-lgg" and len(idx.cases) == 1
+    make_msd(tmp_path / "msd" / "Task01_BrainTumour", n=1, test_cases=0)
+    assert find_cases(tmp_path / "msd").layout == "msd-task01"
