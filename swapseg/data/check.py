@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from swapseg.data.layouts import Case, find_cases
-from swapseg.data.loader import load_case, read_header
+from swapseg.data.loader import _check_same_grid, load_case, read_header
 from swapseg.errors import InputError
 
 __all__ = ["CaseSummary", "DatasetReport", "check_dataset"]
@@ -84,13 +84,21 @@ def _counts(values: Iterable[str]) -> str:
     return ", ".join(f"{k} ({n})" for k, n in sorted(c.items())) or "-"
 
 
+def _check_headers(case: Case, s: CaseSummary) -> None:
+    """Shapes and affines of every file agree (headers only, no voxels decoded)."""
+    ref_path, *others = case.files
+    ref = read_header(ref_path)
+    for path in others:
+        _check_same_grid(ref, ref_path, read_header(path), path, tuple(ref.shape[:3]))
+    s.shape = [int(v) for v in ref.shape[:3]]
+    s.spacing_mm = [float(z) for z in ref.header.get_zooms()[:3]]
+
+
 def _check_case(case: Case, quick: bool) -> CaseSummary:
     s = CaseSummary(case.case_id, has_seg=case.seg is not None)
     try:
         if quick:
-            img = read_header(case.files[0])
-            s.shape = [int(v) for v in img.shape[:3]]
-            s.spacing_mm = [float(z) for z in img.header.get_zooms()[:3]]
+            _check_headers(case, s)
             return s
         loaded = load_case(case)
         s.shape = list(loaded.image.shape[1:])

@@ -86,3 +86,16 @@ def test_real_copy_with_a_deleted_modality(brats_sample, tmp_path, capsys):
     assert "Brats18_TCIA01_201_1" in cap.err
     assert main(["data", "check", "--quick", "--skip-bad", str(tmp_path)]) == 0
     assert "3 found, 2 good" in capsys.readouterr().out
+
+
+def test_quick_check_compares_headers(tmp_path, capsys):
+    import nibabel as nib
+
+    from swapseg.data.synthetic import synthesize
+
+    paths = synthesize(tmp_path, 2, 20, seed=1)
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 19), np.int16), np.eye(4)),
+             str(paths[1] / "Synth_1_001_t1ce.nii.gz"))
+    assert main(["data", "check", "--quick", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "case Synth_1_001:" in out and "Synth_1_001_t1ce.nii.gz: shape (20, 20, 19)" in out
