@@ -111,8 +111,12 @@ def _median_time(fn: Any, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _conv_rate(model: nn.Module, side: int) -> float:
-    """FLOP/s of the model's distinct 3x3x3 convs, forward + backward, at ``side``^3."""
+def _conv_rate(model: nn.Module, side: int, target_flops: float = 5e8) -> float:
+    """FLOP/s of the model's distinct 3x3x3 convs, forward + backward.
+
+    Each conv runs at ``side``^3, or smaller for wide layers so that one run costs about
+    ``target_flops`` (a 256-channel conv at 32^3 would take seconds on a laptop CPU).
+    """
     seen = set()
     flops = secs = 0.0
     for m in model.modules():
@@ -122,9 +126,14 @@ def _conv_rate(model: nn.Module, side: int) -> float:
         if key in seen:
             continue
         seen.add(key)
+        st = m.stride[0]
+        per_vox = 6 * m.in_channels * m.out_channels * 27
+        s = side
+        while s > 8 and (s // st) ** 3 * per_vox > target_flops:
+            s -= 4
         conv = nn.Conv3d(m.in_channels, m.out_channels, 3, stride=m.stride, padding=1)
-        x = torch.randn(1, m.in_channels, side, side, side, requires_grad=True)
-        out_vox = (side // m.stride[0]) ** 3
+        x = torch.randn(1, m.in_channels, s, s, s, requires_grad=True)
+        out_vox = (s // st) ** 3
         # 2 FLOPs per MAC; backward costs twice forward (grad input + grad weight)
         f = 3 * 2 * m.in_channels * m.out_channels * 27 * out_vox
 

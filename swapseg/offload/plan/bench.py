@@ -1,0 +1,233 @@
+"""`swapseg bench`: measure every memory-saving method side by side, with predictions.
+
+Each method trains the same model (fresh copy, same seed) for a few steps at one shape:
+warm-up, then the median step time; one more step under the swap engine's accounting
+(``SwapPolicy(n_tensors=0)`` for methods that swap nothing, so every method's resident
+saved bytes are counted by the same hooks); and one step under the profiler for the peak
+of allocations. Ratios are to no swapping. Next to each measurement stands the planner's
+prediction (``local`` profile) and, for the paper's 16 GiB GPU, the largest cube side the
+planner predicts each method to fit.
+
+On a CPU "device" and host memory are the same memory, so ``peak_alloc_bytes`` counts
+allocations made during the step (the engine's host buffers are pooled and allocated
+before the measured step, so they are not in it) plus parameters and optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from swapseg.offload.hybrid import MemoryPlan, apply_plan
+from swapseg.offload.plan.devices import DeviceProfile, get_profile
+from swapseg.offload.plan.search import candidates, search
+from swapseg.offload.plan.simulate import simulate
+from swapseg.offload.plan.trace import StepTrace, default_loss, trace_step
+from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.recompute import RecomputePolicy
+
+__all__ = ["profiled_peak_bytes", "bench_methods", "run_bench", "largest_sides",
+           "default_budget", "METHODS"]
+
+METHODS = ("none", "save_on_cpu", "paper-config-1", "paper-config-2", "paper-config-3",
+           "paper-config-4", "auto", "recompute-full", "recompute-speed", "hybrid")
+HYBRID = "hybrid-recompute-speed-decoder-swap-rest-lb20"
+
+
+def profiled_peak_bytes(step: Callable[[], Any]) -> int:
+    """Peak of allocations made during ``step()``, from the profiler's memory events."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    allocs: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        n = stack.pop()
+        if n.tag == _EventType.Allocation:
+            allocs.append((n.start_time_ns, n.extra_fields.alloc_size))
+        stack.extend(n.children)
+    cur = peak = 0
+    for _, a in sorted(allocs):
+        cur += a
+        peak = max(peak, cur)
+    return peak
+
+
+def _plans(trace: StepTrace, device: DeviceProfile, budget: int) -> dict[str, Any]:
+    """Method name -> MemoryPlan (or the string 'save_on_cpu')."""
+    byname = {c.name: c for c in candidates(trace)}
+    plans: dict[str, Any] = {"none": MemoryPlan(name="none"), "save_on_cpu": "save_on_cpu"}
+    for k in range(1, 5):
+        c = byname.get(f"paper-config-{k}")
+        if c is not None:
+            plans[c.name] = MemoryPlan(c.swap, c.recompute, c.name)
+    chosen = search(trace, device, budget).chosen
+    assert chosen is not None
+    plans["auto"] = MemoryPlan(chosen.swap, chosen.recompute, f"auto: {chosen.name}")
+    plans["recompute-full"] = MemoryPlan(None, RecomputePolicy(("*",), "full"), "full")
+    plans["recompute-speed"] = MemoryPlan(None, RecomputePolicy(("*",), "speed"), "speed")
+    if HYBRID in byname:
+        h = byname[HYBRID]
+        plans["hybrid"] = MemoryPlan(h.swap, h.recompute, HYBRID)
+    return plans
+
+
+@contextlib.contextmanager
+def _method(model: nn.Module, plan: Any, account: bool) -> Iterator[Any]:
+    if plan == "save_on_cpu":
+        with torch.autograd.graph.save_on_cpu():
+            yield None
+        return
+    if account and plan.swap is None:  # count resident saved bytes, move nothing
+        plan = MemoryPlan(SwapPolicy(n_tensors=0), plan.recompute, plan.name)
+    with apply_plan(model, plan) as stats:
+        yield stats
+
+
+class _Runner:
+    """One method's model, optimizer and input; ``step()`` runs one training step."""
+
+    def __init__(self, model0: nn.Module, shape: tuple[int, ...], plan: Any) -> None:
+        torch.manual_seed(0)
+        self.model = copy.deepcopy(model0)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.x = torch.randn(shape)
+        self.plan = plan
+        self.times: list[float] = []
+
+    def step(self, account: bool = False) -> Any:
+        self.opt.zero_grad(set_to_none=True)
+        with _method(self.model, self.plan, account) as stats:
+            default_loss(self.model(self.x)).backward()
+        self.opt.step()
+        return stats
+
+    def timed(self) -> None:
+        t0 = time.perf_counter()
+        self.step()
+        self.times.append(time.perf_counter() - t0)
+
+    def report(self, warmup: int, profile_peak: bool) -> dict[str, Any]:
+        times = self.times[warmup:]
+        stats = self.step(account=True)
+        out: dict[str, Any] = {"step_s": statistics.median(times), "step_s_all": times}
+        if stats is not None:
+            out["peak_saved_device_bytes"] = stats.peak_device_bytes
+            out["bytes_copied"] = stats.bytes_out + stats.bytes_in
+            out["swapped_tensors"] = stats.swapped
+        if profile_peak:
+            persistent = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+            out["peak_alloc_bytes"] = persistent + profiled_peak_bytes(self.step)
+        return out
+
+
+def _predicted_peak(tr: StepTrace, device: DeviceProfile, plan: Any, cap: int) -> float:
+    if plan == "auto":
+        res = search(tr, device, cap, require_fit=False)
+        return res.chosen.result.peak_bytes if res.chosen else float("inf")  # type: ignore
+    if plan == "save_on_cpu":
+        return simulate(tr, device, SwapPolicy(prefetch=1)).peak_bytes  # moves every tensor
+    return simulate(tr, device, plan.swap, plan.recompute).peak_bytes
+
+
+def largest_sides(model: nn.Module, plans: dict[str, Any], device: DeviceProfile, cap: int,
+                  channels: int, sides: range) -> dict[str, int | None]:
+    """Per method, the largest cube side in ``sides`` whose predicted peak fits the cap
+    minus the planner's safety margin (None: not even the smallest)."""
+    from swapseg.offload.plan.search import DEFAULT_MARGIN
+
+    best: dict[str, int | None] = {n: None for n in plans}
+    alive = set(plans)
+    for s in sides:
+        if not alive:
+            break
+        tr = trace_step(model, (1, channels, s, s, s))
+        for n in sorted(alive):
+            if _predicted_peak(tr, device, plans[n], cap) <= cap * (1 - DEFAULT_MARGIN):
+                best[n] = s
+            else:
+                alive.discard(n)
+    return best
+
+
+def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: int = 3,
+                  warmup: int = 1, profile_peak: bool = True,
+                  methods: tuple[str, ...] = METHODS,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    local = get_profile("local", model)
+    trace = trace_step(model, shape)
+    plans = _plans(trace, local, budget)
+    runners = {n: _Runner(model, shape, plans[n]) for n in methods if n in plans}
+    # round robin: on a shared machine, load drifts; interleaving spreads it over methods
+    for i in range(warmup + steps):
+        for name, r in runners.items():
+            if progress:
+                progress(f"step {i + 1}/{warmup + steps}: {name}")
+            r.timed()
+    rows: dict[str, Any] = {}
+    for name, runner in runners.items():
+        plan = plans[name]
+        row = runner.report(warmup, profile_peak)
+        sim_plan = (SwapPolicy(prefetch=1), None) if plan == "save_on_cpu" else \
+            (plan.swap, plan.recompute)
+        pred = simulate(trace, local, *sim_plan)
+        row.update(plan="save_on_cpu" if plan == "save_on_cpu" else plan.to_dict(),
+                   predicted_step_s=pred.step_s, predicted_peak_bytes=pred.peak_bytes,
+                   predicted_peak_saved_bytes=pred.peak_saved_bytes)
+        if plan == "save_on_cpu":
+            row["bytes_copied"] = 2 * sum(s.nbytes for s in trace.saved)  # every pack moves
+        rows[name] = row
+    base = rows.get("none")
+    if base:
+        for row in rows.values():
+            row["step_ratio"] = row["step_s"] / base["step_s"]
+            for k in ("peak_saved_device_bytes", "peak_alloc_bytes"):
+                if k in row and base.get(k):
+                    row[k.replace("_bytes", "_ratio")] = row[k] / base[k]
+    return {"local_profile": local.to_dict(), "trace": trace.summary(), "methods": rows,
+            "plans": {k: (v if isinstance(v, str) else v.to_dict()) for k, v in plans.items()}}
+
+
+def default_budget(shape: tuple[int, ...]) -> int:
+    """A budget whose usable part lies halfway between the predicted swap-all and no-swap
+    peaks of the Isensee U-Net at ``shape``: something must be swapped or recomputed."""
+    from swapseg.models.unet3d import Isensee3DUNet
+    from swapseg.offload.plan.devices import PROFILES
+    from swapseg.offload.plan.search import DEFAULT_MARGIN
+
+    tr = trace_step(Isensee3DUNet(in_channels=shape[1]), shape)
+    keep = simulate(tr, PROFILES["p100-nvlink"]).peak_bytes
+    low = simulate(tr, PROFILES["p100-nvlink"], SwapPolicy()).peak_bytes
+    return int((low + 0.5 * (keep - low)) / (1 - DEFAULT_MARGIN))
+
+
+def run_bench(shape: tuple[int, ...], budget: int, steps: int, warmup: int,
+              profile_peak: bool, cap: int, cap_device: str, sides: range,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    from swapseg.envinfo import environment
+    from swapseg.models.unet3d import Isensee3DUNet
+
+    model = Isensee3DUNet(in_channels=shape[1])
+    res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress)
+    dev = get_profile(cap_device)
+    plans = _plans(trace_step(model, shape), dev, budget)
+    plans["auto"] = "auto"
+    if progress:
+        progress("largest sides under the cap")
+    largest = largest_sides(model, {n: plans[n] for n in res["methods"]}, dev, cap,
+                            shape[1], sides)
+    res.update(environment=environment(), shape=list(shape), budget_bytes=budget,
+               steps=steps, warmup=warmup,
+               largest_side={"device": cap_device, "cap_bytes": cap, "how": (
+                   "predicted by the planner's simulator (validated against CPU runs), "
+                   "not measured: this machine has no GPU"), "sides": largest})
+    return res
