@@ -113,7 +113,8 @@ class SwapEngine:
         if not self.trace:
             return
         ev: dict[str, Any] = {"t": (t if t is not None else time.perf_counter()) - self.stats.t0,
-                              "kind": kind, "resident_bytes": self.stats.device_bytes}
+                              "kind": kind, "step": self.stats.steps,
+                              "resident_bytes": self.stats.device_bytes}
         if e is not None:
             ev.update(id=e.id, index=e.index, bytes=e.nbytes, scope=e.scope)
         ev.update(extra)
