@@ -23,7 +23,7 @@ from swapseg.evaluation import report
 from swapseg.evaluation.metrics import EMPTY_MODES, region_metrics
 from swapseg.io import write_json
 
-__all__ = ["evaluate_folders", "match_predictions", "score_case"]
+__all__ = ["evaluate_folders", "match_predictions", "score_case", "flair_volume"]
 
 _SUFFIXES = ("", "_pred", "_seg", "_prediction")
 AFFINE_TOL = 1e-3
@@ -115,7 +115,7 @@ def _axial_axis(affine: np.ndarray) -> int:
     return next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
 
 
-def _flair(case: Any) -> np.ndarray:
+def flair_volume(case: Any) -> np.ndarray:
     """The FLAIR volume (X, Y, Z) of a case, for the overlays."""
     if isinstance(case.images, dict):
         return np.asarray(_header(case.images["flair"]).dataobj, dtype=np.float32)
@@ -166,7 +166,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str |
                                    for r in report.REGIONS}}, out / "boxplot.png",
                    title=f"Dice per region ({len(rows)} cases)")
     for pair, row, axis, k, t_slice, p_slice in slices:
-        flair = np.take(_flair(pair.case), k, axis=axis)
+        flair = np.take(flair_volume(pair.case), k, axis=axis)
         report.overlay_slices(flair, [t_slice, p_slice],
                               out / "overlays" / f"{pair.case.case_id}.png",
                               title=f"{pair.case.case_id} (slice {k}): Dice WT "
