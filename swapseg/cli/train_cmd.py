@@ -64,11 +64,13 @@ def register(subparsers: Any) -> None:
                    choices=["brats_full", "brats_patch", "demo", "tiny"],
                    help="starting configuration (default brats_full)")
     p.add_argument("--mode", choices=["full", "patch"])
-    p.add_argument("--shape", type=_shape, help="volume shape after preprocessing: N or DxHxW")
+    p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
     p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
     p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
     p.add_argument("--batch", type=int, dest="batch_size", help="batch size")
     p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs")
+    p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
+                   help="stop after the epoch that passes this much training time")
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=["dice", "dice_bce"])
     p.add_argument("--base-filters", type=int, dest="base_filters")
@@ -88,8 +90,9 @@ def register(subparsers: Any) -> None:
 
 def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("activation swapping")
-    g.add_argument("--swap", default="none",
-                   help="none, all, auto (with --memory-budget) or a SwapPolicy JSON file")
+    g.add_argument("--swap",
+                   help="none, all, auto (with --memory-budget) or a SwapPolicy JSON file "
+                        "(default: the preset's, which is none except for the demo)")
     g.add_argument("--swap-n-tensors", type=int, dest="n_tensors")
     g.add_argument("--swap-include", action="append", dest="include", metavar="GLOB")
     g.add_argument("--swap-exclude", action="append", dest="exclude", metavar="GLOB")
@@ -98,7 +101,7 @@ def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--swap-branches", action="store_true", default=None, dest="swap_branches")
     g.add_argument("--swap-tier", choices=["auto", "cuda", "host", "disk"], dest="tier")
     g.add_argument("--swap-disk-dir", dest="disk_dir")
-    g.add_argument("--memory-budget", type=parse_bytes, dest="memory_budget_bytes",
+    g.add_argument("--memory-budget", dest="memory_budget_bytes",
                    help="with --swap auto: bytes the step must fit in (e.g. 16GiB)")
     g.add_argument("--trace-step", type=int, dest="trace_step",
                    help="write OUT/timeline.png and timeline.json for this global step")
@@ -108,9 +111,12 @@ _POLICY_FIELDS = ("n_tensors", "include", "exclude", "min_bytes", "prefetch",
                   "swap_branches", "tier", "disk_dir")
 
 
-def _swap_policy(args: argparse.Namespace) -> Any:
+def _swap_policy(args: argparse.Namespace, preset: Any) -> Any:
+    """The policy the flags describe, starting from the preset's policy ``preset``."""
     from swapseg.offload.policy import SwapPolicy
 
+    if args.swap is None:
+        args.swap = "none" if preset is None else "preset"
     flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
     if args.swap == "auto":
         if args.memory_budget_bytes is None:
@@ -127,6 +133,8 @@ def _swap_policy(args: argparse.Namespace) -> Any:
         return None
     if args.swap == "all":
         base = SwapPolicy()
+    elif args.swap == "preset":
+        base = preset
     else:
         path = Path(args.swap)
         if not path.is_file():
@@ -149,8 +157,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
+             "max_train_s",
              "memory_budget_bytes")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    # parsed here, not by argparse, so that bad values become one-line InputErrors
+    if "shape" in changes:
+        changes["shape"] = _shape(changes["shape"])
+    if "memory_budget_bytes" in changes:
+        changes["memory_budget_bytes"] = parse_bytes(changes["memory_budget_bytes"])
     if args.fold not in (None, "all"):
         try:
             changes["fold"] = int(args.fold)
@@ -158,7 +172,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise InputError(f"--fold {args.fold!r}: expected an integer or 'all'") from None
     if args.no_augment:
         changes["augment"] = False
-    changes["swap"] = _swap_policy(args)
+    changes["swap"] = _swap_policy(args, PRESETS[args.preset]().swap)
     return PRESETS[args.preset](data=str(args.data), out=str(args.out), **changes)
 
 

@@ -103,6 +103,10 @@ class TrainConfig:
     max_epochs: int = 500
     """Upper bound on epochs (ellisdg's n_epochs); early stopping usually ends sooner."""
 
+    max_train_s: float | None = None
+    """Stop after the first epoch that ends past this many seconds of training in this
+    process (a wall-clock guard for demos and batch-queue limits); None: no limit."""
+
     # --- engine -----------------------------------------------------------------------
     swap: SwapPolicy | None = None
     """Activation-swapping policy; None trains without swapping (the null context)."""
@@ -178,6 +182,8 @@ def _check(c: TrainConfig) -> None:
         (c.lr_patience >= 0, f"lr_patience must be >= 0, got {c.lr_patience}"),
         (c.early_stop >= 1, f"early_stop must be >= 1, got {c.early_stop}"),
         (c.max_epochs >= 1, f"max_epochs must be >= 1, got {c.max_epochs}"),
+        (c.max_train_s is None or c.max_train_s > 0,
+         f"max_train_s must be > 0, got {c.max_train_s}"),
         (c.memory_budget_bytes is None or c.memory_budget_bytes > 0,
          f"memory budget must be > 0 bytes, got {c.memory_budget_bytes}"),
         (c.trace_step is None or c.trace_step >= 0,
@@ -204,9 +210,9 @@ def brats_patch(**changes: Any) -> TrainConfig:
 
 def demo(**changes: Any) -> TrainConfig:
     """``swapseg demo`` on a 2-core CPU: small phantoms, a narrower U-Net, host swapping."""
-    base = TrainConfig(mode="full", shape=(48, 48, 48), base_filters=8, depth=4,
-                       dropout=0.1, lr=2e-3, max_epochs=30, lr_patience=5, early_stop=15,
-                       workers=1, swap=SwapPolicy(tier="host"), device="cpu")
+    base = TrainConfig(mode="full", shape=(48, 48, 48), dropout=0.1, lr=2e-3, max_epochs=60,
+                       lr_patience=5, early_stop=15, max_train_s=420.0, workers=1,
+                       swap=SwapPolicy(tier="host"), device="cpu")
     return base.replace(**changes)
 
 

@@ -97,6 +97,13 @@ def _recompute_policy(config: TrainConfig) -> RecomputePolicy | None:
     return None if rec is None else RecomputePolicy.from_dict(rec)
 
 
+def _remove_stale_temporaries(ckpt_dir: Path) -> None:
+    """Delete temporaries of atomic writes that a killed run left behind."""
+    for name in ("best.pt", "last.pt"):
+        for tmp in ckpt_dir.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+
+
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             echo: Callable[[str], None]) -> TrainState:
     ck = load_checkpoint(path)
@@ -226,6 +233,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=max(config.lr_patience - 1, 0))
     last = run_dir / "checkpoints" / "last.pt"
+    if info.is_main:
+        _remove_stale_temporaries(run_dir / "checkpoints")
     state = _resume(last, model, optimizer, sched, echo) if resume and last.exists() \
         else TrainState()
     log = EpochLog(run_dir / "log.csv")
@@ -238,6 +247,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                SwapLog(config.swap), info)
     window = config.patch if config.mode == "patch" else None
     stop_reason = "max_epochs"
+    t_start = time.perf_counter()
     for epoch in range(state.epoch, config.max_epochs):
         if state.bad_epochs >= config.early_stop:  # a resumed run that had already stopped
             stop_reason = "early_stop"
@@ -257,6 +267,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         echo(_epoch_line(row, config.max_epochs))
         if stop:
             stop_reason = "early_stop"
+            break
+        if config.max_train_s is not None and time.perf_counter() - t_start > config.max_train_s:
+            stop_reason = "time_limit"
+            echo(f"stopping: {config.max_train_s:.0f} s of training reached (max_train_s)")
             break
     dist_.barrier(info)
     return {"epochs": state.epoch, "global_step": state.global_step,

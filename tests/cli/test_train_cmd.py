@@ -1,0 +1,119 @@
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from swapseg.cli import main
+from swapseg.cli.train_cmd import parse_bytes
+from swapseg.training.checkpoint import load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on a shared CPU
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from swapseg.data.synthetic import synthesize
+
+    data = tmp_path_factory.mktemp("synth")
+    synthesize(data, 6, 16, seed=1)
+    return data
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny",
+                 "--shape", "16", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("text, value", [("16GiB", 16 * 2**30), ("500MB", 500 * 10**6),
+                                         ("1e9", 10**9), ("2 kib", 2048)])
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--swap-exclude", "decoder.*"], "--swap-exclude needs --swap all"),
+    (["--swap", "auto"], "--swap auto needs --memory-budget"),
+    (["--swap", "all", "--memory-budget", "1GiB"], "only used with --swap auto"),
+    (["--swap", "nosuch.json"], "nosuch.json"),
+    (["--swap", "all", "--swap-prefetch", "0"], "prefetch must be >= 1"),
+    (["--shape", "15"], "shape"),
+    (["--fold", "x"], "--fold 'x'"),
+    (["--swap", "auto", "--memory-budget", "lots"], "not a memory size"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, synth, extra, words):
+    assert _train(synth, tmp_path / "run", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing half-written
+
+
+def test_preset_policy_kept_and_adjusted(tmp_path):
+    from swapseg.cli import build_parser
+    from swapseg.cli.train_cmd import config_from_args
+
+    def cfg(*extra):
+        args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out",
+                                          str(tmp_path / "r"), "--preset", "demo", *extra])
+        return config_from_args(args)
+
+    assert cfg().swap.tier == "host"  # the demo preset swaps
+    assert cfg("--swap-prefetch", "4").swap.replace(prefetch=1) == cfg().swap
+    assert cfg("--swap", "none").swap is None
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert _train(tmp_path / "nothing", tmp_path / "run") == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_train_with_swap_flags_records_resolved_policy(tmp_path, synth, capsys):
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"exclude": ["decoder.*"], "prefetch": 3}))
+    run = tmp_path / "run"
+    trace = importlib.util.find_spec("swapseg.offload.timeline") is not None
+    assert _train(synth, run, "--epochs", "2", "--swap", str(policy), "--swap-tier", "host",
+                  "--swap-min-bytes", "1024", *(["--trace-step", "1"] if trace else [])) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["swap"] == {"n_tensors": -1, "include": [], "exclude": ["decoder.*"],
+                           "min_bytes": 1024, "prefetch": 3, "swap_branches": False,
+                           "tier": "host", "disk_dir": None}
+    assert cfg["batch_size"] == 1 and cfg["trace_step"] == (1 if trace else None)
+    if trace:
+        assert json.loads((run / "timeline.json").read_text())["step"] == 1
+        assert (run / "timeline.png").is_file()
+    with open(run / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and float(rows[0]["swap_swapped"]) > 0
+    stats = json.loads((run / "swap_stats.json").read_text())
+    # excluded scopes never leave the device
+    assert all(v["swapped"] == 0 for k, v in stats["first_step"]["by_scope"].items()
+               if k.startswith("decoder."))
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "data-wait" in out and "swap" in out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["swap"]["prefetch"] == 3
+
+
+def test_fold_all_and_resume_of_finished_run(tmp_path, synth, capsys):
+    run = tmp_path / "cv"
+    assert _train(synth, run, "--epochs", "1", "--folds", "3", "--fold", "all") == 0
+    cv = json.loads((run / "crossval.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [0, 1, 2]
+    splits = json.loads((run / "splits.json").read_text())
+    tested = sorted(c for s in splits["splits"] for c in s["test"])
+    assert tested == splits["cases"]
+    for k in range(3):
+        assert load_checkpoint(run / f"fold{k}" / "checkpoints" / "last.pt")["epoch"] == 1
+    # resuming a finished run redoes nothing
+    capsys.readouterr()
+    assert main(["train", "--out", str(run / "fold1"), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "after epoch 1" in out and "epoch 2/" not in out
