@@ -37,6 +37,12 @@ def _shape(text: str) -> tuple[int, int, int]:
     return tuple(parts * 3 if len(parts) == 1 else parts)  # type: ignore[return-value]
 
 
+def _bytes(text: str) -> int:
+    from swapseg.cli.train_cmd import parse_bytes
+
+    return parse_bytes(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "experiment", help="rerun the paper's comparisons (full-vs-patch)",
@@ -67,8 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--swap", choices=("auto", "all", "none"), default="auto",
                    help="full-volume swapping: auto = planner for --memory-budget (or the "
                         "GPU's memory; host swapping on a CPU), all, none")
-    q.add_argument("--memory-budget", type=int, default=None, metavar="BYTES",
-                   help="memory budget of the planner with --swap auto")
+    q.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
+                   help="memory budget of the planner with --swap auto, e.g. 16GiB")
+    q.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
+    q.add_argument("--dropout", type=float, default=None, help="dropout rate (default 0.3)")
     q.add_argument("--base-filters", type=int, default=None)
     q.add_argument("--depth", type=int, default=None)
     q.add_argument("--workers", type=int, default=None, help="DataLoader workers")
@@ -87,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     names = {"folds": "folds", "epochs": "max_epochs", "early_stop": "early_stop",
              "lr_patience": "lr_patience", "shape": "shape", "zoom": "zoom",
              "memory_budget": "memory_budget_bytes", "base_filters": "base_filters",
-             "depth": "depth", "workers": "workers", "device": "device", "seed": "seed"}
+             "depth": "depth", "workers": "workers", "device": "device", "seed": "seed",
+             "lr": "lr", "dropout": "dropout"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
     base = brats_full(data=str(args.data), out=str(args.out), **changes)
