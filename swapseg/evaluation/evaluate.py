@@ -75,8 +75,10 @@ def _header(path: Path) -> nib.Nifti1Image:
 def _check_grid(pair: _Pair) -> None:
     """Same shape and affine as the truth segmentation (headers only: cheap)."""
     truth, pred = _header(pair.case.seg), _header(pair.pred)
-    t_shape, p_shape = truth.shape[:3], tuple(s for s in pred.shape if s != 1) or pred.shape
-    if tuple(p_shape[:3]) != tuple(t_shape) or len(p_shape) > 3:
+    t_shape, p_shape = tuple(truth.shape[:3]), tuple(pred.shape)
+    while len(p_shape) > 3 and p_shape[-1] == 1:  # (X, Y, Z, 1) is still one volume
+        p_shape = p_shape[:-1]
+    if p_shape != t_shape:
         raise InputError(f"{pair.pred}: shape {tuple(pred.shape)} does not match the truth "
                          f"{tuple(truth.shape)} of case {pair.case.case_id}")
     if not np.allclose(pred.affine, truth.affine, atol=AFFINE_TOL):
