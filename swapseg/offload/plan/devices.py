@@ -42,6 +42,8 @@ class DeviceProfile:
     """Achieved copy bandwidth host -> device (swap-in)."""
     op_overhead_s: float = 10e-6
     """Fixed cost per op (kernel launch, dispatcher)."""
+    cpu_conv_workspace: bool = False
+    """Count the column buffers of PyTorch's native CPU conv path as op working set."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where each figure comes from."""
 
@@ -177,6 +179,7 @@ def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
     return DeviceProfile(
         name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
+        cpu_conv_workspace=True,
         sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd, "
                                 f"at {side}^3",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",

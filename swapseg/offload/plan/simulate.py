@@ -191,7 +191,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             "stalls": stalls, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
 
 
-def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any]) -> tuple[Any, Any]:
+def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
+            workspace: bool) -> tuple[Any, Any]:
     """Bytes resident per op (all, and saved only), from storage lives and the plan."""
     n = len(trace.ops)
     ends = lanes["ends"]
@@ -199,14 +200,22 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any]) -> tuple[Any
     saved = np.zeros(n + 1)
     uniq = trace.unique_saved()
 
-    def op_at(time_s: float) -> int:
+    def last_op_by(time_s: float) -> int:
+        """The op running when something ends at ``time_s`` (an op ending then counts)."""
         return min(bisect.bisect_left(ends, time_s), n - 1)
+
+    def op_from(time_s: float) -> int:
+        """The op running when something starts at ``time_s`` (the next op at a boundary)."""
+        return min(bisect.bisect_right(ends, time_s), n - 1)
 
     def add(arr: np.ndarray, a: int, b: int, nbytes: int) -> None:
         if b >= a:
             arr[max(a, 0)] += nbytes
             arr[b + 1] -= nbytes
 
+    if workspace:  # op-internal buffers, alive only while their op runs
+        for op in trace.ops:
+            add(total, op.index, op.index, op.cpu_workspace_bytes)
     keep_until = {}
     for r, i in dec.regions.items():
         for u in dec.region_inputs[r]:
@@ -225,8 +234,8 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any]) -> tuple[Any
             add(total, s.produced_at, max(fwd_end, release), s.nbytes)
             add(saved, packed, release, s.nbytes)
         elif fate == SWAP:
-            out_end = op_at(lanes["copy_out"][s.uid][1])
-            in_start = op_at(lanes["copy_in"][s.uid][0])
+            out_end = last_op_by(lanes["copy_out"][s.uid][1])
+            in_start = op_from(lanes["copy_in"][s.uid][0])
             add(total, s.produced_at, max(fwd_end, out_end), s.nbytes)
             add(saved, packed, out_end, s.nbytes)
             add(total, max(in_start, max(fwd_end, out_end) + 1), release, s.nbytes)
@@ -243,7 +252,7 @@ def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = Non
              recompute: RecomputePolicy | None = None) -> SimResult:
     dec = decide(trace, swap, recompute)
     lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1)
-    mem, saved = _memory(trace, dec, lanes)
+    mem, saved = _memory(trace, dec, lanes, dev.cpu_conv_workspace)
     base = trace.persistent_bytes
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
     compute = sum(e - s for s, e in zip(lanes["starts"], lanes["ends"], strict=True))

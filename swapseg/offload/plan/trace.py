@@ -44,6 +44,7 @@ class OpRecord:
     scope: str          # innermost module scope in forward; "" at the top level or in bwd
     flops: float        # from torch.utils.flop_counter; 0 for ops it does not count
     io_bytes: int       # bytes of tensor inputs plus outputs (memory traffic bound)
+    cpu_workspace_bytes: int = 0  # im2col buffer if a CPU would run the native conv path
 
 
 @dataclass
@@ -131,6 +132,32 @@ def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
     return float(fn(*args, **kwargs, out_val=out))
 
 
+def _cpu_conv_workspace(name: str, args: tuple) -> int:
+    """Column buffer of PyTorch's native (non-oneDNN) 3D conv, when a CPU would pick it.
+
+    ATen's ``ConvParams::use_mkldnn`` takes oneDNN for a float CPU conv when batch > 1,
+    or kernels > 3, or B*C*D*H > 20480; otherwise ``slow_conv3d`` unfolds the input into
+    C_in * prod(kernel) * out_voxels floats, in forward and again in backward.
+    """
+    if name == "aten.convolution":
+        x, w = args[0], args[1]
+    elif name == "aten.convolution_backward":
+        x, w = args[1], args[2]
+    else:
+        return 0
+    if x.dim() != 5 or x.shape[0] > 1 or max(w.shape[2:]) > 3 or w.shape[1] != x.shape[1]:
+        return 0  # batched, grouped or large kernels: oneDNN
+    if x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] > 20480:
+        return 0
+    if name == "aten.convolution_backward":
+        out_vox = args[0].shape[2:].numel()  # grad_output's voxels
+    else:  # forward: output voxels from input size and stride (padding keeps "same")
+        out_vox = 1
+        for d, s in zip(x.shape[2:], args[3], strict=True):
+            out_vox *= -(-d // s)
+    return int(x.shape[1] * w.shape[2:].numel() * out_vox * x.element_size())
+
+
 def _tensors(x: Any) -> Iterator[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         yield x
@@ -194,7 +221,8 @@ class _Recorder(TorchDispatchMode):
         name = str(func._overloadpacket)
         self.ops.append(OpRecord(len(self.ops), self.phase, name,
                                  self.scope[-1] if self.phase == "fwd" else "",
-                                 _flops(func, args, kwargs, out), io))
+                                 _flops(func, args, kwargs, out), io,
+                                 _cpu_conv_workspace(name, args)))
         for t in _tensors(out):
             self.register(t, "act", name)
         return out
