@@ -203,8 +203,8 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
     else:
         state.bad_epochs += 1
+    row.update(epoch=state.epoch, best=int(improved))
     if ctx.info.is_main:
-        row.update(epoch=state.epoch, best=int(improved))
         log.append(row)
         ckpt = {"epoch": state.epoch, "global_step": state.global_step,
                 "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(config),
@@ -264,7 +264,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         row.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
                    **ctx.swaplog.epoch_columns(epoch))
         stop = _end_epoch(ctx, sched, log, row)
-        echo(_epoch_line(row, config.max_epochs))
+        if info.is_main:
+            echo(_epoch_line(row, config.max_epochs))
         if stop:
             stop_reason = "early_stop"
             break

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from swapseg.cli import main
 from swapseg.training.checkpoint import load_checkpoint
 
 EPOCHS = 5
@@ -43,7 +44,8 @@ def synth16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def test_sigkill_then_resume(synth16: Path, tmp_path: Path) -> None:
+def test_sigkill_then_resume(synth16: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(synth16, run), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -69,18 +71,18 @@ def test_sigkill_then_resume(synth16: Path, tmp_path: Path) -> None:
     json.loads((run / "splits.json").read_text())
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     killed_at = last["epoch"]
-    assert 2 <= killed_at < EPOCHS
+    assert 1 <= killed_at < EPOCHS  # last.pt may trail the log by one epoch
     rows = _log_rows(run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     assert len(rows) in (killed_at, killed_at + 1)  # the log may be one epoch ahead
     load_checkpoint(run / "checkpoints" / "best.pt")
 
-    out = subprocess.run(_cmd(synth16, run, "--resume"), env=_env(), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"after epoch {killed_at} " in out.stdout
-    assert f"epoch {killed_at + 1}/{EPOCHS}" in out.stdout
-    assert "epoch 1/" not in out.stdout  # no epoch before the checkpoint was redone
+    # the resumed run goes through the same CLI, in this process (saves a torch import)
+    assert main(_cmd(synth16, run, "--resume")[3:]) == 0
+    out = capsys.readouterr().out
+    assert f"after epoch {killed_at} " in out
+    assert f"epoch {killed_at + 1}/{EPOCHS}" in out
+    assert "epoch 1/" not in out  # no epoch before the checkpoint was redone
     rows = _log_rows(run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     final = load_checkpoint(run / "checkpoints" / "last.pt")
