@@ -187,8 +187,14 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
     n_folds = base.folds if run_folds is None else run_folds
     if not 1 <= n_folds <= base.folds:
         raise InputError(f"--run-folds must be in 1..{base.folds}, got {run_folds}")
+    from swapseg.training.datasets import find_training_cases
+
+    # check the data and every setting before anything is written
+    n_cases = len(find_training_cases(base.data))
+    if n_cases < base.folds:
+        raise InputError(f"{base.data}: {n_cases} cases cannot be split into {base.folds} folds")
     first = mode_configs(base, out, 0, patch=patch, patches_per_volume=patches_per_volume,
-                         swap=swap)  # validates the settings before anything runs
+                         swap=swap)
     echo(f"full-vs-patch: {n_folds} of {base.folds} folds, shape {list(base.shape)} "
          f"zoom {base.zoom}, patch {first['patch'].patch} x{first['patch'].patches_per_volume}"
          f"/volume, max {base.max_epochs} epochs, early stop {base.early_stop}")

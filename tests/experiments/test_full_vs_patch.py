@@ -109,6 +109,12 @@ def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0  # same settings: the finished fold is reused, not retrained
     assert "reusing" in capsys.readouterr().out
     assert (out / "full" / "fold0" / "checkpoints" / "best.pt").stat().st_mtime == mtime
+    bad = argv.copy()
+    bad[bad.index("--out") + 1] = str(tmp_path / "bad")
+    bad[bad.index("--folds") + 1] = "5"
+    assert main(bad) == 2  # 4 cases, 5 folds: refused before anything is written
+    assert "cannot be split into 5 folds" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     argv[argv.index("--epochs") + 1] = "2"
     assert main(argv) == 2  # other settings in the same folder: refused, nothing lost
     assert "other settings" in capsys.readouterr().err
