@@ -117,3 +117,12 @@ def test_fold_all_and_resume_of_finished_run(tmp_path, synth, capsys):
     assert main(["train", "--out", str(run / "fold1"), "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "after epoch 1" in out and "epoch 2/" not in out
+
+
+def test_swap_auto_records_the_chosen_plan(tmp_path, synth):
+    run = tmp_path / "auto"
+    assert _train(synth, run, "--epochs", "1", "--swap", "auto",
+                  "--memory-budget", "64MiB") == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["memory_budget_bytes"] == 64 * 2**20
+    assert cfg["plan"]["name"] and cfg["swap"] == cfg["plan"]["swap"]

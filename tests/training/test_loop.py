@@ -138,3 +138,20 @@ def test_trace_step_writes_timeline(tmp_path):
     lo, hi = tl["window_s"]
     assert all(lo <= e["t"] <= hi for e in tl["events"])
     assert (tmp_path / "t" / "timeline.png").stat().st_size > 0
+
+
+def test_recompute_plan_keeps_gradients(tmp_path):
+    from swapseg.offload.recompute import RecomputePolicy
+
+    data, val = BlobVolumes(2), BlobVolumes(1, seed=1)
+    plain = tiny(out=str(tmp_path / "plain"), max_epochs=1, dropout=0.3)
+    rec = plain.replace(out=str(tmp_path / "rec"), plan={
+        "name": "test", "swap": None,
+        "recompute": RecomputePolicy(scopes=("encoder.*",)).to_dict()})
+    m_plain = build_model(plain)  # seeds the RNG that dropout draws from
+    fit(m_plain, data, val, plain, **SILENT)
+    m_rec = build_model(rec)
+    fit(m_rec, data, val, rec, **SILENT)
+    for (name, a), b in zip(m_plain.state_dict().items(), m_rec.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
