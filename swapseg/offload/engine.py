@@ -176,6 +176,7 @@ class SwapEngine:
         self._dedup.add(t, e)
         self._resident(e, True)
         st, sc = self.stats, self.stats.scope(scope)
+        st.storages += 1
         if not swap:
             st.kept += 1
             sc.kept += 1
@@ -379,8 +380,7 @@ class SwapEngine:
         self._live.discard(e)
         if e.out_ticket is not None:
             e.out_ticket.sync()
-            e.stored = e.out_ticket.result()
-            e.out_ticket = None
+            self._finish_out(e)
         if e.in_ticket is not None:
             e.in_ticket.sync()
             e.in_ticket = None

@@ -42,8 +42,8 @@ __all__ = ["measure_steps", "no_swap", "keep_all", "swap", "save_on_cpu", "peak_
            "COUNTERS"]
 
 #: Per-step counters reported by ``measure_steps`` (medians over the measured steps).
-COUNTERS = ("packed", "swapped", "deduplicated", "kept", "bytes_out", "bytes_in", "wait_s",
-            "prefetch_hits", "prefetch_misses")
+COUNTERS = ("packed", "storages", "swapped", "deduplicated", "kept", "bytes_out", "bytes_in",
+            "wait_s", "prefetch_hits", "prefetch_misses")
 
 
 def no_swap(model: nn.Module) -> contextlib.AbstractContextManager[SwapStats]:
@@ -94,7 +94,19 @@ def save_on_cpu(model: nn.Module) -> Iterator[SwapStats]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB)."""
+    """This process's peak resident set size so far.
+
+    Read from ``/proc/self/status`` (VmHWM): ``getrusage``'s ``ru_maxrss`` is not used
+    because Linux carries it over ``fork`` + ``exec``, so a child process would report
+    its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

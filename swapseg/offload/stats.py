@@ -61,6 +61,8 @@ class SwapStats:
     bytes_out: int = 0
     bytes_in: int = 0
     kept_bytes: int = 0
+    storages: int = 0
+    """Unique non-parameter storages saved (entries made): swapped + kept ones."""
     device_bytes: int = 0
     """Resident saved bytes now, by the definition above."""
     peak_device_bytes: int = 0
@@ -104,6 +106,7 @@ class SwapStats:
             "bytes_out": self.bytes_out,
             "bytes_in": self.bytes_in,
             "kept_bytes": self.kept_bytes,
+            "storages": self.storages,
             "device_bytes": self.device_bytes,
             "peak_device_bytes": self.peak_device_bytes,
             "wait_s": round(self.wait_s, 6),

@@ -15,8 +15,9 @@ def test_trace_events_and_plot(tmp_path):
     model = isensee()
     x = torch.randn(1, 2, 16, 16, 16)
     with swap_activations(model, SwapPolicy(prefetch=2), trace=True) as st:
-        for _ in range(2):
-            model(x).square().mean().backward()
+        model(x).square().mean().backward()
+        in_1, swapped_1 = st.bytes_in, st.swapped
+        model(x).square().mean().backward()
     kinds = {e["kind"] for e in st.events}
     assert {"pack", "out_start", "out_end", "prefetch", "in_start", "in_end", "unpack",
             "free", "backward_start", "backward_end", "release"} <= kinds
@@ -24,9 +25,9 @@ def test_trace_events_and_plot(tmp_path):
     last = select_step(st.events)
     assert {e["step"] for e in last} == {2}
     outs = copy_intervals(last, "out_start", "out_end")
-    assert len(outs) == st.swapped // 2 and all(b >= a for a, b, _ in outs)
+    assert len(outs) == st.swapped - swapped_1 and all(b >= a for a, b, _ in outs)
     ins = copy_intervals(last, "in_start", "in_end")
-    assert sum(n for _, _, n in ins) <= st.bytes_in // 2 + 1
+    assert 0 < sum(n for _, _, n in ins) <= st.bytes_in - in_1
     assert all(e["resident_bytes"] >= 0 for e in st.events)
     png = plot_timeline(st.events, tmp_path / "timeline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
