@@ -67,6 +67,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
     p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
     p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
+    p.add_argument("--patches-per-volume", type=int, dest="patches_per_volume")
+    p.add_argument("--tumor-fraction", type=float, dest="tumor_fraction",
+                   help="share of patches centred on tumor (default 0: uniform)")
     p.add_argument("--batch", type=int, dest="batch_size", help="batch size")
     p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs")
     p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
@@ -157,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
-             "max_train_s",
+             "max_train_s", "patches_per_volume", "tumor_fraction",
              "memory_budget_bytes")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     # parsed here, not by argparse, so that bad values become one-line InputErrors

@@ -46,6 +46,9 @@ class TrainConfig:
     patches_per_volume: int = 1
     """Random patches drawn from each training volume per epoch (patch mode)."""
 
+    tumor_fraction: float = 0.0
+    """Share of training patches drawn around tumor voxels (0: uniform, as the reference)."""
+
     batch_size: int | None = None
     """Samples per step. None: 1 for full volumes, 2 for patches (the paper's, the
     largest that fit a 16 GB P100)."""
@@ -172,6 +175,8 @@ def _check(c: TrainConfig) -> None:
         (c.batch >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
         (c.patches_per_volume >= 1, f"patches_per_volume must be >= 1, got "
                                     f"{c.patches_per_volume}"),
+        (0.0 <= c.tumor_fraction <= 1.0,
+         f"tumor_fraction must be in [0, 1], got {c.tumor_fraction}"),
         (c.workers >= 0, f"workers must be >= 0, got {c.workers}"),
         (c.folds >= 3, f"folds must be >= 3 (train/validation/test parts), got {c.folds}"),
         (0 <= c.fold < c.folds, f"fold must be in 0..{c.folds - 1}, got {c.fold}"),

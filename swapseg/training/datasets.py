@@ -46,5 +46,6 @@ def build_datasets(config: TrainConfig, cases: dict[str, Case],
     from swapseg.data.patches import BratsPatches  # patch mode only
 
     train = BratsPatches(volumes(split["train"], augment=config.augment), config.patch,
-                         per_volume=config.patches_per_volume, seed=config.seed)
+                         per_volume=config.patches_per_volume,
+                         tumor_fraction=config.tumor_fraction, seed=config.seed)
     return train, val

@@ -126,3 +126,16 @@ def test_swap_auto_records_the_chosen_plan(tmp_path, synth):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["memory_budget_bytes"] == 64 * 2**20
     assert cfg["plan"]["name"] and cfg["swap"] == cfg["plan"]["swap"]
+
+
+def test_patch_mode_trains_on_patches_and_validates_whole_volumes(tmp_path, synth, capsys):
+    run = tmp_path / "patch"
+    assert main(["train", "--data", str(synth), "--out", str(run), "--preset", "tiny",
+                 "--shape", "16", "--mode", "patch", "--patch", "8", "--patches-per-volume",
+                 "2", "--tumor-fraction", "0.5", "--epochs", "1", "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["mode"], cfg["patch"], cfg["batch_size"]) == ("patch", 8, 2)
+    with open(run / "log.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    # 3 training volumes x 2 patches in batches of 2 -> 3 steps
+    assert row["steps"] == "3" and 0.0 <= float(row["val_dice_WT"]) <= 1.0
