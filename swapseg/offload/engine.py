@@ -106,6 +106,10 @@ class SwapEngine:
         self._unpack_order: list[int] = []
         self._closed = False
         self._root_hook = model.register_forward_hook(self._on_output)
+        self._branches = None
+        if policy.swap_branches:
+            from swapseg.offload.branches import BranchSwapper
+            self._branches = BranchSwapper(self, model, lead=policy.prefetch)
 
     # ------------------------------------------------------------------ events
     def _event(self, kind: str, e: Entry | None = None, t: float | None = None,
@@ -243,6 +247,8 @@ class SwapEngine:
 
     # ------------------------------------------------------------------ backward
     def _begin_backward(self) -> None:
+        if self._branches is not None:
+            self._branches.restore_all()  # backward may read a kept tensor's storage
         self._in_backward = True
         self._epoch += 1
         self.stats.backwards += 1
@@ -397,6 +403,8 @@ class SwapEngine:
         """Remove hooks; after an error, release every entry so no buffer or file remains."""
         with self._lock:
             self._root_hook.remove()
+            if self._branches is not None:
+                self._branches.remove()
             self.tracker.remove()
             self._harvest(block=True)
             if error:

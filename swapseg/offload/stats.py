@@ -73,6 +73,9 @@ class SwapStats:
     """Unpacks whose copy-in had been issued ahead of use."""
     prefetch_misses: int = 0
     """Unpacks that had to issue their own copy-in."""
+    branch_evictions: int = 0
+    """swap_branches: storages freed during forward (restored before their next use)."""
+    branch_bytes_out: int = 0
     backwards: int = 0
     steps: int = 0
     """Forward passes seen (a forward starts with the first pack after a backward)."""
@@ -112,6 +115,8 @@ class SwapStats:
             "wait_s": round(self.wait_s, 6),
             "prefetch_hits": self.prefetch_hits,
             "prefetch_misses": self.prefetch_misses,
+            "branch_evictions": self.branch_evictions,
+            "branch_bytes_out": self.branch_bytes_out,
             "backwards": self.backwards,
             "steps": self.steps,
             "by_scope": {k: v.as_dict() for k, v in sorted(self.by_scope.items())},

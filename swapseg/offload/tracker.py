@@ -129,13 +129,18 @@ class DedupTable:
         if hit is None:
             return None
         entry, weak = hit
-        if weak.expired() or entry.released:
+        # the address alone is not an identity: a storage may die, or move (resize_),
+        # and another take its old address
+        if weak.expired() or entry.released or weak.cdata != t.untyped_storage()._cdata:
             del self._table[key]
             return None
         return entry
 
     def add(self, t: torch.Tensor, entry: Entry) -> None:
         self._table[storage_key(t)] = (entry, StorageWeakRef(t.untyped_storage()))
+
+    def forget(self, t: torch.Tensor) -> None:
+        self._table.pop(storage_key(t), None)
 
     def prune(self) -> None:
         """Forget entries whose storage died or whose entry was released."""

@@ -15,6 +15,7 @@ are futures of a small thread pool.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -163,6 +164,15 @@ class HostTransport(_Threaded):
         self.pool.release(stored)
 
 
+def _bytes_view(t: torch.Tensor) -> memoryview:
+    """A writable view of a contiguous CPU uint8 tensor's bytes.
+
+    Not ``t.numpy()``: sharing with numpy marks the storage as not resizable for good,
+    and the storage here is the user's activation (swap_branches resizes it).
+    """
+    return memoryview((ctypes.c_char * t.numel()).from_address(t.data_ptr())).cast("B")
+
+
 class DiskTransport(_Threaded):
     """One file per saved storage in a private directory, removed by ``close``."""
 
@@ -182,7 +192,7 @@ class DiskTransport(_Threaded):
 
         def write() -> str:
             with open(path, "wb", buffering=0) as fh:
-                fh.write(memoryview(host.numpy()))
+                fh.write(_bytes_view(host))
             return path
         return self.submit(write)
 
@@ -192,7 +202,7 @@ class DiskTransport(_Threaded):
 
         def read() -> torch.Tensor:
             with open(stored, "rb", buffering=0) as fh:
-                fh.readinto(memoryview(host.numpy()))
+                fh.readinto(_bytes_view(host))
             return host if device.type == "cpu" else host.to(device)
         return self.submit(read)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import torch
 from torch import nn
 
@@ -43,14 +46,26 @@ def monai_net() -> nn.Module:
 
 
 def train_steps(make_model, context_factory, shape=(1, 2, 16, 16, 16), steps=3,
-                device="cpu"):
-    """Run ``steps`` Adam steps with a reseeded forward; return losses, grads, params, stats."""
+                device="cpu", one_context=False):
+    """Run ``steps`` Adam steps with a reseeded forward; return losses, grads, params, stats.
+
+    ``one_context``: all steps in one context (stats are then cumulative snapshots).
+    """
+    if one_context:
+        outer = context_factory
+
+        def context_factory(model):  # noqa: F811 - one shared context for every step
+            return contextlib.nullcontext(shared[0])
+        shared: list = []
     torch.manual_seed(1234)
     model = make_model().to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(99)
     losses, grads, stats = [], [], []
+    stack = contextlib.ExitStack()
+    if one_context:
+        shared.append(stack.enter_context(outer(model)))
     for step in range(steps):
         x = torch.randn(shape, generator=gen).to(device)
         target = torch.rand(shape, generator=gen).to(device)
@@ -63,7 +78,8 @@ def train_steps(make_model, context_factory, shape=(1, 2, 16, 16, 16), steps=3,
         opt.step()
         losses.append(loss.detach().clone())
         grads.append([p.grad.clone() for p in model.parameters()])
-        stats.append(st)
+        stats.append(copy.copy(st))
+    stack.close()
     params = [p.detach().clone() for p in model.parameters()]
     return losses, grads, params, stats
 
