@@ -247,7 +247,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                SwapLog(config.swap), info)
     window = config.patch if config.mode == "patch" else None
     stop_reason = "max_epochs"
-    t_start = time.perf_counter()
+    t_start, start_epoch = time.perf_counter(), state.epoch
     for epoch in range(state.epoch, config.max_epochs):
         if state.bad_epochs >= config.early_stop:  # a resumed run that had already stopped
             stop_reason = "early_stop"
@@ -265,6 +265,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                    **ctx.swaplog.epoch_columns(epoch))
         stop = _end_epoch(ctx, sched, log, row)
         if info.is_main:
+            if epoch == start_epoch and config.swap is not None:
+                echo(_first_step_line(ctx.swaplog.first_step or {}))
             echo(_epoch_line(row, config.max_epochs))
         if stop:
             stop_reason = "early_stop"
@@ -278,6 +280,13 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
             "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
             "stop_reason": stop_reason, "run_dir": str(run_dir),
             "last_row": log.rows[-1] if log.rows else {}}
+
+
+def _first_step_line(d: dict[str, Any]) -> str:
+    return (f"swap, first step: {d.get('swapped', 0)} of {d.get('packed', 0)} saved tensors "
+            f"swapped ({d.get('deduplicated', 0)} deduplicated), "
+            f"{d.get('bytes_out', 0) / 2**20:.1f} MiB out, peak resident "
+            f"{d.get('peak_device_bytes', 0) / 2**20:.1f} MiB, wait {d.get('wait_s', 0):.3f} s")
 
 
 def _epoch_line(row: dict[str, Any], max_epochs: int) -> str:

@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -38,3 +42,17 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
 def test_demo_rejects_too_few_cases(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--cases", "3", "--quick"]) == 2
     assert "--cases 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_demo_meets_the_dice_targets_in_10_minutes(tmp_path):
+    """The acceptance run: ``swapseg demo`` with no options, in a fresh directory."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "swapseg.cli", "demo"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    wall = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "swapseg-demo" / "summary.json").read_text())
+    dice = summary["dice"]
+    assert dice["WT"] >= 0.85 and dice["TC"] >= 0.70 and dice["ET"] >= 0.60, dice
+    assert wall < 600, f"demo took {wall:.0f} s"
