@@ -122,12 +122,12 @@ def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_small_synthetic_setting_end_to_end(tmp_path: Path) -> None:
-    """The acceptance setting: 9 phantoms of 48^3, 3 folds, 5 epochs (minutes on 2 cores)."""
+    """The acceptance setting: 9 phantoms of 48^3, 3 folds, 3 epochs (minutes on 2 cores)."""
     from swapseg.experiments.full_vs_patch import run_full_vs_patch
 
     data = _synth(tmp_path / "data", 9, 48)
     base = tiny(data=str(data), out=str(tmp_path / "exp"), shape=(48, 48, 48),
-                base_filters=8, depth=4, folds=3, max_epochs=5)
+                base_filters=8, depth=4, folds=3, max_epochs=3)
     summary = run_full_vs_patch(base, tmp_path / "exp", progress=False, echo=lambda _: None)
     _check_outputs(tmp_path / "exp")
     assert summary["modes"]["full"]["n_cases"] == 9
