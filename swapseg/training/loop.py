@@ -165,10 +165,11 @@ def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> float:
     ctx.optimizer.zero_grad(set_to_none=True)
     loss = ctx.loss_fn(ctx.ddp_model(image), target)
     if not torch.isfinite(loss):
-        raise NonFiniteLoss(
-            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
-            f"{ctx.state.global_step}); stopping. The last good checkpoint is "
-            f"{ctx.run_dir / 'checkpoints' / 'last.pt'}")
+        last = ctx.run_dir / "checkpoints" / "last.pt"
+        where = f"the last good checkpoint is {last}" if last.exists() else \
+            "no checkpoint was written yet"
+        raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                            f"(global step {ctx.state.global_step}); stopping: {where}")
     loss.backward()
     ctx.optimizer.step()
     return loss.item()

@@ -139,3 +139,25 @@ def test_patch_mode_trains_on_patches_and_validates_whole_volumes(tmp_path, synt
         row = next(csv.DictReader(fh))
     # 3 training volumes x 2 patches in batches of 2 -> 3 steps
     assert row["steps"] == "3" and 0.0 <= float(row["val_dice_WT"]) <= 1.0
+
+
+def test_nan_loss_exits_2_naming_epoch_and_step(tmp_path, synth, capsys, monkeypatch):
+    from swapseg.training import loop
+
+    real = loop.make_loss
+
+    def nan_in_epoch_2(name, eps):
+        f, calls = real(name, eps), {"n": 0}
+
+        def loss(logits, target):
+            calls["n"] += torch.is_grad_enabled()  # training steps only, not validation
+            out = f(logits, target)
+            return out * float("nan") if calls["n"] > 3 else out  # 3 training steps/epoch
+        return loss
+
+    monkeypatch.setattr(loop, "make_loss", nan_in_epoch_2)
+    run = tmp_path / "nan"
+    assert _train(synth, run, "--epochs", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert "epoch 2, step 1" in err and "last.pt" in err and len(err.splitlines()) == 1
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
