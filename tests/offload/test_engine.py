@@ -128,19 +128,24 @@ def test_n_tensors_and_min_bytes():
 def test_no_grad_does_nothing():
     model = isensee().eval()
     x = torch.randn(1, 2, 16, 16, 16)
-    with torch.no_grad():
+
+    def timed() -> tuple[float, torch.Tensor]:
         t0 = time.perf_counter()
-        for _ in range(3):
-            ref = model(x)
-        plain = time.perf_counter() - t0
-        with swap_activations(model, SwapPolicy(), workers=0) as st:
-            t0 = time.perf_counter()
-            for _ in range(3):
-                out = model(x)
-            swapped = time.perf_counter() - t0
-    assert torch.equal(ref, out)
-    assert st.as_dict() == SwapStats().as_dict()
-    assert swapped < 1.5 * plain + 0.05  # hooks only push/pop scope names
+        out = model(x)
+        return time.perf_counter() - t0, out
+
+    plain, hooked = [], []
+    policy = SwapPolicy(swap_branches=True)
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(5):  # interleaved, best of 5: robust to a busy machine
+            plain.append(timed()[0])
+            with swap_activations(model, policy, workers=0) as st:
+                dt, out = timed()
+                hooked.append(dt)
+                assert torch.equal(ref, out)
+                assert st.as_dict() == SwapStats().as_dict()
+    assert min(hooked) < 1.5 * min(plain) + 0.01  # hooks only push/pop scope names
 
 
 def test_retain_graph_second_backward():
