@@ -33,11 +33,11 @@ _TISSUES = ("background", "wm", "gm", "csf", "edema", "necrosis", "enhancing")
 TISSUE_CONTRAST = {  # wm, gm, csf, edema, necrosis, enhancing
     "flair": (0.70, 0.85, 0.22, 1.70, 0.95, 1.15),
     "t1": (1.00, 0.72, 0.28, 0.62, 0.42, 0.70),
-    "t1ce": (1.00, 0.86, 0.35, 0.70, 0.40, 1.75),
+    "t1ce": (1.00, 0.86, 0.35, 0.70, 0.40, 1.65),
     "t2": (0.55, 0.80, 1.65, 1.30, 1.45, 1.00),
 }
 _MODS = ("flair", "t1", "t1ce", "t2")
-_VESSEL_GAIN = {"flair": 1.0, "t1": 0.9, "t1ce": 1.6, "t2": 0.8}
+_VESSEL_GAIN = {"flair": 1.0, "t1": 0.9, "t1ce": 1.8, "t2": 0.8}
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -106,7 +106,7 @@ def _tumor(rng: np.random.Generator, shape: tuple[int, int, int], xyz: list[np.n
     rim = max(rng.uniform(0.08, 0.13), 4.0 / s) / r_tc
     gaps = _smooth_noise(rng, shape, s / 20) > rng.uniform(0.6, 1.6)
     enhancing = core & (d_tc > 1 - rim) & ~gaps
-    if rng.random() < 0.2:  # lower-grade look: patchy, thin enhancement
+    if rng.random() < 0.25:  # lower-grade look: patchy, thin enhancement
         enhancing &= _smooth_noise(rng, shape, s / 16) > 0.8
     labels = np.zeros(shape, np.uint8)
     labels[edema | core] = 2
