@@ -76,6 +76,17 @@ def largest_side(policy: SwapPolicy | None, lo: int, hi: int, base: int,
     return {"largest_side": best, "tried": tried, "complete": True}
 
 
+def saved_bytes_per_voxel(base: int, side: int = 64) -> float:
+    """Saved bytes per input voxel of one step, counted by the engine (nothing moved)."""
+    from swapseg.offload.measure import keep_all, measure_steps
+    torch.manual_seed(0)
+    model = Isensee3DUNet(base_filters=base).cuda()
+    r = measure_steps(model, (1, 4, side, side, side), keep_all, steps=1, warmup=0)
+    del model
+    torch.cuda.empty_cache()
+    return r["peak_device_bytes"] / side**3
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cap-gib", type=float, default=16.0)
@@ -85,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["none", "swap-all"],
                    choices=list(POLICIES))
     p.add_argument("--budget-s", type=float, default=200.0, help="total time allowed")
+    p.add_argument("--host-fraction", type=float, default=0.5,
+                   help="largest share of host memory the swapped bytes may take")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     from swapseg.envinfo import environment
@@ -95,12 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.budget_s
     result: dict[str, Any] = {"cap_bytes": int(frac * total), "memory_fraction": frac,
                               "environment": environment(), "methods": {}}
+    per_voxel = saved_bytes_per_voxel(args.base_filters)
+    host = environment().get("memory_bytes", 0)
+    # swapped bytes live in pinned host memory: stay well inside it (the OOM killer
+    # would take the whole run down)
+    hi_host = int((args.host_fraction * host / per_voxel) ** (1 / 3)) // 16 * 16 if host else 0
+    result.update(saved_bytes_per_voxel=per_voxel, host_memory_bytes=host,
+                  host_fraction=args.host_fraction)
     for i, name in enumerate(args.methods):
         share = (deadline - time.monotonic()) / (len(args.methods) - i)
-        print(f"{name}:", file=sys.stderr, flush=True)
-        result["methods"][name] = largest_side(POLICIES[name], args.lo, args.hi,
+        hi = args.hi if POLICIES[name] is None or not hi_host else min(args.hi, hi_host)
+        print(f"{name} (sides {args.lo}..{hi}):", file=sys.stderr, flush=True)
+        result["methods"][name] = largest_side(POLICIES[name], args.lo, hi,
                                                args.base_filters, time.monotonic() + share)
-    write_json(args.out, result)
+        result["methods"][name]["searched"] = [args.lo, hi]
+        write_json(args.out, result)  # partial results survive a timeout
     print(json.dumps({k: v["largest_side"] for k, v in result["methods"].items()}))
     return 0
 
