@@ -98,17 +98,24 @@ def _event_dict(e: Any) -> Any:
 
 
 def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
-    """RUN/timeline.json and RUN/timeline.png of the traced step.
+    """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``.
 
-    ``window`` is the step's (start, end) in the engine's clock (seconds since
-    ``stats.t0``); only the events inside it are kept, so other steps of the epoch's
-    context do not crowd the plot.
+    The events of the step are those the engine numbered with its step counter at the end
+    of the step (the epoch's context counts its own forwards from 1); engines whose events
+    carry no step number are cut by ``window``, the step's (start, end) in the engine's
+    clock (seconds since ``stats.t0``).
     """
-    from swapseg.offload import plot_timeline
+    from swapseg.offload.timeline import plot_timeline
 
-    lo, hi = window
     events = [_event_dict(e) for e in (getattr(stats, "events", None) or [])]
-    events = [e for e in events if not isinstance(e, dict) or lo <= e.get("t", lo) <= hi]
-    write_json(run_dir / "timeline.json", {"step": step, "window_s": [lo, hi],
+    engine_step = getattr(stats, "steps", None)
+    if events and all(isinstance(e, dict) and "step" in e for e in events):
+        events = [e for e in events if e["step"] == engine_step]
+    else:
+        lo, hi = window
+        events = [e for e in events if not isinstance(e, dict) or lo <= e.get("t", lo) <= hi]
+    write_json(run_dir / "timeline.json", {"step": step, "engine_step": engine_step,
+                                           "window_s": list(window),
                                            "stats": stats.as_dict(), "events": events})
-    plot_timeline(events, run_dir / "timeline.png")
+    plot_timeline(events, run_dir / "timeline.png",
+                  title=f"swap timeline, training step {step} (0-based)")
