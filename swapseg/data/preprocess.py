@@ -148,6 +148,14 @@ def _zscore(image: np.ndarray, case_id: str) -> tuple[list[float], list[float]]:
     return means, stds
 
 
+def _header_b64(header: nib.Nifti1Header) -> str:
+    """The header as base64 NIfTI-1 bytes (a NIfTI-2 header is converted)."""
+    if not isinstance(header, nib.Nifti1Header) or isinstance(header, nib.Nifti2Header):
+        header = nib.Nifti1Header.from_header(header, check=False)
+        header["sizeof_hdr"] = 348
+    return base64.b64encode(header.binaryblock).decode("ascii")
+
+
 def preprocess(loaded: LoadedCase, target_shape: int | tuple[int, ...],
                zoom: int = 1) -> Preprocessed:
     """Crop, z-score, window and (optionally) downsample one case; see the module docstring."""
@@ -183,7 +191,7 @@ def preprocess(loaded: LoadedCase, target_shape: int | tuple[int, ...],
         loaded.case_id, loaded.convention, tuple(loaded.image.shape[1:]), target, zoom,
         tuple(origin), start, stop, cut, tuple(means), tuple(stds), loaded.spacing,
         np.asarray(loaded.affine, dtype=float).tolist(),
-        base64.b64encode(loaded.header.binaryblock).decode("ascii"))
+        _header_b64(loaded.header))
     return Preprocessed(np.ascontiguousarray(image, dtype=np.float32), seg, info)
 
 

@@ -143,3 +143,13 @@ def test_prepinfo_json_and_nifti():
     assert img.header.get_zooms() == (1.0, 1.0, 2.0)
     assert img.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(img.dataobj), seg)
+
+
+def test_nifti2_header_kept_as_nifti1():
+    image, seg = _box_case()
+    loaded = _loaded(image, seg)
+    loaded.header = nib.Nifti2Image(seg, loaded.affine).header
+    prep = preprocess(loaded, 16)
+    img = prep.info.nifti(restore(prep.seg, prep.info))
+    np.testing.assert_allclose(img.affine, loaded.affine)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), seg)
