@@ -1,1 +1,8 @@
-"""swapseg.training"""
+"""swapseg.training: the reference training protocol around the swap engine.
+
+Modules: ``config`` (TrainConfig and presets), ``losses`` (soft Dice, Dice + BCE),
+``crossval`` (seeded k-fold splits), ``datasets`` (a fold's datasets), ``loop`` (``train``,
+``fit``), ``validation``, ``checkpoint``, ``runlog`` (log.csv), ``swaplog`` (swap statistics),
+``distributed`` (DDP through torchrun) and ``demo`` (``swapseg demo``). Import from the
+submodules; this package module stays light.
+"""

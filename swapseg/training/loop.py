@@ -220,6 +220,22 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
     return state.bad_epochs >= config.early_stop
 
 
+def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
+               ) -> dict[str, Any]:
+    """Train one epoch, validate (rank 0, shared with the others): the epoch's log row."""
+    t0 = time.perf_counter()
+    row = _train_epoch(ctx, epoch, progress)
+    window = ctx.config.patch if ctx.config.mode == "patch" else None
+    val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
+        if ctx.info.is_main else {}
+    keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET"]
+    row.update(zip(keys, dist_.broadcast_floats([val.get(k, 0.0) for k in keys], ctx.info),
+                   strict=True))
+    row.update(lr=ctx.optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
+               **ctx.swaplog.epoch_columns(epoch))
+    return row
+
+
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfig,
         *, resume: bool = False, progress: bool = True,
         echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -246,7 +262,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                make_loss(config.loss, config.dice_eps), train_loader, device,
                config.swap, _recompute_policy(config), run_dir, state,
                SwapLog(config.swap), info)
-    window = config.patch if config.mode == "patch" else None
     stop_reason = "max_epochs"
     t_start, start_epoch = time.perf_counter(), state.epoch
     for epoch in range(state.epoch, config.max_epochs):
@@ -256,14 +271,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         gen.manual_seed(config.seed * 1_000_003 + epoch)  # same order and seeds on resume
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        row = _train_epoch(ctx, epoch, progress)
-        val = validate(model, val_loader, ctx.loss_fn, device, window) if info.is_main else {}
-        keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET"]
-        row.update(zip(keys, dist_.broadcast_floats([val.get(k, 0.0) for k in keys], info),
-                       strict=True))
-        row.update(lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
-                   **ctx.swaplog.epoch_columns(epoch))
+        row = _run_epoch(ctx, val_loader, epoch, progress)
         stop = _end_epoch(ctx, sched, log, row)
         if info.is_main:
             if epoch == start_epoch and config.swap is not None:
