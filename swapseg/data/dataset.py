@@ -28,6 +28,7 @@ from swapseg.data.labels import labels_to_regions
 from swapseg.data.layouts import Case, CaseIndex, find_cases
 from swapseg.data.loader import load_case
 from swapseg.data.preprocess import PrepInfo, Preprocessed, _as_shape3, preprocess
+from swapseg.errors import InputError
 from swapseg.io import atomic_path, write_json
 
 __all__ = ["BratsVolumes", "cache_key"]
@@ -40,7 +41,10 @@ def cache_key(case: Case, target_shape: tuple[int, int, int], zoom: int) -> str:
     """A short hash naming the cache entry of ``case`` at this shape and zoom."""
     files = []
     for p in case.files:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read ({exc.strerror})") from None
         files.append([str(Path(p).resolve()), st.st_mtime_ns, st.st_size])
     blob = json.dumps([CACHE_VERSION, case.case_id, list(target_shape), zoom, files])
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

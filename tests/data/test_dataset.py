@@ -97,3 +97,13 @@ def test_damaged_cache_entry_is_rebuilt(two_cases, tmp_path):
     image_npy.unlink()
     again = BratsVolumes(two_cases, 24, cache_dir=cache)[0]
     assert torch.equal(first["image"], again["image"]) and image_npy.is_file()
+
+
+def test_file_removed_after_discovery_is_input_error(two_cases, tmp_path):
+    from swapseg.errors import InputError
+
+    two_cases.cases[0].images["t1"].unlink()
+    with pytest.raises(InputError, match=r"Brats18_A_1_t1.nii.gz: cannot read"):
+        BratsVolumes(two_cases, 24, cache_dir=tmp_path / "cache")[0]
+    with pytest.raises(InputError, match=r"Brats18_A_1_t1.nii.gz: no such file"):
+        BratsVolumes(two_cases, 24)[0]

@@ -63,3 +63,18 @@ def test_zoomed_volumes_for_cpu_training(index, tmp_path):
     assert info.cut_brain_voxels == 0 and info.zoom == 3
     # little enhancing tumor in this case, but some survives the 3x downsampling
     assert 0 < item["target"][2].sum() < item["target"][1].sum() <= item["target"][0].sum()
+
+
+@pytest.mark.slow
+def test_every_real_case_fits_and_round_trips(index):
+    """All 12 cases (about 1.5 s each): nothing cut at 192^3, nor at 64^3 with zoom 3."""
+    for case in index.cases:
+        loaded = load_case(case)
+        prep = preprocess(loaded, TARGET)
+        assert prep.info.cut_brain_voxels == 0, case.case_id
+        np.testing.assert_array_equal(restore(prep.seg, prep.info), loaded.seg)
+        small = preprocess(loaded, 64, zoom=3)
+        assert small.info.cut_brain_voxels == 0, case.case_id
+        raw = labels_to_regions(loaded.seg, "brats2017").sum(axis=(1, 2, 3))
+        after = labels_to_regions(small.seg, "brats2017").sum(axis=(1, 2, 3)) * 27
+        np.testing.assert_allclose(after, raw, rtol=0.25, atol=27 * 30)
