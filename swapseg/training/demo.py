@@ -90,8 +90,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     data = out / "data"
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run, never a silent resume
+    for old in ("data", "run", "test", "predictions", "overlays"):  # a fresh run each time
+        shutil.rmtree(out / old, ignore_errors=True)
     echo(f"demo: {threads} torch thread(s); writing {cases} synthetic cases of "
          f"{config.shape[0]}^3 to {data}")
     synthesize(data, cases, config.shape, seed=seed)

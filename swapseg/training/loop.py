@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from swapseg import offload
+from swapseg.errors import InputError
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.recompute import RecomputePolicy, recompute
@@ -38,8 +39,8 @@ from swapseg.training.runlog import EpochLog
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
 
-__all__ = ["train", "train_all_folds", "fit", "build_model", "model_kwargs", "resolve_device",
-           "NonFiniteLoss", "TrainState"]
+__all__ = ["train", "train_all_folds", "fit", "worker_error_message", "build_model",
+           "model_kwargs", "resolve_device", "NonFiniteLoss", "TrainState"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,7 +77,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device {name!r} is not available on this machine")
+    return device
 
 
 def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
@@ -324,6 +329,20 @@ def _auto_plan(config: TrainConfig, model: nn.Module,
     return config.replace(swap=plan.swap, plan=plan.to_dict())
 
 
+def worker_error_message(exc: BaseException) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker.
+
+    PyTorch re-raises a worker's exception as the same type with the message
+    "Caught X in DataLoader worker process N. Original Traceback ... X: <message>".
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    name = type(exc).__name__
+    last = [ln for ln in text.strip().splitlines() if f"{name}: " in ln]
+    return last[-1].split(f"{name}: ", 1)[1] if last else text.splitlines()[0]
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           echo: Callable[[str], None] = print, splits_path: str | Path | None = None
           ) -> dict[str, Any]:
@@ -332,6 +351,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     from swapseg.training.datasets import build_datasets, find_training_cases
 
     run_dir = Path(config.out)
+    resolve_device(config.device)  # fail before anything is written
     cases = find_training_cases(config.data)
     splits = load_or_make_splits(splits_path or run_dir / "splits.json", sorted(cases),
                                  config.folds, config.seed)
@@ -346,7 +366,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
          f"{len(split['val'])} validation, {len(split['test'])} test cases; "
          f"mode {config.mode}, shape {list(config.shape)}, batch {config.batch}, "
          f"swap {'off' if config.swap is None else config.swap.to_dict()}")
-    result = fit(model, train_ds, val_ds, config, resume=resume, progress=progress, echo=echo)
+    try:
+        result = fit(model, train_ds, val_ds, config, resume=resume, progress=progress,
+                     echo=echo)
+    except InputError as exc:  # a bad case found while loading: name it in one line
+        raise InputError(worker_error_message(exc)) from None
     result["split"] = split
     return result
 

@@ -47,6 +47,7 @@ def test_parse_bytes(text, value):
     (["--swap", "all", "--swap-prefetch", "0"], "prefetch must be >= 1"),
     (["--shape", "15"], "shape"),
     (["--fold", "x"], "--fold 'x'"),
+    (["--device", "cuda:7"], "not available"),
     (["--swap", "auto", "--memory-budget", "lots"], "not a memory size"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, synth, extra, words):
@@ -161,3 +162,17 @@ def test_nan_loss_exits_2_naming_epoch_and_step(tmp_path, synth, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert "epoch 2, step 1" in err and "last.pt" in err and len(err.splitlines()) == 1
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_corrupt_case_found_in_a_worker_is_named_in_one_line(tmp_path, synth, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    victim = sorted(data.iterdir())[0]
+    flair = next(victim.glob("*_flair.nii.gz"))
+    flair.write_bytes(flair.read_bytes()[:200])  # truncated gzip
+    rc = _train(data, tmp_path / "run", "--epochs", "1", "--workers", "1", "--folds", "3")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert flair.name in err and "Caught" not in err
