@@ -138,14 +138,14 @@ def test_no_grad_does_nothing():
     policy = SwapPolicy(swap_branches=True)
     with torch.no_grad():
         ref = model(x)
-        for _ in range(5):  # interleaved, best of 5: robust to a busy machine
+        for _ in range(9):  # interleaved, best of 9: robust to a busy machine
             plain.append(timed()[0])
             with swap_activations(model, policy, workers=0) as st:
                 dt, out = timed()
                 hooked.append(dt)
                 assert torch.equal(ref, out)
                 assert st.as_dict() == SwapStats().as_dict()
-    assert min(hooked) < 1.5 * min(plain) + 0.01  # hooks only push/pop scope names
+    assert min(hooked) < 1.5 * min(plain) + 0.05  # hooks only push/pop scope names
 
 
 def test_retain_graph_second_backward():
