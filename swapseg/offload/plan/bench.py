@@ -163,7 +163,9 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: 
                   warmup: int = 1, profile_peak: bool = True,
                   methods: tuple[str, ...] = METHODS,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    local = get_profile("local", model)
+    # calibrated at the bench shape: "none" is then predicted from itself, and the other
+    # methods' predictions test the simulator's model of swapping and recomputation
+    local = get_profile("local", model, calibrate_shape=shape)
     trace = trace_step(model, shape)
     plans = _plans(trace, local, budget)
     runners = {n: _Runner(model, shape, plans[n]) for n in methods if n in plans}

@@ -42,6 +42,9 @@ class DeviceProfile:
     """Achieved copy bandwidth host -> device (swap-in)."""
     op_overhead_s: float = 10e-6
     """Fixed cost per op (kernel launch, dispatcher)."""
+    conv_flops_per_s: dict[str, float] = field(default_factory=dict)
+    """Measured FLOP/s of conv ops per phase (``"fwd"``, ``"bwd"``); conv ops of a phase
+    not in it, and all other ops, use ``flops_per_s``."""
     cpu_conv_workspace: bool = False
     """Count the column buffers of PyTorch's native CPU conv path as op working set."""
     sources: dict[str, str] = field(default_factory=dict)
@@ -50,8 +53,9 @@ class DeviceProfile:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def op_seconds(self, flops: float, io_bytes: int) -> float:
-        return max(flops / self.flops_per_s, io_bytes / self.mem_bytes_per_s) + self.op_overhead_s
+    def op_seconds(self, flops: float, io_bytes: int, key: str = "") -> float:
+        rate = self.conv_flops_per_s.get(key, self.flops_per_s) if key else self.flops_per_s
+        return max(flops / rate, io_bytes / self.mem_bytes_per_s) + self.op_overhead_s
 
 
 _GPU_EFF = ("Assumed efficiencies: 50% of peak FLOP/s for cuDNN 3D convolutions, 70% of peak "
@@ -91,12 +95,14 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-def get_profile(name: str, model: nn.Module | None = None, tier: str = "host") -> DeviceProfile:
-    """A named profile; ``local`` is measured now (needs ``model`` for its conv layers)."""
+def get_profile(name: str, model: nn.Module | None = None, tier: str = "host",
+                calibrate_shape: tuple[int, ...] | None = None) -> DeviceProfile:
+    """A named profile; ``local`` is measured now (needs ``model`` for its conv layers;
+    with ``calibrate_shape``, also one real step at that shape)."""
     if name == "local":
         if model is None:
             raise InputError("the local device profile is measured on the model; pass it")
-        return measure_local(model, tier=tier)
+        return measure_local(model, tier=tier, calibrate_shape=calibrate_shape)
     if name not in PROFILES:
         raise InputError(f"unknown device {name!r}; choose one of "
                          f"{', '.join([*PROFILES, 'local'])}")
@@ -166,22 +172,78 @@ def _copy_rate(nbytes: int, tier: str) -> float:
     return nbytes / _median_time(lambda: dst.copy_(src))
 
 
+def calibrate_step(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
+    """Rates from one real training step at ``shape``, timed per op by the profiler.
+
+    The step is traced too, so its FLOPs and bytes are known: conv forward FLOP/s, conv
+    backward FLOP/s, and an effective bandwidth for everything else (norms, activations,
+    adds, copies, dispatch), which is what a CPU spends outside its convolutions.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from swapseg.offload.plan.trace import default_loss, trace_step
+
+    tr = trace_step(model, shape)
+    x = torch.randn(shape)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        default_loss(model(x)).backward()
+
+    step()  # warm-up: allocator, oneDNN primitive caches
+    t0 = time.perf_counter()
+    step()  # the profiler slows small ops down, so the wall time comes from a plain step
+    wall = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    model.zero_grad(set_to_none=True)
+    # top-level conv events only (oneDNN/native children are inside their parents' time)
+    t = {"aten::convolution": 0.0, "aten::convolution_backward": 0.0}
+    for e in prof.events():
+        if e.name in t and (e.cpu_parent is None or e.cpu_parent.name not in t) and \
+                not (e.cpu_parent is not None and e.cpu_parent.name == "aten::convolution"):
+            t[e.name] += e.cpu_time_total / 1e6
+    conv_s = t["aten::convolution"] + t["aten::convolution_backward"]
+    f_fwd = sum(o.flops for o in tr.ops if o.conv and o.phase == "fwd")
+    f_bwd = sum(o.flops for o in tr.ops if o.conv and o.phase == "bwd")
+    io = sum(o.io_bytes for o in tr.ops if not o.conv)
+    rest = max(wall - conv_s, 1e-6)
+    return {"fwd": f_fwd / max(t["aten::convolution"], 1e-9),
+            "bwd": f_bwd / max(t["aten::convolution_backward"], 1e-9),
+            "mem": io / rest, "wall_s": wall}
+
+
 def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
-                  probe_bytes: int = 64 * 2**20) -> DeviceProfile:
-    """Measure this machine (a CPU run: 'device' memory is host memory)."""
+                  probe_bytes: int = 64 * 2**20,
+                  calibrate_shape: tuple[int, ...] | None = None) -> DeviceProfile:
+    """Measure this machine (a CPU run: 'device' memory is host memory).
+
+    With ``calibrate_shape``, one real step at that shape sets the conv forward and
+    backward FLOP/s and the bandwidth of everything else (``calibrate_step``); CPU conv
+    speed depends on the shape, so calibrate at a shape near the one to predict.
+    """
     with torch.no_grad():
         overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
         mem = _mem_rate(probe_bytes)
         copy = _copy_rate(probe_bytes, tier)
     flops = _conv_rate(model, side)
+    conv_rates: dict[str, float] = {}
+    calib = ""
+    if calibrate_shape is not None:
+        c = calibrate_step(model, calibrate_shape)
+        conv_rates = {"fwd": c["fwd"], "bwd": c["bwd"]}
+        mem = c["mem"]
+        overhead = 0.0  # dispatch is inside the measured "everything else" bandwidth
+        calib = f"one profiled step at {'x'.join(map(str, calibrate_shape))}"
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} with {torch.get_num_threads()} threads"
     return DeviceProfile(
         name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
-        cpu_conv_workspace=True,
+        cpu_conv_workspace=True, conv_flops_per_s=conv_rates,
         sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd, "
                                 f"at {side}^3",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
                  "copy": f"{how}: {tier} tier copy of {probe_bytes >> 20} MiB",
-                 "memory_bytes": "physical memory (sysconf)"})
+                 "memory_bytes": "physical memory (sysconf)",
+                 "calibration": calib or "none (probes only)"})

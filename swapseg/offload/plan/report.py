@@ -15,7 +15,8 @@ from swapseg.offload.plan.search import SearchResult, search
 from swapseg.offload.plan.timeline_plot import plot_timelines
 from swapseg.offload.plan.trace import trace_step
 
-__all__ = ["parse_bytes", "parse_shape", "build_model", "run_plan", "format_table", "MODELS"]
+__all__ = ["parse_bytes", "parse_shape", "build_model", "run_plan", "format_table", "MODELS",
+           "calibration_shape"]
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
           "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -58,6 +59,12 @@ def build_model(name: str, in_channels: int, base_filters: int = 16, depth: int 
                          base_filters=base_filters, depth=depth)
 
 
+def calibration_shape(dims: tuple[int, ...], divisor: int, cap: int = 64) -> tuple[int, ...]:
+    """A cube no larger than ``cap`` (and the input) for the local profile's real step."""
+    side = max(divisor * 2, min(cap, *dims[2:]) // divisor * divisor)
+    return (dims[0], dims[1], side, side, side)
+
+
 def format_table(res: SearchResult) -> str:
     d = res.as_dict()
     head = (f"{'candidate':<46} {'swapped':>7} {'swap GiB':>8} {'recomp':>6} "
@@ -84,7 +91,7 @@ def run_plan(model_name: str, shape: str, device: str, memory: str, out: str | P
     if bad:
         raise InputError(f"shape {shape!r}: spatial sides must be multiples of "
                          f"{model.divisor} for depth {depth}")
-    dev = get_profile(device, model, tier)
+    dev = get_profile(device, model, tier, calibrate_shape=calibration_shape(dims, model.divisor))
     trace = trace_step(model, dims, name=model_name)
     res = search(trace, dev, budget, margin)  # raises before anything is written
     d = res.as_dict()

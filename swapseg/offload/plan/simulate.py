@@ -130,6 +130,10 @@ class SimResult:
         return d
 
 
+def _op_s(dev: DeviceProfile, op: Any) -> float:
+    return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "")
+
+
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                prefetch: int) -> dict[str, Any]:
     """Walk the ops in order; returns op start/end times and copy intervals per storage."""
@@ -162,14 +166,21 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         copy_in[u] = (s, s + trace.storages[u].nbytes / dev.h2d_bytes_per_s)
         h2d_free = copy_in[u][1]
 
+    def start_outs(i: int) -> None:
+        nonlocal d2h_free
+        for u in outs_by_op.get(i, []):
+            s = max(t, d2h_free)
+            copy_out[u] = (s, s + trace.storages[u].nbytes / dev.d2h_bytes_per_s)
+            d2h_free = copy_out[u][1]
+
+    start_outs(-1)  # saved before the first op ran (the step's input, saved by op 0)
     for op in trace.ops:
         i = op.index
         if i == trace.n_fwd_ops:
             for u in order[:prefetch]:
                 swap_in(u, t)
         for r in rerun_at.get(i, []):
-            d = sum(dev.op_seconds(trace.ops[j].flops, trace.ops[j].io_bytes)
-                    for j in dec.region_ops[r])
+            d = sum(_op_s(dev, trace.ops[j]) for j in dec.region_ops[r])
             rec_s += d
             t += d
         for u in needs.get(i, []):
@@ -181,12 +192,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                 stall += copy_in[u][1] - t
                 t = copy_in[u][1]
         starts.append(t)
-        t += dev.op_seconds(op.flops, op.io_bytes)
+        t += _op_s(dev, op)
         ends.append(t)
-        for u in outs_by_op.get(i, []):
-            s = max(t, d2h_free)
-            copy_out[u] = (s, s + trace.storages[u].nbytes / dev.d2h_bytes_per_s)
-            d2h_free = copy_out[u][1]
+        start_outs(i)  # packed during op i (or just before op i+1): copy once it is done
     return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
             "stalls": stalls, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
 

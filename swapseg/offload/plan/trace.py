@@ -45,6 +45,7 @@ class OpRecord:
     flops: float        # from torch.utils.flop_counter; 0 for ops it does not count
     io_bytes: int       # bytes of tensor inputs plus outputs (memory traffic bound)
     cpu_workspace_bytes: int = 0  # im2col buffer if a CPU would run the native conv path
+    conv: str = ""      # conv ops: "Cin,Cout,k,stride,D,H,W" of the input (for calibration)
 
 
 @dataclass
@@ -158,6 +159,23 @@ def _cpu_conv_workspace(name: str, args: tuple) -> int:
     return int(x.shape[1] * w.shape[2:].numel() * out_vox * x.element_size())
 
 
+def _conv_key(name: str, args: tuple) -> str:
+    if name == "aten.convolution":
+        x, w, stride = args[0], args[1], args[3]
+    elif name == "aten.convolution_backward":
+        x, w, stride = args[1], args[2], args[4]
+    else:
+        return ""
+    if x.dim() != 5:
+        return ""
+    return ",".join(str(int(v)) for v in (x.shape[1], w.shape[0], w.shape[2], stride[0],
+                                          *x.shape[2:]))
+
+
+#: Ops that only compute metadata or make views: no kernel moves data.
+_NO_DATA = ("prim.",)
+
+
 def _tensors(x: Any) -> Iterator[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         yield x
@@ -215,14 +233,17 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.suspended:
-            return out
-        io = sum(t.numel() * t.element_size() for t in _tensors((args, kwargs, out)))
         name = str(func._overloadpacket)
+        if self.suspended or name.startswith(_NO_DATA):
+            return out
+        if func.is_view or name in ("aten.detach", "aten.alias", "aten.lift_fresh"):
+            io = 0  # a view: no data moves
+        else:
+            io = sum(t.numel() * t.element_size() for t in _tensors((args, kwargs, out)))
         self.ops.append(OpRecord(len(self.ops), self.phase, name,
                                  self.scope[-1] if self.phase == "fwd" else "",
                                  _flops(func, args, kwargs, out), io,
-                                 _cpu_conv_workspace(name, args)))
+                                 _cpu_conv_workspace(name, args), _conv_key(name, args)))
         for t in _tensors(out):
             self.register(t, "act", name)
         return out

@@ -1,0 +1,88 @@
+"""Check the planner's simulator against real CPU steps of the Isensee U-Net (issue 5).
+
+Memory (deterministic, so valid even on a loaded machine):
+- no swapping at each side: predicted peak vs the profiler's allocation peak of a real
+  steady-state step (Adam state present, grads set to None) plus parameters and Adam state;
+- three swap policies: predicted resident saved bytes vs the engine's accounted
+  ``peak_device_bytes`` (copies inline, ``workers=0``, so modelled as an instant link).
+Time (needs a quiet machine): the ``local`` profile is calibrated with one real step at
+``--calibrate`` (default 64^3) and predicts the median of ``--steps`` steps at each side.
+
+    python benchmarks/planner_check.py --out benchmarks/results/planner_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from swapseg.envinfo import environment
+from swapseg.io import write_json
+from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload.engine import swap_activations
+from swapseg.offload.plan.bench import profiled_peak_bytes
+from swapseg.offload.plan.devices import measure_local
+from swapseg.offload.plan.simulate import simulate
+from swapseg.offload.plan.trace import default_loss, trace_step
+from swapseg.offload.policy import SwapPolicy
+
+POLICIES = {"config-1 (all, lb 1)": SwapPolicy(prefetch=1),
+            "config-4 (exclude decoder, lb 20)": SwapPolicy(exclude=("decoder.*",), prefetch=20),
+            "first 100, lb 4": SwapPolicy(n_tensors=100, prefetch=4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sides", type=int, nargs="+", default=[64, 96])
+    ap.add_argument("--calibrate", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results/planner_check.json")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    model = Isensee3DUNet()
+    local = measure_local(model, calibrate_shape=(1, 4, a.calibrate, a.calibrate, a.calibrate))
+    instant = dataclasses.replace(local, d2h_bytes_per_s=1e30, h2d_bytes_per_s=1e30)
+    opt = torch.optim.Adam(model.parameters())
+    rows = []
+    for side in a.sides:
+        x = torch.randn(1, 4, side, side, side)
+        tr = trace_step(model, x.shape)
+
+        def step(x: torch.Tensor = x) -> None:
+            opt.zero_grad(set_to_none=True)
+            default_loss(model(x)).backward()
+            opt.step()
+
+        times = []
+        for _ in range(1 + a.steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        measured = 3 * sum(p.numel() * 4 for p in model.parameters()) + profiled_peak_bytes(step)
+        r = simulate(tr, local)
+        rows.append({"side": side, "what": "no swap: peak bytes", "measured": measured,
+                     "predicted": r.peak_bytes, "error": r.peak_bytes / measured - 1})
+        med = statistics.median(times[1:])
+        rows.append({"side": side, "what": "no swap: step s", "measured": med,
+                     "predicted": r.step_s, "error": r.step_s / med - 1, "all_s": times})
+        for name, pol in POLICIES.items():
+            with swap_activations(model, pol, workers=0) as st:
+                default_loss(model(x)).backward()
+            model.zero_grad(set_to_none=True)
+            p = simulate(tr, instant, pol).peak_saved_bytes
+            rows.append({"side": side, "what": f"{name}: resident saved bytes",
+                         "measured": st.peak_device_bytes, "predicted": p,
+                         "error": p / st.peak_device_bytes - 1})
+        for row in rows[-5:]:
+            print(f"{row['side']:>4} {row['what']:<48} measured {row['measured']:>14.4g} "
+                  f"predicted {row['predicted']:>14.4g} error {row['error']:+.1%}", flush=True)
+    write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
+                       "calibrate_side": a.calibrate, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
