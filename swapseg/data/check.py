@@ -27,6 +27,8 @@ class CaseSummary:
     shape: list[int] | None = None
     spacing_mm: list[float] | None = None
     labels: list[int] | None = None
+    #: size of the bounding box of nonzero voxels (full check only)
+    brain_box: list[int] | None = None
     has_seg: bool = False
     problem: str | None = None
 
@@ -70,6 +72,12 @@ class DatasetReport:
                                           for c in good if c.spacing_mm))
         out.append("labels:   " + _counts("{" + ",".join(map(str, c.labels)) + "}"
                                           for c in good if c.labels is not None))
+        boxes = [c.brain_box for c in good if c.brain_box]
+        if boxes:
+            big = [max(b[a] for b in boxes) for a in range(3)]
+            fit = [16 * -(-v // 16) for v in big]  # the smallest multiple of 16 that holds it
+            out.append(f"brain:    largest box {'x'.join(map(str, big))} voxels (a target of "
+                       f"{'x'.join(map(str, fit))} or larger keeps every brain whole)")
         probs = self.problems
         out.append(f"problems: {len(probs) or 'none'}")
         out += [f"  - {p}" for p in probs]
@@ -82,6 +90,11 @@ class DatasetReport:
 def _counts(values: Iterable[str]) -> str:
     c = Counter(values)
     return ", ".join(f"{k} ({n})" for k, n in sorted(c.items())) or "-"
+
+
+def _extent(profile: np.ndarray) -> int:
+    idx = np.flatnonzero(profile)
+    return int(idx[-1] - idx[0] + 1) if idx.size else 0
 
 
 def _check_headers(case: Case, s: CaseSummary) -> None:
@@ -103,6 +116,9 @@ def _check_case(case: Case, quick: bool) -> CaseSummary:
         loaded = load_case(case)
         s.shape = list(loaded.image.shape[1:])
         s.spacing_mm = list(loaded.spacing)
+        brain = np.any(loaded.image != 0, axis=0)
+        s.brain_box = [_extent(brain.any(axis=tuple(a for a in range(3) if a != ax)))
+                       for ax in range(3)]
         if loaded.seg is not None:
             s.labels = [int(v) for v in np.unique(loaded.seg)]
     except InputError as exc:

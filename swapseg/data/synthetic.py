@@ -48,9 +48,12 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 
 def _grid(shape: tuple[int, int, int]) -> list[np.ndarray]:
-    """Voxel-centre coordinates in [-1, 1] on an isotropic scale (longest axis = 2)."""
-    n = max(shape)
-    return list(np.meshgrid(*[(np.arange(s) - (s - 1) / 2) / (n / 2) for s in shape],
+    """Voxel-centre coordinates in [-1, 1] along each axis.
+
+    Scaling each axis to its own length keeps the whole head inside a non-cubic volume (as
+    in the real 240 x 240 x 155 grid, where the head is flatter along z).
+    """
+    return list(np.meshgrid(*[(np.arange(s) - (s - 1) / 2) / (s / 2) for s in shape],
                             indexing="ij", sparse=True))
 
 

@@ -26,6 +26,8 @@ def test_synth_then_check(tmp_path, capsys):
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["usable"] is True and report["n_cases"] == 2
     assert report["cases"][0]["labels"] == [0, 1, 2, 4]
+    box = report["cases"][0]["brain_box"]
+    assert 12 < min(box) and box[0] < 24 and box[1] < 28 and box[2] < 20
     loaded = load_case(find_cases(tmp_path / "s").cases[1])
     assert loaded.image.shape == (4, 24, 28, 20)
 
@@ -67,6 +69,7 @@ def test_real_sample_is_usable(brats_sample, capsys):
     out = capsys.readouterr().out
     assert "cases:    12 found, 12 good, 12 with segmentation" in out
     assert "shapes:   240x240x155 (12)" in out and "labels:   {0,1,2,4} (12)" in out
+    assert "brain:    largest box 146x181x146 voxels (a target of 160x192x160" in out
 
 
 @pytest.mark.realdata
