@@ -79,14 +79,22 @@ def choose_plan(model: nn.Module, input_shape: tuple[int, ...],
                 margin: float | None = None, tier: str = "host") -> MemoryPlan:
     """The fastest predicted plan whose peak fits ``budget_bytes`` minus a safety margin.
 
-    ``device`` is a profile name (``p100-nvlink``, ..., ``local``) or a profile. Raises
-    InputError saying how many bytes are missing when no candidate fits.
+    ``device`` is a profile name (``p100-nvlink``, ..., ``local``) or a profile; ``local``
+    measures this machine: the CPU, or the GPU when ``tier="cuda"``. Raises InputError
+    saying how many bytes are missing when no candidate fits.
     """
+    from swapseg.offload.plan.report import calibration_shape
     from swapseg.offload.plan.search import DEFAULT_MARGIN, search
     from swapseg.offload.plan.trace import trace_step
 
-    dev = device if isinstance(device, DeviceProfile) else get_profile(device, model, tier)
-    trace = trace_step(model, tuple(input_shape))
+    shape = tuple(input_shape)
+    if isinstance(device, DeviceProfile):
+        dev = device
+    else:  # on a CPU, calibrate the local profile with one real step at up to 64^3
+        calib = calibration_shape(shape, getattr(model, "divisor", 16)) \
+            if device == "local" and tier != "cuda" else None
+        dev = get_profile(device, model, tier, calibrate_shape=calib)
+    trace = trace_step(model, shape)
     res = search(trace, dev, budget_bytes, DEFAULT_MARGIN if margin is None else margin)
     c = res.chosen
     assert c is not None

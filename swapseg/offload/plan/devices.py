@@ -24,6 +24,7 @@ from swapseg.errors import InputError
 __all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local"]
 
 GB = 1e9
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,25 @@ def get_profile(name: str, model: nn.Module | None = None, tier: str = "host",
     return PROFILES[name]
 
 
-def _median_time(fn: Any, repeats: int = 3) -> float:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _median_time(fn: Any, repeats: int = 3, dev: torch.device = CPU) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync(dev)
         t0 = time.perf_counter()
         fn()
+        _sync(dev)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 
-def _conv_rate(model: nn.Module, side: int, target_flops: float = 5e8) -> float:
+def _conv_rate(model: nn.Module, side: int, target_flops: float = 5e8,
+               dev: torch.device = CPU) -> float:
     """FLOP/s of the model's distinct 3x3x3 convs, forward + backward.
 
     Each conv runs at ``side``^3, or smaller for wide layers so that one run costs about
@@ -139,23 +148,32 @@ def _conv_rate(model: nn.Module, side: int, target_flops: float = 5e8) -> float:
         s = side
         while s > 8 and (s // st) ** 3 * per_vox > target_flops:
             s -= 4
-        conv = nn.Conv3d(m.in_channels, m.out_channels, 3, stride=m.stride, padding=1)
-        x = torch.randn(1, m.in_channels, s, s, s, requires_grad=True)
+        conv = nn.Conv3d(m.in_channels, m.out_channels, 3, stride=m.stride, padding=1).to(dev)
+        x = torch.randn(1, m.in_channels, s, s, s, device=dev, requires_grad=True)
         out_vox = (s // st) ** 3
         # 2 FLOPs per MAC; backward costs twice forward (grad input + grad weight)
         f = 3 * 2 * m.in_channels * m.out_channels * 27 * out_vox
 
         def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
             conv(x).sum().backward()
-        secs += _median_time(run)
+        secs += _median_time(run, dev=dev)
         flops += f
     return flops / secs if secs else 1e10
 
 
-def _mem_rate(nbytes: int) -> float:
-    x = torch.randn(nbytes // 4)
-    t = _median_time(lambda: torch.nn.functional.leaky_relu(x, 0.01))
+def _mem_rate(nbytes: int, dev: torch.device = CPU) -> float:
+    x = torch.randn(nbytes // 4, device=dev)
+    t = _median_time(lambda: torch.nn.functional.leaky_relu(x, 0.01), dev=dev)
     return 2 * nbytes / t  # read + write
+
+
+def _cuda_copy_rates(nbytes: int, dev: torch.device) -> tuple[float, float]:
+    """Pinned host <-> device copy bandwidth (d2h, h2d), as the cuda tier copies."""
+    host = torch.empty(nbytes // 4, pin_memory=True)
+    gpu = torch.randn(nbytes // 4, device=dev)
+    d2h = nbytes / _median_time(lambda: host.copy_(gpu, non_blocking=True), dev=dev)
+    h2d = nbytes / _median_time(lambda: gpu.copy_(host, non_blocking=True), dev=dev)
+    return d2h, h2d
 
 
 def _copy_rate(nbytes: int, tier: str) -> float:
@@ -216,12 +234,15 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]
 def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
                   probe_bytes: int = 64 * 2**20,
                   calibrate_shape: tuple[int, ...] | None = None) -> DeviceProfile:
-    """Measure this machine (a CPU run: 'device' memory is host memory).
+    """Measure this machine: the CPU ('device' memory is host memory), or with
+    ``tier="cuda"`` the current CUDA GPU and its pinned-memory link.
 
-    With ``calibrate_shape``, one real step at that shape sets the conv forward and
-    backward FLOP/s and the bandwidth of everything else (``calibrate_step``); CPU conv
-    speed depends on the shape, so calibrate at a shape near the one to predict.
+    With ``calibrate_shape`` (CPU only), one real step at that shape sets the conv forward
+    and backward FLOP/s and the bandwidth of everything else (``calibrate_step``); CPU
+    conv speed depends on the shape, so calibrate at a shape near the one to predict.
     """
+    if tier == "cuda":
+        return _measure_cuda(model, side, probe_bytes)
     with torch.no_grad():
         overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
         mem = _mem_rate(probe_bytes)
@@ -247,3 +268,24 @@ def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
                  "copy": f"{how}: {tier} tier copy of {probe_bytes >> 20} MiB",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})
+
+
+def _measure_cuda(model: nn.Module, side: int, probe_bytes: int) -> DeviceProfile:
+    if not torch.cuda.is_available():
+        raise InputError("the local cuda profile needs a CUDA GPU; none is available")
+    dev = torch.device("cuda", torch.cuda.current_device())
+    with torch.no_grad():
+        overhead = _median_time(lambda: torch.add(torch.ones(1, device=dev), 1), 50, dev)
+        mem = _mem_rate(probe_bytes, dev)
+        d2h, h2d = _cuda_copy_rates(probe_bytes, dev)
+    flops = _conv_rate(model, max(side, 64), target_flops=2e10, dev=dev)
+    props = torch.cuda.get_device_properties(dev)
+    how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} on {props.name}"
+    return DeviceProfile(
+        name="local", memory_bytes=int(props.total_memory), flops_per_s=flops,
+        mem_bytes_per_s=mem, d2h_bytes_per_s=d2h, h2d_bytes_per_s=h2d,
+        op_overhead_s=overhead,
+        sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd",
+                 "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
+                 "copy": f"{how}: pinned copies of {probe_bytes >> 20} MiB each way",
+                 "memory_bytes": "torch.cuda.get_device_properties().total_memory"})

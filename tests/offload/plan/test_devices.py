@@ -29,3 +29,17 @@ def test_local_profile_is_measured():
     assert 1e7 < p.flops_per_s < 1e14
     assert p.mem_bytes_per_s > 1e7 and p.h2d_bytes_per_s > 1e7
     assert "measured" in p.sources["flops_per_s"]
+
+
+def test_calibrated_local_profile_has_conv_rates():
+    from swapseg.offload.plan.devices import calibrate_step
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    c = calibrate_step(model, (1, 4, 16, 16, 16))
+    assert c["fwd"] > 1e6 and c["bwd"] > 1e6 and c["mem"] > 1e5 and c["wall_s"] > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU error")
+def test_local_cuda_profile_needs_a_gpu():
+    with pytest.raises(InputError, match="CUDA"):
+        measure_local(Isensee3DUNet(base_filters=4, depth=3), tier="cuda")
