@@ -36,7 +36,10 @@ from swapseg.offload.stats import SwapStats
 from swapseg.offload.tracker import DedupTable, Entry, ScopeTracker, scope_matches
 from swapseg.offload.transport import make_transport
 
-__all__ = ["swap_activations", "SwapEngine"]
+__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES"]
+
+#: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
+DISK_INFLIGHT_BYTES = 256 * 2**20
 
 
 class _Handle:
@@ -81,9 +84,12 @@ class SwapEngine:
     """The saved-tensor hooks and their bookkeeping; use ``swap_activations``."""
 
     def __init__(self, model: nn.Module, policy: SwapPolicy, *, trace: bool = False,
-                 workers: int = 1) -> None:
+                 workers: int = 1, max_inflight_bytes: int | None = -1) -> None:
         self.model = model
         self.policy = policy
+        if max_inflight_bytes == -1:
+            max_inflight_bytes = DISK_INFLIGHT_BYTES if policy.tier == "disk" else None
+        self.max_inflight_bytes = max_inflight_bytes
         self.stats = SwapStats()
         self.trace = trace
         self.workers = workers
@@ -197,7 +203,26 @@ class SwapEngine:
         e.device_tensor = src
         e.out_ticket = self._transport(t.device).start_out(src)
         self._outs.append(e)
+        if self.max_inflight_bytes is not None:
+            self._throttle(self.max_inflight_bytes)
         return e
+
+    def _throttle(self, limit: int) -> None:
+        """Wait for the oldest copy-outs while more than ``limit`` bytes are in flight.
+
+        A slow tier (disk) would otherwise let forward run ahead and keep every source
+        alive until its copy ends, which is the memory swapping was meant to free.
+        """
+        inflight = sum(o.nbytes for o in self._outs if o.out_ticket is not None)
+        while inflight > limit and self._outs:
+            o = self._outs.pop(0)
+            if o.out_ticket is None:
+                continue
+            t0 = time.perf_counter()
+            o.out_ticket.sync()
+            self.stats.wait_s += time.perf_counter() - t0
+            inflight -= o.nbytes
+            self._finish_out(o)
 
     def _new_handle(self, e: Entry, t: torch.Tensor) -> _Handle:
         e.n_live += 1
@@ -427,17 +452,21 @@ class SwapEngine:
 
 @contextlib.contextmanager
 def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool = False,
-                     workers: int = 1) -> Iterator[SwapStats]:
+                     workers: int = 1, max_inflight_bytes: int | None = -1
+                     ) -> Iterator[SwapStats]:
     """Swap the tensors autograd saves inside this context, as ``policy`` says.
 
     Yields a live ``SwapStats``. ``policy=None`` installs nothing and yields empty stats.
     ``workers`` is the thread count of the host and disk tiers (0: copies run inline,
-    which makes the resident-byte accounting deterministic).
+    which makes the resident-byte accounting deterministic). ``max_inflight_bytes``
+    makes a pack wait while more copy-out bytes are in flight (None: never; the default
+    -1 means ``DISK_INFLIGHT_BYTES`` for the disk tier, None otherwise).
     """
     if policy is None:
         yield SwapStats()
         return
-    engine = SwapEngine(model, policy, trace=trace, workers=workers)
+    engine = SwapEngine(model, policy, trace=trace, workers=workers,
+                        max_inflight_bytes=max_inflight_bytes)
     failed = False
     try:
         with torch.autograd.graph.saved_tensors_hooks(engine.pack, engine.unpack):

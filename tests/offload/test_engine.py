@@ -183,3 +183,16 @@ def test_policy_none_is_null_context():
     with swap_activations(model, None) as st:
         model(torch.randn(1, 2, 16, 16, 16)).sum().backward()
     assert isinstance(st, SwapStats) and st.packed == 0 and st.as_dict()["by_scope"] == {}
+
+
+def test_inflight_bound_makes_forward_wait():
+    model = isensee()
+    x = torch.randn(1, 2, 16, 16, 16)
+
+    def peak(**kw) -> int:
+        with swap_activations(model, SwapPolicy(prefetch=1), **kw) as st:
+            model(x).square().mean().backward()
+        return st.peak_device_bytes
+
+    inline = peak(workers=0)
+    assert peak(workers=1, max_inflight_bytes=0) == inline
