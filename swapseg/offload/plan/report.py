@@ -67,13 +67,13 @@ def calibration_shape(dims: tuple[int, ...], divisor: int, cap: int = 64) -> tup
 
 def format_table(res: SearchResult) -> str:
     d = res.as_dict()
-    head = (f"{'candidate':<46} {'swapped':>7} {'swap GiB':>8} {'recomp':>6} "
+    head = (f"{'candidate':<49} {'swapped':>7} {'swap GiB':>8} {'recomp':>6} "
             f"{'peak GiB':>8} {'step s':>8} {'overhead':>8}  fits")
     lines = [head, "-" * len(head)]
     for c in d["candidates"]:
         mark = "*" if d["chosen"] and c["name"] == d["chosen"]["name"] else " "
         lines.append(
-            f"{c['name']:<45}{mark} {c['swapped_tensors']:>7} "
+            f"{c['name']:<47} {mark} {c['swapped_tensors']:>7} "
             f"{c['swapped_bytes'] / 2**30:>8.2f} {c['recomputed_tensors']:>6} "
             f"{c['peak_bytes'] / 2**30:>8.2f} {c['step_s']:>8.3f} "
             f"{c['overhead']:>+8.1%}  {'yes' if c['fits'] else 'no'}")
