@@ -14,7 +14,8 @@ from swapseg.errors import InputError
 __all__ = ["register", "run", "parse_bytes", "config_from_args"]
 
 EPILOG = """examples:
-  swapseg train --data brats18/ --out runs/full --shape 128 --zoom 1
+  swapseg train --data brats18/ --out runs/full                     # 192^3, the paper's arm
+  swapseg train --data brats18/ --out runs/cpu --shape 64 --zoom 3  # real cases on a CPU
   swapseg train --data brats18/ --out runs/patch --mode patch --patch 128 --fold all
   swapseg train --data synth/ --out runs/tiny --preset tiny --epochs 5 --swap all
   swapseg train --data synth/ --out runs/tuned --swap all --swap-exclude 'decoder.*' \\
@@ -63,24 +64,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--preset", default="brats_full",
                    choices=["brats_full", "brats_patch", "demo", "tiny"],
                    help="starting configuration (default brats_full)")
-    p.add_argument("--mode", choices=["full", "patch"])
+    p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
     p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
     p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
     p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
-    p.add_argument("--patches-per-volume", type=int, dest="patches_per_volume")
-    p.add_argument("--tumor-fraction", type=float, dest="tumor_fraction",
+    p.add_argument("--patches-per-volume", type=int, dest="patches_per_volume", metavar="N",
+                   help="patches drawn per training volume and epoch (default 1)")
+    p.add_argument("--tumor-fraction", type=float, dest="tumor_fraction", metavar="F",
                    help="share of patches centred on tumor (default 0: uniform)")
-    p.add_argument("--batch", type=int, dest="batch_size", help="batch size")
-    p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs")
+    p.add_argument("--batch", type=int, dest="batch_size", metavar="N",
+                   help="batch size (default 1 full, 2 patch)")
+    p.add_argument("--epochs", type=int, dest="max_epochs", metavar="N",
+                   help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
                    help="stop after the epoch that passes this much training time")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=["dice", "dice_bce"])
-    p.add_argument("--base-filters", type=int, dest="base_filters")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--folds", type=int)
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
+    p.add_argument("--loss", choices=["dice", "dice_bce"], help="default: soft Dice")
+    p.add_argument("--base-filters", type=int, dest="base_filters", metavar="N",
+                   help="U-Net filters of the first level (default 16)")
+    p.add_argument("--depth", type=int, help="U-Net levels (default 5)")
+    p.add_argument("--folds", type=int, help="cross-validation folds (default 5)")
     p.add_argument("--fold", default=None, help="fold index K (0-based) or 'all'")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="split, weights, sampling (default 0)")
     p.add_argument("--workers", type=int, help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
@@ -96,17 +101,25 @@ def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--swap",
                    help="none, all, auto (with --memory-budget) or a SwapPolicy JSON file "
                         "(default: the preset's, which is none except for the demo)")
-    g.add_argument("--swap-n-tensors", type=int, dest="n_tensors")
-    g.add_argument("--swap-include", action="append", dest="include", metavar="GLOB")
-    g.add_argument("--swap-exclude", action="append", dest="exclude", metavar="GLOB")
-    g.add_argument("--swap-min-bytes", type=int, dest="min_bytes")
-    g.add_argument("--swap-prefetch", type=int, dest="prefetch")
-    g.add_argument("--swap-branches", action="store_true", default=None, dest="swap_branches")
-    g.add_argument("--swap-tier", choices=["auto", "cuda", "host", "disk"], dest="tier")
-    g.add_argument("--swap-disk-dir", dest="disk_dir")
-    g.add_argument("--memory-budget", dest="memory_budget_bytes",
+    g.add_argument("--swap-n-tensors", type=int, dest="n_tensors", metavar="N",
+                   help="swap the first N saved tensors (-1: all)")
+    g.add_argument("--swap-include", action="append", dest="include", metavar="GLOB",
+                   help="only swap under these module scopes (repeatable)")
+    g.add_argument("--swap-exclude", action="append", dest="exclude", metavar="GLOB",
+                   help="keep these module scopes on the device, e.g. 'decoder.*'")
+    g.add_argument("--swap-min-bytes", type=int, dest="min_bytes", metavar="BYTES",
+                   help="keep smaller tensors on the device")
+    g.add_argument("--swap-prefetch", type=int, dest="prefetch", metavar="N",
+                   help="start swap-ins N tensors ahead of use (TFLMS lb)")
+    g.add_argument("--swap-branches", action="store_true", default=None, dest="swap_branches",
+                   help="also swap skip connections during forward")
+    g.add_argument("--swap-tier", choices=["auto", "cuda", "host", "disk"], dest="tier",
+                   help="where swapped bytes go (auto: cuda on a GPU, host otherwise)")
+    g.add_argument("--swap-disk-dir", dest="disk_dir", metavar="DIR",
+                   help="folder of the disk tier (default: a fresh temporary one)")
+    g.add_argument("--memory-budget", dest="memory_budget_bytes", metavar="SIZE",
                    help="with --swap auto: bytes the step must fit in (e.g. 16GiB)")
-    g.add_argument("--trace-step", type=int, dest="trace_step",
+    g.add_argument("--trace-step", type=int, dest="trace_step", metavar="N",
                    help="write OUT/timeline.png and timeline.json for this global step")
 
 
