@@ -177,6 +177,8 @@ def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> float:
                             f"(global step {ctx.state.global_step}); stopping: {where}")
     loss.backward()
     ctx.optimizer.step()
+    if ctx.device.type == "cuda":  # so that step time is not billed to the next data wait
+        torch.cuda.synchronize(ctx.device)
     return loss.item()
 
 
