@@ -275,7 +275,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         if state.bad_epochs >= config.early_stop:  # a resumed run that had already stopped
             stop_reason = "early_stop"
             break
-        gen.manual_seed(config.seed * 1_000_003 + epoch)  # same order and seeds on resume
+        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
+        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
+        # dropout and in-process augmentation (the global seed, which
+        # BratsVolumes.rng() keys on when workers=0).
+        gen.manual_seed(config.seed * 1_000_003 + epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         row = _run_epoch(ctx, val_loader, epoch, progress)

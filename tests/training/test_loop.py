@@ -157,3 +157,25 @@ def test_recompute_plan_keeps_gradients(tmp_path):
     for (name, a), b in zip(m_plain.state_dict().items(), m_rec.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
+
+
+def test_resume_with_in_process_augmentation_is_exact(tmp_path):
+    from swapseg.data.brats import BratsVolumes, find_cases
+    from swapseg.data.synthetic import synthesize
+
+    synthesize(tmp_path / "data", 3, 16, seed=2)
+    cases = find_cases(tmp_path / "data").cases
+
+    def volumes(augment):
+        return BratsVolumes(cases, (16, 16, 16), cache_dir=tmp_path / "cache", augment=augment)
+
+    straight = tiny(out=str(tmp_path / "a"), max_epochs=3, dropout=0.3)
+    m_a = build_model(straight)
+    fit(m_a, volumes(True), volumes(False), straight, **SILENT)
+    first = straight.replace(out=str(tmp_path / "b"), max_epochs=2)
+    fit(build_model(first), volumes(True), volumes(False), first, **SILENT)
+    torch.manual_seed(99)
+    m_b = build_model(first)
+    fit(m_b, volumes(True), volumes(False), first.replace(max_epochs=3), resume=True, **SILENT)
+    for (name, a), b in zip(m_a.state_dict().items(), m_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
