@@ -11,7 +11,7 @@ __all__ = ["register", "run"]
 EPILOG = """examples:
   swapseg demo                         # writes ./swapseg-demo/ (about 5-10 minutes on 2 cores)
   swapseg demo --out /tmp/demo --quick # a smoke test in well under a minute
-  swapseg demo --cases 30 --epochs 40  # more data, longer training
+  swapseg demo --cases 30 --epochs 40 --time-limit 0   # more data, no 7-minute guard
 """
 
 
@@ -27,8 +27,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES,
                    help=f"synthetic cases, split 60/20/20 (default {DEFAULT_CASES})")
-    p.add_argument("--shape", type=int, help="cube side of the phantoms (multiple of 8)")
-    p.add_argument("--epochs", type=int, help="maximum training epochs")
+    p.add_argument("--shape", type=int,
+                   help="cube side of the phantoms (default 48; a multiple of 16, of 4 with "
+                        "--quick)")
+    p.add_argument("--epochs", type=int, help="maximum training epochs (default 25)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop training after the epoch that passes this (default 420; "
+                        "0: no limit)")
     p.add_argument("--quick", action="store_true",
                    help="tiny network, 32^3, 2 epochs: checks the pipeline, not the Dice")
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from swapseg.training.demo import run_demo
 
     summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
-                       quick=args.quick, seed=args.seed, progress=sys.stderr.isatty())
+                       quick=args.quick, seed=args.seed, time_limit=args.time_limit,
+                       progress=sys.stderr.isatty())
     d = summary["dice"]
     print(f"report: {args.out}/ (summary.json, boxplot.png, overlays/, log.csv, "
           f"swap_stats.json)")

@@ -36,9 +36,12 @@ DEFAULT_CASES = 20
 
 
 def demo_config(out: Path, shape: int | None = None, epochs: int | None = None,
-                quick: bool = False) -> TrainConfig:
-    """The training config of the demo; ``quick`` is a smoke-test version (seconds)."""
+                quick: bool = False, time_limit: float | None = None) -> TrainConfig:
+    """The training config of the demo; ``quick`` is a smoke-test version (seconds).
+    ``time_limit`` replaces the preset's training-time guard (0: none)."""
     changes: dict[str, Any] = {"data": str(out / "data"), "out": str(out / "run")}
+    if time_limit is not None:
+        changes["max_train_s"] = time_limit or None
     if quick:
         changes.update(shape=(32, 32, 32), base_filters=4, depth=3, max_epochs=2, workers=0)
     if shape is not None:
@@ -72,7 +75,7 @@ def _test_folder(out: Path, data: Path, test_ids: list[str]) -> Path:
 
 def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
              shape: int | None = None, epochs: int | None = None, quick: bool = False,
-             seed: int = 0, progress: bool = True,
+             seed: int = 0, time_limit: float | None = None, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns the evaluation summary (with a ``demo`` entry)."""
     from swapseg.data.synthetic import synthesize
@@ -85,7 +88,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     threads = choose_threads()
     torch.set_num_threads(threads)
     out = Path(out)
-    config = demo_config(out, shape, 2 if quick and epochs is None else epochs, quick)
+    config = demo_config(out, shape, 2 if quick and epochs is None else epochs, quick,
+                         time_limit)
     config = config.replace(seed=seed)
     t0 = time.perf_counter()
     times: dict[str, float] = {}

@@ -56,3 +56,13 @@ def test_presets_are_valid_and_distinct():
     assert made["demo"].swap is not None and made["demo"].mode == "full"
     assert made["tiny"].max_epochs < made["brats_full"].max_epochs
     assert demo(max_epochs=3).max_epochs == 3
+
+
+def test_demo_config_time_limit(tmp_path):
+    from swapseg.training.demo import demo_config
+
+    assert demo_config(tmp_path).max_train_s == demo().max_train_s == 420.0
+    assert demo_config(tmp_path, time_limit=0).max_train_s is None
+    assert demo_config(tmp_path, time_limit=60).max_train_s == 60
+    quick = demo_config(tmp_path, quick=True)
+    assert (quick.shape, quick.depth, quick.max_epochs) == ((32, 32, 32), 3, 2)
