@@ -18,7 +18,9 @@ Methods: ``none``; ``save_on_cpu`` (torch's, pin_memory=True semantics, counted)
 non-reentrant, per encoder and decoder level); ``disk`` (disk tier).
 
 Peak process RSS of the disk tier and of no swapping are measured, each in a fresh
-subprocess (``--rss-sides``, default 96), since RSS is a process-wide high-water mark.
+subprocess (``--rss-sides``, default the largest side), since RSS is a process-wide
+high-water mark; once with glibc's default allocator settings and once with
+``MALLOC_MMAP_THRESHOLD_=1048576`` (both methods alike), see ``ALLOCATORS``.
 
     python benchmarks/swap_overhead.py --out benchmarks/results/swap_overhead.json
     python benchmarks/swap_overhead.py --quick        # 32^3 and 48^3, 2 steps: a smoke run
@@ -32,6 +34,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -136,25 +139,43 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+#: Allocator settings the RSS runs are made under (both methods alike). glibc raises its
+#: mmap threshold as large blocks are freed, after which freed activations stay in the
+#: heap and in the RSS; a fixed 1 MiB threshold hands them back to the OS at once.
+ALLOCATORS = {"glibc_default": {}, "mmap_threshold_1MiB": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}
+
+
+def _rss_child(method: str, side: int, args: argparse.Namespace,
+               env_extra: dict[str, str]) -> dict[str, Any]:
+    spec = {"method": method, "shape": [1, 4, side, side, side], "steps": args.rss_steps,
+            "base_filters": args.base_filters, "disk_dir": args.disk_dir,
+            "threads": torch.get_num_threads()}
+    env = {**os.environ, **env_extra}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                          capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {method} at {side}^3 failed: {proc.stderr[-2000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {k: r[k] for k in ("peak_rss_bytes", "rss_before_bytes", "step_s", "step_s_all",
+                              "bytes_out", "peak_device_bytes", "wait_s")}
+
+
 def run_rss(side: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of no swapping and of the disk tier, each in a fresh process."""
     out: dict[str, Any] = {"side": side}
-    for method in ("none", "disk"):
-        spec = {"method": method, "shape": [1, 4, side, side, side], "steps": args.rss_steps,
-                "base_filters": args.base_filters, "disk_dir": args.disk_dir,
-                "threads": torch.get_num_threads()}
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"child {method} at {side}^3 failed: {proc.stderr[-2000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[method] = {k: r[k] for k in ("peak_rss_bytes", "rss_before_bytes", "step_s",
-                                         "step_s_all", "bytes_out", "peak_device_bytes")}
-        print(f"  {side}^3 rss {method:<5} {r['peak_rss_bytes'] / 2**20:.0f} MiB",
-              file=sys.stderr, flush=True)
-    out["rss_ratio"] = out["disk"]["peak_rss_bytes"] / out["none"]["peak_rss_bytes"]
-    grow = {m: out[m]["peak_rss_bytes"] - out[m]["rss_before_bytes"] for m in ("none", "disk")}
-    out["rss_growth_ratio"] = grow["disk"] / grow["none"] if grow["none"] > 0 else None
-    out["step_ratio"] = out["disk"]["step_s"] / out["none"]["step_s"]
+    for name, env_extra in ALLOCATORS.items():
+        res: dict[str, Any] = {"env": env_extra}
+        for method in ("none", "disk"):
+            res[method] = _rss_child(method, side, args, env_extra)
+            print(f"  {side}^3 rss {name} {method:<5} "
+                  f"{res[method]['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr,
+                  flush=True)
+        none, disk = res["none"], res["disk"]
+        res["rss_ratio"] = disk["peak_rss_bytes"] / none["peak_rss_bytes"]
+        grow = [r["peak_rss_bytes"] - r["rss_before_bytes"] for r in (none, disk)]
+        res["rss_growth_ratio"] = grow[1] / grow[0] if grow[0] > 0 else None
+        res["step_ratio"] = disk["step_s"] / none["step_s"]
+        out[name] = res
     return out
 
 
@@ -170,9 +191,12 @@ def _table(result: dict[str, Any]) -> str:
                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>8} "
                 f"{r['bytes_copied'] / 2**20:>11.1f}")
     for r in result["rss"]:
-        lines.append(f"{r['side']:>5} disk tier peak RSS {r['disk']['peak_rss_bytes'] / 2**20:.0f}"
-                     f" MiB vs {r['none']['peak_rss_bytes'] / 2**20:.0f} MiB without swapping "
-                     f"(x{r['rss_ratio']:.2f}; step x{r['step_ratio']:.2f}, subprocesses)")
+        for name in ALLOCATORS:
+            a = r[name]
+            lines.append(f"{r['side']:>5} disk tier peak RSS "
+                         f"{a['disk']['peak_rss_bytes'] / 2**20:.0f} MiB vs "
+                         f"{a['none']['peak_rss_bytes'] / 2**20:.0f} MiB without swapping "
+                         f"(x{a['rss_ratio']:.2f}; step x{a['step_ratio']:.2f}; {name})")
     return "\n".join(lines)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,51 +32,21 @@ from torch.utils._pytree import tree_flatten
 
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.stats import SwapStats
-from swapseg.offload.tracker import DedupTable, Entry, ScopeTracker, scope_matches
+from swapseg.offload.tracker import (
+    DedupTable,
+    Entry,
+    Handle,
+    ScopeTracker,
+    check_version,
+    plain,
+    scope_matches,
+)
 from swapseg.offload.transport import make_transport
 
 __all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES"]
 
 #: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
 DISK_INFLIGHT_BYTES = 256 * 2**20
-
-
-class _Handle:
-    """What autograd holds instead of a saved tensor."""
-
-    __slots__ = ("engine", "entry", "tensor", "ref", "version", "dtype", "size", "stride",
-                 "offset", "epoch", "__weakref__")
-
-    def __init__(self, engine: SwapEngine, entry: Entry, t: torch.Tensor, keep: bool) -> None:
-        self.engine = engine
-        self.entry = entry
-        self.tensor = t if keep else None
-        self.ref = None if keep else weakref.ref(t)
-        self.version = t._version
-        self.dtype, self.size, self.stride = t.dtype, t.size(), t.stride()
-        self.offset = t.storage_offset()
-        self.epoch = -1
-
-    def __del__(self) -> None:
-        try:
-            self.engine._handle_dead(self)
-        except Exception:  # interpreter shutdown: nothing left to free
-            pass
-
-
-def _plain(t: torch.Tensor) -> bool:
-    """Tensors the engine can move: dense, strided, no subclass, no lazy conj/neg bits."""
-    return (type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
-            and not t.is_conj() and not t.is_neg() and t.device.type != "meta"
-            and t.untyped_storage().nbytes() > 0)
-
-
-def _check_version(h: _Handle, current: int) -> None:
-    if current != h.version:
-        raise RuntimeError(
-            "one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: saved at version {h.version}, now at version {current} "
-            "(detected by swapseg's swap engine)")
 
 
 class SwapEngine:
@@ -154,7 +123,7 @@ class SwapEngine:
             scope = self.tracker.scope
             sc = st.scope(scope)
             sc.packed += 1
-            if not _plain(t) or self.tracker.is_param_or_buffer(t):
+            if not plain(t) or self.tracker.is_param_or_buffer(t):
                 st.kept += 1
                 sc.kept += 1
                 return t
@@ -224,9 +193,9 @@ class SwapEngine:
             inflight -= o.nbytes
             self._finish_out(o)
 
-    def _new_handle(self, e: Entry, t: torch.Tensor) -> _Handle:
+    def _new_handle(self, e: Entry, t: torch.Tensor) -> Handle:
         e.n_live += 1
-        return _Handle(self, e, t, keep=not e.swap)
+        return Handle(self, e, t, keep=not e.swap)
 
     def _start_step(self) -> None:
         self._new_step = False
@@ -305,7 +274,7 @@ class SwapEngine:
         self._event("prefetch" if ahead else "demand", e)
 
     def unpack(self, h: Any) -> torch.Tensor:
-        if not isinstance(h, _Handle):
+        if not isinstance(h, Handle):
             return h
         with self._lock:
             if not self._in_backward:
@@ -315,17 +284,17 @@ class SwapEngine:
                 raise RuntimeError("swapseg: a saved tensor was unpacked after its swap "
                                    "context released it (backward after an error?)")
             if h.tensor is not None:
-                _check_version(h, h.tensor._version)
+                check_version(h, h.tensor._version)
                 out = h.tensor
             else:
                 orig = h.ref()
                 if orig is not None:
-                    _check_version(h, orig._version)
+                    check_version(h, orig._version)
                 out = self._reload(e, h)
             self._count_unpack(e, h)
             return out
 
-    def _reload(self, e: Entry, h: _Handle) -> torch.Tensor:
+    def _reload(self, e: Entry, h: Handle) -> torch.Tensor:
         # a source whose copy-out is still in flight is used as it is
         if e.device_tensor is None:
             if e.in_ticket is None:
@@ -346,7 +315,7 @@ class SwapEngine:
         out = torch.empty(0, dtype=h.dtype, device=e.device)
         return out.set_(e.device_tensor.untyped_storage(), h.offset, h.size, h.stride)
 
-    def _count_unpack(self, e: Entry, h: _Handle) -> None:
+    def _count_unpack(self, e: Entry, h: Handle) -> None:
         if e.epoch != self._epoch:
             e.epoch = self._epoch
             e.n_unpacked = 0
@@ -393,7 +362,7 @@ class SwapEngine:
         self._event("backward_end")
 
     # ------------------------------------------------------------------ lifetime
-    def _handle_dead(self, h: _Handle) -> None:
+    def _handle_dead(self, h: Handle) -> None:
         with self._lock:
             e = h.entry
             e.n_live -= 1

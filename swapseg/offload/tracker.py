@@ -11,6 +11,7 @@ gradient corruption of storage-keyed caches).
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
-__all__ = ["ScopeTracker", "Entry", "DedupTable", "scope_matches", "storage_key"]
+__all__ = ["ScopeTracker", "Entry", "DedupTable", "Handle", "scope_matches", "storage_key",
+           "plain", "check_version"]
 
 ROOT_SCOPE = ""
 
@@ -153,3 +155,41 @@ class DedupTable:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+class Handle:
+    """What autograd holds instead of a saved tensor."""
+
+    __slots__ = ("engine", "entry", "tensor", "ref", "version", "dtype", "size", "stride",
+                 "offset", "epoch", "__weakref__")
+
+    def __init__(self, engine: Any, entry: Entry, t: torch.Tensor, keep: bool) -> None:
+        self.engine = engine
+        self.entry = entry
+        self.tensor = t if keep else None
+        self.ref = None if keep else weakref.ref(t)
+        self.version = t._version
+        self.dtype, self.size, self.stride = t.dtype, t.size(), t.stride()
+        self.offset = t.storage_offset()
+        self.epoch = -1
+
+    def __del__(self) -> None:
+        try:
+            self.engine._handle_dead(self)
+        except Exception:  # interpreter shutdown: nothing left to free
+            pass
+
+
+def plain(t: torch.Tensor) -> bool:
+    """Tensors the engine can move: dense, strided, no subclass, no lazy conj/neg bits."""
+    return (type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
+            and not t.is_conj() and not t.is_neg() and t.device.type != "meta"
+            and t.untyped_storage().nbytes() > 0)
+
+
+def check_version(h: Handle, current: int) -> None:
+    if current != h.version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: saved at version {h.version}, now at version {current} "
+            "(detected by swapseg's swap engine)")
