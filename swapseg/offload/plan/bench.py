@@ -162,10 +162,12 @@ def largest_sides(model: nn.Module, plans: dict[str, Any], device: DeviceProfile
 def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: int = 3,
                   warmup: int = 1, profile_peak: bool = True,
                   methods: tuple[str, ...] = METHODS,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    # calibrated at the bench shape: "none" is then predicted from itself, and the other
-    # methods' predictions test the simulator's model of swapping and recomputation
-    local = get_profile("local", model, calibrate_shape=shape)
+                  progress: Callable[[str], None] | None = None,
+                  device: DeviceProfile | None = None) -> dict[str, Any]:
+    """Measure ``methods`` side by side; predictions use ``device`` (default: ``local``,
+    calibrated at the bench shape, so "none" is predicted from itself and the other
+    methods' predictions test the simulator's model of swapping and recomputation)."""
+    local = device or get_profile("local", model, calibrate_shape=shape)
     trace = trace_step(model, shape)
     plans = _plans(trace, local, budget)
     runners = {n: _Runner(model, shape, plans[n]) for n in methods if n in plans}
