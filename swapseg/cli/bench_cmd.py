@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "between the predicted swap-all and no-swap peaks)")
     p.add_argument("--cap", default="16GiB", help="cap for the largest-side search")
     p.add_argument("--cap-device", default="p100-nvlink")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to train (cuda: peaks from max_memory_allocated and the "
+                        "largest side measured under the cap)")
     p.add_argument("--quick", action="store_true",
                    help="32^3, 2 steps, no profiler, coarse side search")
     p.add_argument("--out", required=True, help="output folder")
@@ -61,6 +64,7 @@ def _markdown(res: dict[str, Any]) -> str:
              "peak alloc MiB | predicted peak MiB | copied MiB | largest side |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     sides = res["largest_side"]["sides"]
+    measured = res["largest_side"].get("measured_sides", {})
 
     def mib(v: Any) -> str:
         return "" if v is None else f"{v / 2**20:.0f}"
@@ -71,9 +75,11 @@ def _markdown(res: dict[str, Any]) -> str:
             f"{r['predicted_step_s']:.3f} | {mib(r.get('peak_saved_device_bytes'))} | "
             f"{r.get('peak_saved_device_ratio', float('nan')):.2f} | "
             f"{mib(r.get('peak_alloc_bytes'))} | {mib(r['predicted_peak_bytes'])} | "
-            f"{mib(r.get('bytes_copied', 0))} | {sides.get(name)} |")
+            f"{mib(r.get('bytes_copied', 0))} | {sides.get(name)}"
+            f"{' / ' + str(measured.get(name)) + ' measured' if measured else ''} |")
     ls = res["largest_side"]
-    lines += ["", f"Largest side: {ls['how']}; cap {ls['cap_bytes'] / 2**30:.1f} GiB on "
+    how = ls["how"] + ("; " + ls["measured_how"] if measured else "")
+    lines += ["", f"Largest side: {how}; cap {ls['cap_bytes'] / 2**30:.1f} GiB on "
               f"{ls['device']}. Saved resident = the swap engine's accounting. Peak alloc = "
               "profiler allocation peak during a step plus parameters and Adam state (on a "
               "CPU, device and host memory are one). The CPU was shared with other jobs "
@@ -88,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     cap = parse_bytes(args.cap)
     budget = parse_bytes(args.budget) if args.budget else default_budget(shape)
-    sides = range(128, 321, 64) if args.quick else range(128, 321, 16)
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA GPU is available on this machine")
+    step = 64 if args.quick else (32 if args.device == "cuda" else 16)
+    sides = range(128, 321, step)
     res = run_bench(shape, budget, steps, warmup, not args.quick, cap, args.cap_device,
-                    sides, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
+                    sides, progress=lambda m: print(f"bench: {m}", file=sys.stderr),
+                    torch_device=args.device)
     res["quick"] = bool(args.quick)
     out = Path(args.out)
     md = _markdown(res)

@@ -33,8 +33,10 @@ from swapseg.offload.plan.trace import StepTrace, default_loss, trace_step
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.recompute import RecomputePolicy
 
-__all__ = ["profiled_peak_bytes", "bench_methods", "run_bench", "largest_sides",
-           "default_budget", "METHODS"]
+CPU = torch.device("cpu")
+
+__all__ = ["measured_largest_sides", "profiled_peak_bytes", "bench_methods", "run_bench",
+           "largest_sides", "default_budget", "METHODS"]
 
 METHODS = ("none", "save_on_cpu", "paper-config-1", "paper-config-2", "paper-config-3",
            "paper-config-4", "auto", "recompute-full", "recompute-speed", "hybrid")
@@ -84,7 +86,7 @@ def _plans(trace: StepTrace, device: DeviceProfile, budget: int) -> dict[str, An
 @contextlib.contextmanager
 def _method(model: nn.Module, plan: Any, account: bool) -> Iterator[Any]:
     if plan == "save_on_cpu":
-        with torch.autograd.graph.save_on_cpu():
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
             yield None
         return
     if account and plan.swap is None:  # count resident saved bytes, move nothing
@@ -96,11 +98,13 @@ def _method(model: nn.Module, plan: Any, account: bool) -> Iterator[Any]:
 class _Runner:
     """One method's model, optimizer and input; ``step()`` runs one training step."""
 
-    def __init__(self, model0: nn.Module, shape: tuple[int, ...], plan: Any) -> None:
+    def __init__(self, model0: nn.Module, shape: tuple[int, ...], plan: Any,
+                 device: torch.device = CPU) -> None:
         torch.manual_seed(0)
-        self.model = copy.deepcopy(model0)
+        self.device = device
+        self.model = copy.deepcopy(model0).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.x = torch.randn(shape)
+        self.x = torch.randn(shape, device=device)
         self.plan = plan
         self.times: list[float] = []
 
@@ -112,9 +116,20 @@ class _Runner:
         return stats
 
     def timed(self) -> None:
+        _sync(self.device)
         t0 = time.perf_counter()
         self.step()
+        _sync(self.device)
         self.times.append(time.perf_counter() - t0)
+
+    def peak_alloc_bytes(self) -> int:
+        if self.device.type == "cuda":  # parameters and Adam state are allocated already
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step()
+            _sync(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        persistent = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return persistent + profiled_peak_bytes(self.step)
 
     def report(self, warmup: int, profile_peak: bool) -> dict[str, Any]:
         times = self.times[warmup:]
@@ -125,9 +140,46 @@ class _Runner:
             out["bytes_copied"] = stats.bytes_out + stats.bytes_in
             out["swapped_tensors"] = stats.swapped
         if profile_peak:
-            persistent = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
-            out["peak_alloc_bytes"] = persistent + profiled_peak_bytes(self.step)
+            out["peak_alloc_bytes"] = self.peak_alloc_bytes()
         return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measured_largest_sides(model: nn.Module, plans: dict[str, Any], cap: int,
+                           channels: int, sides: range, device: torch.device
+                           ) -> dict[str, int | None]:
+    """On CUDA: per method, the largest side whose training step runs under ``cap``
+    (``torch.cuda.set_per_process_memory_fraction``), trying sides in increasing order."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    best: dict[str, int | None] = {}
+    try:
+        for name, plan in plans.items():
+            best[name] = None
+            for s in sides:
+                if plan == "auto":
+                    try:
+                        from swapseg.offload.hybrid import choose_plan
+                        p = choose_plan(model, (1, channels, s, s, s), "local", cap,
+                                        tier="cuda")
+                    except Exception:  # noqa: BLE001 - InputError: the planner says no fit
+                        break
+                else:
+                    p = plan
+                try:
+                    _Runner(model, (1, channels, s, s, s), p, device).step()
+                    best[name] = s
+                except torch.cuda.OutOfMemoryError:
+                    break
+                finally:
+                    torch.cuda.empty_cache()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return best
 
 
 def _predicted_peak(tr: StepTrace, device: DeviceProfile, plan: Any, cap: int) -> float:
@@ -163,14 +215,19 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: 
                   warmup: int = 1, profile_peak: bool = True,
                   methods: tuple[str, ...] = METHODS,
                   progress: Callable[[str], None] | None = None,
-                  device: DeviceProfile | None = None) -> dict[str, Any]:
+                  device: DeviceProfile | None = None,
+                  torch_device: torch.device = CPU) -> dict[str, Any]:
     """Measure ``methods`` side by side; predictions use ``device`` (default: ``local``,
     calibrated at the bench shape, so "none" is predicted from itself and the other
     methods' predictions test the simulator's model of swapping and recomputation)."""
-    local = device or get_profile("local", model, calibrate_shape=shape)
+    if device is None:
+        cuda = torch_device.type == "cuda"
+        device = get_profile("local", model, tier="cuda" if cuda else "host",
+                             calibrate_shape=None if cuda else shape)
+    local = device
     trace = trace_step(model, shape)
     plans = _plans(trace, local, budget)
-    runners = {n: _Runner(model, shape, plans[n]) for n in methods if n in plans}
+    runners = {n: _Runner(model, shape, plans[n], torch_device) for n in methods if n in plans}
     # round robin: on a shared machine, load drifts; interleaving spreads it over methods
     for i in range(warmup + steps):
         for name, r in runners.items():
@@ -216,12 +273,15 @@ def default_budget(shape: tuple[int, ...]) -> int:
 
 def run_bench(shape: tuple[int, ...], budget: int, steps: int, warmup: int,
               profile_peak: bool, cap: int, cap_device: str, sides: range,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None,
+              torch_device: str = "cpu") -> dict[str, Any]:
     from swapseg.envinfo import environment
     from swapseg.models.unet3d import Isensee3DUNet
 
+    tdev = torch.device(torch_device)
     model = Isensee3DUNet(in_channels=shape[1])
-    res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress)
+    res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress,
+                        torch_device=tdev)
     dev = get_profile(cap_device)
     plans = _plans(trace_step(model, shape), dev, budget)
     plans["auto"] = "auto"
@@ -229,9 +289,16 @@ def run_bench(shape: tuple[int, ...], budget: int, steps: int, warmup: int,
         progress("largest sides under the cap")
     largest = largest_sides(model, {n: plans[n] for n in res["methods"]}, dev, cap,
                             shape[1], sides)
+    ls: dict[str, Any] = {"device": cap_device, "cap_bytes": cap, "how": (
+        "predicted by the planner's simulator (validated against CPU runs)"), "sides": largest}
+    if tdev.type == "cuda":
+        if progress:
+            progress("largest sides under the cap, measured on this GPU")
+        ls["measured_sides"] = measured_largest_sides(
+            model, {n: (plans[n] if n != "save_on_cpu" else "save_on_cpu")
+                    for n in res["methods"]}, cap, shape[1], sides, tdev)
+        ls["measured_how"] = ("measured: one training step per side under "
+                              "torch.cuda.set_per_process_memory_fraction(cap / total)")
     res.update(environment=environment(), shape=list(shape), budget_bytes=budget,
-               steps=steps, warmup=warmup,
-               largest_side={"device": cap_device, "cap_bytes": cap, "how": (
-                   "predicted by the planner's simulator (validated against CPU runs), "
-                   "not measured: this machine has no GPU"), "sides": largest})
+               steps=steps, warmup=warmup, torch_device=str(tdev), largest_side=ls)
     return res

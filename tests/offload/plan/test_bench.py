@@ -26,3 +26,32 @@ def test_bench_methods_side_by_side():
     for row in m.values():
         assert row["step_s"] > 0 and row["predicted_step_s"] > 0
         assert row["peak_alloc_bytes"] > 0 and row["predicted_peak_bytes"] > 0
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_and_measured_largest_side():
+    import torch
+
+    from swapseg.offload.hybrid import MemoryPlan
+    from swapseg.offload.plan.bench import measured_largest_sides
+    from swapseg.offload.policy import SwapPolicy
+
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    dev = torch.device("cuda")
+    res = bench_methods(model, (1, 4, 32, 32, 32), budget=10**9, steps=1, warmup=1,
+                        methods=("none", "paper-config-1"), torch_device=dev)
+    m = res["methods"]
+    assert m["paper-config-1"]["peak_alloc_bytes"] < m["none"]["peak_alloc_bytes"]
+    sides = measured_largest_sides(model, {"none": MemoryPlan(),
+                                           "swap": MemoryPlan(SwapPolicy())},
+                                   cap=2 * 2**30, channels=4, sides=range(32, 257, 32),
+                                   device=dev)
+    assert sides["none"] is not None and sides["swap"] >= sides["none"]
+
+
+def test_bench_cli_rejects_bad_input(tmp_path):
+    from swapseg.cli import main
+
+    assert main(["bench", "--shape", "40", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--shape", "64", "--steps", "0", "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
