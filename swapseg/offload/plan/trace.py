@@ -327,9 +327,14 @@ def trace_step(model: nn.Module, input_shape: tuple[int, ...],
     module_ops: dict[str, tuple[int, int]] = {}
     named = dict(model.named_parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in named.values())
+    # always trace on (fake) CPU tensors: a CUDA model's backward would run on the
+    # autograd device thread, outside this thread's dispatch mode
+    real_params = {n: p.detach().cpu() for n, p in named.items()}
+    real_buffers = {n: b.detach().cpu() for n, b in model.named_buffers()}
     with FakeTensorMode(allow_non_fake_inputs=False) as fm:
-        fparams = {n: fm.from_tensor(p) for n, p in named.items()}
-        fbuffers = {n: fm.from_tensor(b) for n, b in model.named_buffers()}
+        fparams = {n: fm.from_tensor(p).requires_grad_(named[n].requires_grad)
+                   for n, p in real_params.items()}
+        fbuffers = {n: fm.from_tensor(b) for n, b in real_buffers.items()}
         x = torch.empty(input_shape, dtype=next(iter(named.values())).dtype)
         param_keys = {p.untyped_storage()._cdata for p in fparams.values()}
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
