@@ -193,6 +193,8 @@ def _check(c: TrainConfig) -> None:
          f"memory budget must be > 0 bytes, got {c.memory_budget_bytes}"),
         (c.trace_step is None or c.trace_step >= 0,
          f"trace_step must be >= 0, got {c.trace_step}"),
+        (c.trace_step is None or c.swap is not None or c.memory_budget_bytes is not None,
+         "--trace-step traces the swap engine: give a swap policy (--swap all|FILE|auto)"),
         (c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
     ]

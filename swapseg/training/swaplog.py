@@ -117,5 +117,6 @@ def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: in
     write_json(run_dir / "timeline.json", {"step": step, "engine_step": engine_step,
                                            "window_s": list(window),
                                            "stats": stats.as_dict(), "events": events})
-    plot_timeline(events, run_dir / "timeline.png",
-                  title=f"swap timeline, training step {step} (0-based)")
+    if events:  # an auto plan may swap nothing: then there is no timeline to draw
+        plot_timeline(events, run_dir / "timeline.png",
+                      title=f"swap timeline, training step {step} (0-based)")

@@ -48,6 +48,7 @@ def test_parse_bytes(text, value):
     (["--shape", "15"], "shape"),
     (["--fold", "x"], "--fold 'x'"),
     (["--device", "cuda:7"], "not available"),
+    (["--trace-step", "2"], "--trace-step traces the swap engine"),
     (["--swap", "auto", "--memory-budget", "lots"], "not a memory size"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, synth, extra, words):
