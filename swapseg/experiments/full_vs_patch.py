@@ -121,6 +121,16 @@ def _log_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
+    """Whether a saved config describes the same run; fields added to TrainConfig since it
+    was saved take their defaults, and JSON turns tuples into lists on both sides."""
+    try:
+        saved = TrainConfig.from_dict(dict(saved)).to_dict()
+    except (InputError, TypeError, ValueError):
+        return False
+    return json.loads(json.dumps(saved)) == json.loads(json.dumps(requested))
+
+
 def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """Train, predict and score one mode of one fold; returns (and saves) its record."""
@@ -133,11 +143,11 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
     record_path = run_dir / "record.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("requested_config") == requested:
+        if _same_config(record.get("requested_config", {}), requested):
             echo(f"{mode} fold {config.fold}: done before, reusing {record_path}")
             return record
     saved = run_dir / "requested.json"
-    resume = saved.is_file() and json.loads(saved.read_text()) == requested
+    resume = saved.is_file() and _same_config(json.loads(saved.read_text()), requested)
     if run_dir.exists() and not resume:
         raise InputError(f"{run_dir} holds a run with other settings; use another --out")
     write_json(saved, requested)

@@ -42,18 +42,25 @@ def _num(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def paired(full: list[float], patch: list[float], folds: list[int]) -> dict[str, Any]:
-    """Statistics of the per-case differences full - patch (NaN pairs left out)."""
+def paired(full: list[float], patch: list[float], folds: list[int],
+           higher_is_better: bool = True) -> dict[str, Any]:
+    """Statistics of the per-case differences full - patch (NaN pairs left out).
+
+    ``full_better``/``patch_better`` count the cases each mode wins; for a distance
+    (``higher_is_better=False``) a negative difference is a win for full volumes.
+    """
     from scipy import stats as st
 
     d = np.asarray(full, float) - np.asarray(patch, float)
     ok = ~np.isnan(d)
     d, f = d[ok], np.asarray(folds)[ok]
     n = int(d.size)
+    sign = 1.0 if higher_is_better else -1.0
     out: dict[str, Any] = {"n": n, "mean_diff": _num(d.mean()) if n else None,
                            "median_diff": _num(float(np.median(d))) if n else None,
                            "std_diff": None, "ci95": None, "wilcoxon_p": None,
-                           "full_better": int((d > 0).sum()), "patch_better": int((d < 0).sum()),
+                           "full_better": int((sign * d > 0).sum()),
+                           "patch_better": int((sign * d < 0).sum()),
                            "fold_mean_diffs": [_num(d[f == k].mean()) for k in sorted(set(f))],
                            "fold_std": None}
     if n > 1:
@@ -156,7 +163,8 @@ def write_outputs(out: Path, records: dict[str, list[dict[str, Any]]],
     full_by_id = {r["case_id"]: r for r in rows["full"]}
     common = [r for r in rows["patch"] if r["case_id"] in full_by_id]
     diffs = {m: {reg: paired([full_by_id[r["case_id"]][f"{m}_{reg}"] for r in common],
-                             [r[f"{m}_{reg}"] for r in common], [r["fold"] for r in common])
+                             [r[f"{m}_{reg}"] for r in common], [r["fold"] for r in common],
+                             higher_is_better=(m != "hd95_mm"))
                  for reg in REGIONS} for m in METRICS}
     summary = {
         "experiment": "full-vs-patch", "command": command, "wall_s": wall_s,

@@ -42,6 +42,10 @@ def test_paired_statistics_by_hand() -> None:
     assert s["fold_mean_diffs"] == pytest.approx([0.05, 0.05])
     assert s["fold_std"] == pytest.approx(0.0)
     assert 0.0 < s["wilcoxon_p"] <= 1.0
+    dist = paired([3.0, 1.0], [2.0, 2.0], [0, 0], higher_is_better=False)  # HD95: lower wins
+    assert dist["full_better"] == 1 and dist["patch_better"] == 1
+    dist = paired([1.0, 1.0], [2.0, 2.0], [0, 0], higher_is_better=False)
+    assert dist["full_better"] == 2 and dist["mean_diff"] == -1.0
     nan = paired([float("nan"), 0.5], [0.2, 0.5], [0, 1])
     assert nan["n"] == 1 and nan["std_diff"] is None and nan["wilcoxon_p"] is None
 
@@ -132,3 +136,13 @@ def test_small_synthetic_setting_end_to_end(tmp_path: Path) -> None:
     _check_outputs(tmp_path / "exp")
     assert summary["modes"]["full"]["n_cases"] == 9
     assert summary["settings"]["patch"] == 32
+
+
+def test_saved_configs_from_older_versions_still_match() -> None:
+    from swapseg.experiments.full_vs_patch import _same_config
+
+    config = tiny(data="d", out="o", swap=None).to_dict()
+    older = {k: v for k, v in config.items() if k != "augment"}  # a field added later
+    assert _same_config(older, config)
+    assert not _same_config({**config, "max_epochs": 3}, config)
+    assert not _same_config({**config, "no_such_field": 1}, config)
