@@ -130,22 +130,30 @@ def test_no_grad_does_nothing():
     x = torch.randn(1, 2, 16, 16, 16)
 
     def timed() -> tuple[float, torch.Tensor]:
-        t0 = time.perf_counter()
+        # CPU time of this thread, one intra-op thread: waiting for a busy machine's
+        # cores does not count, only the work done
+        t0 = time.thread_time()
         out = model(x)
-        return time.perf_counter() - t0, out
+        return time.thread_time() - t0, out
 
     plain, hooked = [], []
     policy = SwapPolicy(swap_branches=True)
-    with torch.no_grad():
-        ref = model(x)
-        for _ in range(9):  # interleaved, best of 9: robust to a busy machine
-            plain.append(timed()[0])
-            with swap_activations(model, policy, workers=0) as st:
-                dt, out = timed()
-                hooked.append(dt)
-                assert torch.equal(ref, out)
-                assert st.as_dict() == SwapStats().as_dict()
-    assert min(hooked) < 1.5 * min(plain) + 0.05  # hooks only push/pop scope names
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            ref = model(x)
+            for _ in range(9):  # interleaved, best of 9
+                plain.append(timed()[0])
+                with swap_activations(model, policy, workers=0) as st:
+                    dt, out = timed()
+                    hooked.append(dt)
+                    assert torch.equal(ref, out)
+                    assert st.as_dict() == SwapStats().as_dict()
+    finally:
+        torch.set_num_threads(threads)
+    print(f"no_grad forward: {min(plain) * 1e3:.1f} ms plain, {min(hooked) * 1e3:.1f} ms hooked")
+    assert min(hooked) < 1.2 * min(plain) + 0.005  # hooks only push/pop scope names
 
 
 def test_retain_graph_second_backward():
