@@ -204,3 +204,23 @@ def test_inflight_bound_makes_forward_wait():
 
     inline = peak(workers=0)
     assert peak(workers=1, max_inflight_bytes=0) == inline
+
+
+@pytest.mark.parametrize("scopes,mode,branches", [(("encoder.*",), "full", True),
+                                                  (("*",), "speed", False)])
+def test_composes_with_recompute(baselines, scopes, mode, branches):
+    """Hybrid plans: checkpointed scopes inside a swap context stay bitwise equal."""
+    import contextlib
+
+    from swapseg.offload.recompute import RecomputePolicy, recompute
+
+    @contextlib.contextmanager
+    def hybrid(model):
+        policy = SwapPolicy(prefetch=2, swap_branches=branches)
+        with swap_activations(model, policy) as st, \
+                recompute(model, RecomputePolicy(scopes, mode)):
+            yield st
+
+    run = train_steps(isensee, hybrid, one_context=True)
+    assert_bitwise(baselines["isensee"], run)
+    assert run[3][-1].swapped > 0 and run[3][-1].device_bytes == 0
