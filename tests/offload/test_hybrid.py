@@ -68,3 +68,12 @@ def test_hybrid_gradients_bitwise_equal(plan):
         assert torch.equal(la, lb)
         assert all(torch.equal(a, b) for a, b in zip(ga, gb, strict=True))
         assert swapped > 0  # the engine really swapped something outside the recomputed part
+
+
+def test_choose_plan_leaves_the_rng_stream_alone():
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    choose_plan(model, SHAPE, "local", 10**10)  # measures this CPU, with one real step
+    assert torch.equal(torch.rand(3), expected)

@@ -241,8 +241,16 @@ def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
     and backward FLOP/s and the bandwidth of everything else (``calibrate_step``); CPU
     conv speed depends on the shape, so calibrate at a shape near the one to predict.
     """
-    if tier == "cuda":
-        return _measure_cuda(model, side, probe_bytes)
+    # the probes draw random numbers; a training run that plans first must not see its
+    # dropout masks and initial data order shift
+    with torch.random.fork_rng(devices=[]):
+        if tier == "cuda":
+            return _measure_cuda(model, side, probe_bytes)
+        return _measure_cpu(model, tier, side, probe_bytes, calibrate_shape)
+
+
+def _measure_cpu(model: nn.Module, tier: str, side: int, probe_bytes: int,
+                 calibrate_shape: tuple[int, ...] | None) -> DeviceProfile:
     with torch.no_grad():
         overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
         mem = _mem_rate(probe_bytes)

@@ -320,6 +320,13 @@ def trace_step(model: nn.Module, input_shape: tuple[int, ...],
     ``optimizer_states`` is the number of parameter-sized state tensors of the optimizer
     (2 for Adam's two moments, 0 for plain SGD). The model itself is not modified.
     """
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+        return _trace(model, input_shape, loss_fn, optimizer_states, name)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...],
+           loss_fn: Callable[[torch.Tensor], torch.Tensor], optimizer_states: int,
+           name: str | None) -> StepTrace:
     t0 = time.perf_counter()
     rec = _Recorder()
     saved: list[SavedRecord] = []
