@@ -32,4 +32,8 @@ def test_plan_bad_input_exit_2_nothing_written(tmp_path, capsys):
                  str(out)]) == 2
     assert main(["plan", "--shape", "4x64x64x64", "--device", "tpu", "--memory", "1GiB",
                  "--out", str(out)]) == 2
+    assert main(["plan", "--shape", "4x64x64x64", "--depth", "1", "--memory", "1GiB",
+                 "--out", str(out)]) == 2
+    assert main(["plan", "--shape", "4x64x64x64", "--margin", "1.5", "--memory", "1GiB",
+                 "--out", str(out)]) == 2
     assert not out.exists()

@@ -55,8 +55,14 @@ def build_model(name: str, in_channels: int, base_filters: int = 16, depth: int 
     if name != "isensee":
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     from swapseg.models.unet3d import Isensee3DUNet
-    return Isensee3DUNet(in_channels=in_channels, out_channels=out_channels,
-                         base_filters=base_filters, depth=depth)
+    if base_filters < 1 or in_channels < 1:
+        raise InputError(f"base filters and input channels must be >= 1, got "
+                         f"{base_filters} and {in_channels}")
+    try:
+        return Isensee3DUNet(in_channels=in_channels, out_channels=out_channels,
+                             base_filters=base_filters, depth=depth)
+    except ValueError as exc:
+        raise InputError(f"model {name!r}: {exc}") from None
 
 
 def calibration_shape(dims: tuple[int, ...], divisor: int, cap: int = 64) -> tuple[int, ...]:
