@@ -157,6 +157,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     copy_out: dict[int, tuple[float, float]] = {}
     copy_in: dict[int, tuple[float, float]] = {}
     starts, ends, stalls = [], [], []
+    reruns: list[tuple[float, float]] = []
 
     def swap_in(u: int, now: float) -> None:
         nonlocal h2d_free
@@ -181,6 +182,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                 swap_in(u, t)
         for r in rerun_at.get(i, []):
             d = sum(_op_s(dev, trace.ops[j]) for j in dec.region_ops[r])
+            reruns.append((t, t + d))
             rec_s += d
             t += d
         for u in needs.get(i, []):
@@ -196,7 +198,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         ends.append(t)
         start_outs(i)  # packed during op i (or just before op i+1): copy once it is done
     return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
-            "stalls": stalls, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
+            "stalls": stalls, "reruns": reruns, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
 
 
 def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
@@ -271,6 +273,7 @@ def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = Non
         "copy_out_s": [list(v) for v in lanes["copy_out"].values()],
         "copy_in_s": [list(v) for v in lanes["copy_in"].values()],
         "stalls_s": [list(v) for v in lanes["stalls"]],
+        "recompute_s_intervals": [list(v) for v in lanes["reruns"]],
         "fwd_end_s": lanes["ends"][trace.n_fwd_ops - 1],
     }
     return SimResult(

@@ -18,6 +18,8 @@ def _lanes(ax: Any, tl: dict[str, Any]) -> None:
         ax.broken_barh(bars, (2.6, 0.8), color=color[p], label=f"compute ({p})")
     ax.broken_barh([(a, b - a) for a, b in tl["stalls_s"]], (2.6, 0.8), color="red",
                    label="stall")
+    ax.broken_barh([(a, b - a) for a, b in tl.get("recompute_s_intervals", [])], (2.6, 0.8),
+                   color="gold", label="recompute")
     ax.broken_barh([(a, b - a) for a, b in tl["copy_out_s"]], (1.6, 0.8), color="tab:green",
                    label="swap-out")
     ax.broken_barh([(a, b - a) for a, b in tl["copy_in_s"]], (0.6, 0.8), color="tab:purple",
@@ -52,10 +54,10 @@ def plot_timelines(panels: list[tuple[str, dict[str, Any]]], path: str | os.Path
         am.set_xlim(0, t_max)
         am.set_ylabel("GiB")
         if k == 0:
-            ax.legend(fontsize=7, ncol=6, loc="upper right")
-            am.legend(fontsize=7, loc="upper right")
+            handles = ax.get_legend_handles_labels()[0] + am.get_legend_handles_labels()[0]
+            fig.legend(handles=handles, fontsize=7, ncol=5, loc="upper center")
     axes[-1, 0].set_xlabel("simulated time in one training step (s)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * n + 0.5)))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
