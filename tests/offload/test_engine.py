@@ -173,7 +173,9 @@ def test_retain_graph_second_backward():
         loss.backward()
     for a, p in zip(ref, model.parameters(), strict=True):
         assert torch.equal(a, p.grad)
-    assert st.backwards == 2 and st.bytes_in >= 2 * st.bytes_out > 0 and first_in > 0
+    # the first backward may still find sources whose copy-out is in flight; by the
+    # second, every storage lives only on the host and comes back
+    assert st.backwards == 2 and st.bytes_in - first_in >= st.bytes_out > 0
     assert st.device_bytes == 0
 
 
