@@ -14,7 +14,11 @@ __all__ = ["swap_activations", "SwapEngine", "SwapPolicy", "TIERS", "SwapStats",
            "BufferPool", "get_pool", "clear_pools", "plot_timeline"]
 
 
-def plot_timeline(events, path):  # noqa: ANN001 - thin lazy import (matplotlib is heavy)
-    """Plot a traced step (``stats.events``) as compute/copy lanes; see ``timeline``."""
+def plot_timeline(events, path, step=None, title=None):  # noqa: ANN001 - lazy import
+    """Plot one traced step of ``stats.events`` to ``path`` (PNG); see ``timeline``.
+
+    ``step`` selects events by their ``step`` field (1-based count of forwards in the
+    context); default: the last step whose backward ended.
+    """
     from swapseg.offload.timeline import plot_timeline as _plot
-    return _plot(events, path)
+    return _plot(events, path, step=step, title=title)
