@@ -209,11 +209,13 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]
         default_loss(model(x)).backward()
 
     step()  # warm-up: allocator, oneDNN primitive caches
-    t0 = time.perf_counter()
-    step()  # the profiler slows small ops down, so the wall time comes from a plain step
-    wall = time.perf_counter() - t0
+    # conv times and the wall time come from the same step: on a shared machine the load
+    # changes from one step to the next (the profiler's own overhead, ~20 us an op, is
+    # small next to a step)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
         step()
+        wall = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     # top-level conv events only (oneDNN/native children are inside their parents' time)
     t = {"aten::convolution": 0.0, "aten::convolution_backward": 0.0}
