@@ -9,7 +9,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.io import write_json, write_text
-from swapseg.offload.plan.bench import default_budget, run_bench
+from swapseg.offload.plan.bench import run_bench
 from swapseg.offload.plan.report import parse_bytes, parse_shape
 
 EXAMPLES = """examples:
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3, help="measured steps per method")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--budget", help="memory budget for the auto plan (default: halfway "
-                                    "between the predicted swap-all and no-swap peaks)")
+                                    "between the lowest predicted peak and no swapping)")
     p.add_argument("--cap", default="16GiB", help="cap for the largest-side search")
     p.add_argument("--cap-device", default="p100-nvlink")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if steps < 1 or warmup < 0:
         raise InputError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     cap = parse_bytes(args.cap)
-    budget = parse_bytes(args.budget) if args.budget else default_budget(shape)
+    budget = parse_bytes(args.budget) if args.budget else None  # None: default_budget
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -64,7 +64,7 @@ def profiled_peak_bytes(step: Callable[[], Any]) -> int:
     return peak
 
 
-def _plans(trace: StepTrace, device: DeviceProfile, budget: int) -> dict[str, Any]:
+def _plans(trace: StepTrace, device: DeviceProfile, budget: int | None) -> dict[str, Any]:
     """Method name -> MemoryPlan (or the string 'save_on_cpu')."""
     byname = {c.name: c for c in candidates(trace)}
     plans: dict[str, Any] = {"none": MemoryPlan(name="none"), "save_on_cpu": "save_on_cpu"}
@@ -72,9 +72,10 @@ def _plans(trace: StepTrace, device: DeviceProfile, budget: int) -> dict[str, An
         c = byname.get(f"paper-config-{k}")
         if c is not None:
             plans[c.name] = MemoryPlan(c.swap, c.recompute, c.name)
-    chosen = search(trace, device, budget).chosen
-    assert chosen is not None
-    plans["auto"] = MemoryPlan(chosen.swap, chosen.recompute, f"auto: {chosen.name}")
+    if budget is not None:  # the planner's choice (raises InputError when nothing fits)
+        chosen = search(trace, device, budget).chosen
+        assert chosen is not None
+        plans["auto"] = MemoryPlan(chosen.swap, chosen.recompute, f"auto: {chosen.name}")
     plans["recompute-full"] = MemoryPlan(None, RecomputePolicy(("*",), "full"), "full")
     plans["recompute-speed"] = MemoryPlan(None, RecomputePolicy(("*",), "speed"), "speed")
     if HYBRID in byname:
@@ -211,7 +212,8 @@ def largest_sides(model: nn.Module, plans: dict[str, Any], device: DeviceProfile
     return best
 
 
-def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: int = 3,
+def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int | None,
+                  steps: int = 3,
                   warmup: int = 1, profile_peak: bool = True,
                   methods: tuple[str, ...] = METHODS,
                   progress: Callable[[str], None] | None = None,
@@ -226,6 +228,8 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: 
                              calibrate_shape=None if cuda else shape)
     local = device
     trace = trace_step(model, shape)
+    if budget is None:
+        budget = default_budget(trace, local)
     plans = _plans(trace, local, budget)
     runners = {n: _Runner(model, shape, plans[n], torch_device) for n in methods if n in plans}
     # round robin: on a shared machine, load drifts; interleaving spreads it over methods
@@ -255,23 +259,22 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int, steps: 
                 if k in row and base.get(k):
                     row[k.replace("_bytes", "_ratio")] = row[k] / base[k]
     return {"local_profile": local.to_dict(), "trace": trace.summary(), "methods": rows,
+            "budget_bytes": budget,
             "plans": {k: (v if isinstance(v, str) else v.to_dict()) for k, v in plans.items()}}
 
 
-def default_budget(shape: tuple[int, ...]) -> int:
-    """A budget whose usable part lies halfway between the predicted swap-all and no-swap
-    peaks of the Isensee U-Net at ``shape``: something must be swapped or recomputed."""
-    from swapseg.models.unet3d import Isensee3DUNet
-    from swapseg.offload.plan.devices import PROFILES
+def default_budget(trace: StepTrace, device: DeviceProfile) -> int:
+    """A budget whose usable part lies halfway between the lowest predicted peak of any
+    candidate and the no-swap peak: something must be swapped or recomputed."""
     from swapseg.offload.plan.search import DEFAULT_MARGIN
 
-    tr = trace_step(Isensee3DUNet(in_channels=shape[1]), shape)
-    keep = simulate(tr, PROFILES["p100-nvlink"]).peak_bytes
-    low = simulate(tr, PROFILES["p100-nvlink"], SwapPolicy()).peak_bytes
+    res = search(trace, device, 2**62, require_fit=False)
+    peaks = [c.result.peak_bytes for c in res.candidates]  # type: ignore[union-attr]
+    keep, low = peaks[0], min(peaks)
     return int((low + 0.5 * (keep - low)) / (1 - DEFAULT_MARGIN))
 
 
-def run_bench(shape: tuple[int, ...], budget: int, steps: int, warmup: int,
+def run_bench(shape: tuple[int, ...], budget: int | None, steps: int, warmup: int,
               profile_peak: bool, cap: int, cap_device: str, sides: range,
               progress: Callable[[str], None] | None = None,
               torch_device: str = "cpu") -> dict[str, Any]:
@@ -282,9 +285,10 @@ def run_bench(shape: tuple[int, ...], budget: int, steps: int, warmup: int,
     model = Isensee3DUNet(in_channels=shape[1])
     res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress,
                         torch_device=tdev)
+    budget = res["budget_bytes"]
     dev = get_profile(cap_device)
-    plans = _plans(trace_step(model, shape), dev, budget)
-    plans["auto"] = "auto"
+    plans = _plans(trace_step(model, shape), dev, None)
+    plans["auto"] = "auto"  # re-planned at every side
     if progress:
         progress("largest sides under the cap")
     largest = largest_sides(model, {n: plans[n] for n in res["methods"]}, dev, cap,

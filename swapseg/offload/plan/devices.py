@@ -46,6 +46,9 @@ class DeviceProfile:
     conv_flops_per_s: dict[str, float] = field(default_factory=dict)
     """Measured FLOP/s of conv ops per phase (``"fwd"``, ``"bwd"``); conv ops of a phase
     not in it, and all other ops, use ``flops_per_s``."""
+    copies_share_compute: bool = False
+    """Copies run on the same cores as compute (a CPU host or disk tier): each copy
+    also delays the compute lane by its duration."""
     cpu_conv_workspace: bool = False
     """Count the column buffers of PyTorch's native CPU conv path as op working set."""
     sources: dict[str, str] = field(default_factory=dict)
@@ -271,7 +274,7 @@ def _measure_cpu(model: nn.Module, tier: str, side: int, probe_bytes: int,
     return DeviceProfile(
         name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
-        cpu_conv_workspace=True, conv_flops_per_s=conv_rates,
+        cpu_conv_workspace=True, conv_flops_per_s=conv_rates, copies_share_compute=True,
         sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd, "
                                 f"at {side}^3",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",

@@ -160,19 +160,25 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     reruns: list[tuple[float, float]] = []
 
     def swap_in(u: int, now: float) -> None:
-        nonlocal h2d_free
+        nonlocal h2d_free, t
         if u in copy_in:
             return
         s = max(now, h2d_free, copy_out[u][1])
-        copy_in[u] = (s, s + trace.storages[u].nbytes / dev.h2d_bytes_per_s)
+        d = trace.storages[u].nbytes / dev.h2d_bytes_per_s
+        copy_in[u] = (s, s + d)
         h2d_free = copy_in[u][1]
+        if dev.copies_share_compute:
+            t += d
 
     def start_outs(i: int) -> None:
-        nonlocal d2h_free
+        nonlocal d2h_free, t
         for u in outs_by_op.get(i, []):
             s = max(t, d2h_free)
-            copy_out[u] = (s, s + trace.storages[u].nbytes / dev.d2h_bytes_per_s)
+            d = trace.storages[u].nbytes / dev.d2h_bytes_per_s
+            copy_out[u] = (s, s + d)
             d2h_free = copy_out[u][1]
+            if dev.copies_share_compute:
+                t += d
 
     start_outs(-1)  # saved before the first op ran (the step's input, saved by op 0)
     for op in trace.ops:
