@@ -306,6 +306,7 @@ class SwapEngine:
             ticket = e.in_ticket
             e.device_tensor = ticket.result()
             e.in_ticket = None
+            e.reloaded = True
             waited = time.perf_counter() - t0
             self.stats.wait_s += waited
             self._event("in_start", e, t=ticket.start_t)
@@ -339,11 +340,20 @@ class SwapEngine:
                 self._outs = [o for o in self._outs if o is not e]
             if e.in_ticket is not None:
                 e.in_ticket.sync()
+                self._recycle(e, e.in_ticket.result())
                 e.in_ticket = None
+            elif e.reloaded:
+                self._recycle(e, e.device_tensor)
             e.device_tensor = None
+            e.reloaded = False
         if e.resident:
             self._resident(e, False)
             self._event("free", e)
+
+    def _recycle(self, e: Entry, dest: torch.Tensor | None) -> None:
+        tr = self._transports.get(e.device.type)
+        if dest is not None and hasattr(tr, "recycle"):
+            tr.recycle(dest)
 
     def _end_backward_cb(self) -> None:
         with self._lock:
@@ -383,8 +393,12 @@ class SwapEngine:
             self._finish_out(e)
         if e.in_ticket is not None:
             e.in_ticket.sync()
+            self._recycle(e, e.in_ticket.result())
             e.in_ticket = None
+        elif e.reloaded:
+            self._recycle(e, e.device_tensor)
         e.device_tensor = None
+        e.reloaded = False
         self._resident(e, False)
         if e.stored is not None:
             self._transports[e.device.type].free(e.stored)

@@ -112,6 +112,8 @@ class Entry:
     out_ticket: Any = None
     in_ticket: Any = None
     resident: bool = False
+    reloaded: bool = False
+    """``device_tensor`` is a copy brought back (not the forward's own storage)."""
     n_live: int = 0
     n_unpacked: int = 0
     epoch: int = -1

@@ -143,6 +143,30 @@ class HostTransport(_Threaded):
     def __init__(self, workers: int = 1, pool: BufferPool | None = None) -> None:
         super().__init__(workers)
         self.pool = pool if pool is not None else get_pool(False)
+        # CPU "device" copies of reloaded storages, recycled once nothing else holds them:
+        # large fresh allocations are page-faulted in on every step otherwise
+        self._dest_free: dict[int, list[torch.Tensor]] = {}
+        self._limbo: list[torch.Tensor] = []
+
+    def recycle(self, dest: torch.Tensor) -> None:
+        """Take back a reloaded CPU storage; reused only once no one else references it."""
+        if dest.device.type == "cpu":
+            self._limbo.append(dest)
+
+    def _dest(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":
+            return torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if self._limbo:
+            keep = []
+            for t in self._limbo:
+                # 2 = the buffer itself + the temporary storage object of this call
+                if torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2:
+                    self._dest_free.setdefault(t.numel(), []).append(t)
+                else:
+                    keep.append(t)
+            self._limbo = keep
+        free = self._dest_free.get(nbytes)
+        return free.pop() if free else torch.empty(nbytes, dtype=torch.uint8)
 
     def start_out(self, src: torch.Tensor) -> Ticket:
         buf = self.pool.acquire(src.numel())
@@ -153,7 +177,7 @@ class HostTransport(_Threaded):
         return self.submit(copy)
 
     def start_in(self, stored: torch.Tensor, device: torch.device) -> Ticket:
-        dest = torch.empty(stored.numel(), dtype=torch.uint8, device=device)
+        dest = self._dest(stored.numel(), device)
 
         def copy() -> torch.Tensor:
             dest.copy_(stored)

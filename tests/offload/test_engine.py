@@ -226,3 +226,34 @@ def test_composes_with_recompute(baselines, scopes, mode, branches):
     run = train_steps(isensee, hybrid, one_context=True)
     assert_bitwise(baselines["isensee"], run)
     assert run[3][-1].swapped > 0 and run[3][-1].device_bytes == 0
+
+
+class _Stash(torch.autograd.Function):
+    """Its backward keeps the saved tensor: a reloaded copy that escapes the engine."""
+
+    kept: list = []
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        _Stash.kept.append(x)
+        return g * 2
+
+
+def test_escaped_reload_is_never_recycled():
+    lin = torch.nn.Linear(64, 64)
+    expected = []
+    _Stash.kept.clear()
+    with swap_activations(lin, SwapPolicy(), workers=0):
+        for k in range(4):
+            h = lin(torch.full((256, 64), float(k))).tanh()
+            expected.append(h.detach().clone())
+            _Stash.apply(h).sum().backward()
+    assert len(_Stash.kept) == 4
+    for got, want in zip(_Stash.kept, expected, strict=True):
+        assert torch.equal(got, want)
