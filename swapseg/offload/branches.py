@@ -140,11 +140,13 @@ class BranchSwapper:
                 if isinstance(t, torch.Tensor) and t.layout == torch.strided:
                     b = self._by_key.get(t.untyped_storage()._cdata)
                     if b is not None:
-                        if b.key in self._evicted:
+                        if self._evicted.get(b.key) is b:
                             self._restore(b)
                         b.uses.append(self.n)
         for b in self._prefetch_at.pop(self.n, []):
-            if b.key in self._evicted and b.in_ticket is None:
+            # identity, not key: a dead branch's storage address may since have been
+            # reused by another output that is evicted under the same key
+            if self._evicted.get(b.key) is b and b.in_ticket is None:
                 dev = b.held.device
                 b.in_ticket = self.engine._transport(dev).start_in(b.entry.stored, dev)
 
