@@ -53,7 +53,7 @@ class SwapEngine:
     """The saved-tensor hooks and their bookkeeping; use ``swap_activations``."""
 
     def __init__(self, model: nn.Module, policy: SwapPolicy, *, trace: bool = False,
-                 workers: int = 1, max_inflight_bytes: int | None = -1) -> None:
+                 workers: int | None = None, max_inflight_bytes: int | None = -1) -> None:
         self.model = model
         self.policy = policy
         if max_inflight_bytes == -1:
@@ -112,8 +112,18 @@ class SwapEngine:
         if tr is None:
             tr = self._transports[device.type] = make_transport(
                 self.policy.tier, device, disk_dir=self.policy.disk_dir,
-                workers=0 if self._closed else self.workers)
+                workers=0 if self._closed else self._workers_for(device))
         return tr
+
+    def _workers_for(self, device: torch.device) -> int:
+        if self.workers is not None:
+            return self.workers
+        # A CPU "device" has no copy engine: a copy thread only competes with the compute
+        # threads for the same cores. Measured at 64^3 on 2 cores (Isensee U-Net, swap-all):
+        # 1.19x no-swap step time with a copy thread, 1.08x with inline copies. Disk writes
+        # block in the kernel, not on a core, so the disk tier keeps its thread.
+        inline = device.type == "cpu" and self.policy.tier in ("host", "auto")
+        return 0 if inline else 1
 
     # ------------------------------------------------------------------ forward
     def pack(self, t: torch.Tensor) -> Any:
@@ -435,13 +445,15 @@ class SwapEngine:
 
 @contextlib.contextmanager
 def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool = False,
-                     workers: int = 1, max_inflight_bytes: int | None = -1
+                     workers: int | None = None, max_inflight_bytes: int | None = -1
                      ) -> Iterator[SwapStats]:
     """Swap the tensors autograd saves inside this context, as ``policy`` says.
 
     Yields a live ``SwapStats``. ``policy=None`` installs nothing and yields empty stats.
     ``workers`` is the thread count of the host and disk tiers (0: copies run inline,
-    which makes the resident-byte accounting deterministic). ``max_inflight_bytes``
+    which makes the resident-byte accounting deterministic). ``None`` (default): inline
+    for CPU tensors on the host tier, where a copy thread would only compete with compute
+    for the same cores, and one thread otherwise. ``max_inflight_bytes``
     makes a pack wait while more copy-out bytes are in flight (None: never; the default
     -1 means ``DISK_INFLIGHT_BYTES`` for the disk tier, None otherwise).
     """
