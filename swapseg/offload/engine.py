@@ -348,17 +348,21 @@ class SwapEngine:
             if e.out_ticket is not None:
                 self._finish_out(e)
                 self._outs = [o for o in self._outs if o is not e]
-            if e.in_ticket is not None:
-                e.in_ticket.sync()
-                self._recycle(e, e.in_ticket.result())
-                e.in_ticket = None
-            elif e.reloaded:
-                self._recycle(e, e.device_tensor)
-            e.device_tensor = None
-            e.reloaded = False
+            self._drop_reload(e)
         if e.resident:
             self._resident(e, False)
             self._event("free", e)
+
+    def _drop_reload(self, e: Entry) -> None:
+        """Hand the reloaded device copy of ``e`` (landed or in flight) back to the transport."""
+        if e.in_ticket is not None:
+            e.in_ticket.sync()
+            self._recycle(e, e.in_ticket.result())
+            e.in_ticket = None
+        elif e.reloaded:
+            self._recycle(e, e.device_tensor)
+        e.device_tensor = None
+        e.reloaded = False
 
     def _recycle(self, e: Entry, dest: torch.Tensor | None) -> None:
         tr = self._transports.get(e.device.type)
@@ -401,14 +405,7 @@ class SwapEngine:
         if e.out_ticket is not None:
             e.out_ticket.sync()
             self._finish_out(e)
-        if e.in_ticket is not None:
-            e.in_ticket.sync()
-            self._recycle(e, e.in_ticket.result())
-            e.in_ticket = None
-        elif e.reloaded:
-            self._recycle(e, e.device_tensor)
-        e.device_tensor = None
-        e.reloaded = False
+        self._drop_reload(e)
         self._resident(e, False)
         if e.stored is not None:
             self._transports[e.device.type].free(e.stored)
