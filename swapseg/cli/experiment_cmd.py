@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="epochs without validation improvement before stopping (default 50)")
     q.add_argument("--lr-patience", type=int, default=None,
                    help="epochs without improvement before the LR halves (default 10)")
+    q.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop each training run after the first epoch ending past this many "
+                        "seconds (a CPU budget per run; default: none)")
     q.add_argument("--shape", type=_shape, default=None, help="volume shape N or DxHxW "
                    "(default 192)")
     q.add_argument("--zoom", type=int, default=None, help="integer down-sampling (default 1)")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
              "lr_patience": "lr_patience", "shape": "shape", "zoom": "zoom",
              "memory_budget": "memory_budget_bytes", "base_filters": "base_filters",
              "depth": "depth", "workers": "workers", "device": "device", "seed": "seed",
-             "lr": "lr", "dropout": "dropout"}
+             "lr": "lr", "dropout": "dropout", "time_limit": "max_train_s"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
     base = brats_full(data=str(args.data), out=str(args.out), **changes)

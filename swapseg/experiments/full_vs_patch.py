@@ -207,7 +207,8 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
                          swap=swap)
     echo(f"full-vs-patch: {n_folds} of {base.folds} folds, shape {list(base.shape)} "
          f"zoom {base.zoom}, patch {first['patch'].patch} x{first['patch'].patches_per_volume}"
-         f"/volume, max {base.max_epochs} epochs, early stop {base.early_stop}")
+         f"/volume, max {base.max_epochs} epochs, early stop {base.early_stop}"
+         + (f", time limit {base.max_train_s:.0f} s per run" if base.max_train_s else ""))
     t0 = time.perf_counter()
     records: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for fold in range(n_folds):
@@ -224,7 +225,8 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
                                                    else first["full"].swap.to_dict()),
                 "memory_budget_bytes": first["full"].memory_budget_bytes,
                 "max_epochs": base.max_epochs, "early_stop": base.early_stop,
-                "lr_patience": base.lr_patience, "base_filters": base.base_filters,
+                "lr_patience": base.lr_patience, "max_train_s": base.max_train_s,
+                "base_filters": base.base_filters,
                 "depth": base.depth, "seed": base.seed, "device": base.device}
     return stats.write_outputs(out, records, settings, command=command,
                                wall_s=time.perf_counter() - t0, overlays=overlays)

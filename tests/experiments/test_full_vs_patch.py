@@ -98,11 +98,17 @@ def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     data = _synth(tmp_path / "data", 4, 16)
     out = tmp_path / "exp"
     argv = ["experiment", "full-vs-patch", "--data", str(data), "--out", str(out),
-            "--folds", "3", "--run-folds", "1", "--epochs", "1", "--shape", "16",
-            "--base-filters", "4", "--depth", "3", "--patches-per-volume", "4",
-            "--workers", "0", "--device", "cpu", "--overlays", "1", "--no-progress"]
+            "--folds", "3", "--run-folds", "1", "--epochs", "3", "--time-limit", "1e-3",
+            "--shape", "16", "--base-filters", "4", "--depth", "3",
+            "--patches-per-volume", "4", "--workers", "0", "--device", "cpu",
+            "--overlays", "1", "--no-progress"]
     assert main(argv) == 0
     summary = _check_outputs(out)
+    # the time limit ends every run after its first epoch, before the 3-epoch cap
+    for mode in ("full", "patch"):
+        assert summary["time"][mode]["epochs"] == [1]
+        assert summary["time"][mode]["stop_reason"] == ["time_limit"]
+    assert summary["settings"]["max_train_s"] == 1e-3
     assert summary["settings"]["patch"] == 8  # 2/3 of 16, rounded down to a multiple of 4
     # fold 0 of 4 cases: 2 test, 1 validation, 1 training case
     assert summary["time"]["patch"]["iterations_per_epoch"] == [2]  # 4 patches / batch 2
