@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from swapseg.evaluation.metrics import METRICS
-from swapseg.io import atomic_path, write_text
+from swapseg.io import write_text
+from swapseg.plotting import pyplot, save_png
 
 __all__ = ["REGIONS", "CLASS_COLORS", "columns", "flatten", "write_per_case_csv", "summarize",
            "boxplot", "overlay", "overlay_slices", "pick_slice",
@@ -86,15 +87,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], regions: Sequence[str] = REGION
     return out
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def boxplot(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
             metric: str = "Dice", title: str | None = None) -> None:
     """Box plots per region, one box per group side by side (the paper's Fig. 5).
@@ -102,7 +94,7 @@ def boxplot(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str | Pat
     ``groups`` maps a group name (a method, e.g. ``full``/``patch``) to ``{region: values}``.
     Each case is also drawn as a point, so small samples stay readable.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(groups)
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(REGIONS) * max(len(names), 1) ** 0.5, 4))
@@ -127,9 +119,7 @@ def boxplot(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str | Pat
         ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title or f"{metric} per region")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def label_classes(regions: np.ndarray) -> np.ndarray:
@@ -165,7 +155,7 @@ def overlay_slices(flair: np.ndarray, maps: Sequence[np.ndarray], path: str | Pa
 
     ``np.rot90`` shows the first array axis left-right and the second bottom-up.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     image = np.rot90(flair)
@@ -180,9 +170,7 @@ def overlay_slices(flair: np.ndarray, maps: Sequence[np.ndarray], path: str | Pa
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def overlay(flair: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | Path, *,

@@ -35,12 +35,15 @@ def _quality(s: dict[str, Any]) -> list[str]:
 def _time(s: dict[str, Any]) -> list[str]:
     t, paper = s["time"], s["paper"]
     lines = ["| mode | iterations / epoch | mean epoch s | epochs run (best) | stop | "
-             "total s per fold | paper iterations / epoch |", "|---|---|---|---|---|---|---|"]
+             "optimizer steps | s to best epoch | total s per fold | paper iterations / epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in ("full", "patch"):
         x = t[m]
         runs = ", ".join(f"{e} ({b})" for e, b in zip(x["epochs"], x["best_epoch"], strict=True))
         lines.append(f"| {m} | {', '.join(map(str, x['iterations_per_epoch']))} | "
                      f"{_f(x['epoch_s_mean'], 1)} | {runs} | {', '.join(x['stop_reason'])} | "
+                     f"{', '.join(map(str, x['optimizer_steps']))} | "
+                     f"{', '.join(_f(v, 0) for v in x['best_s'])} | "
                      f"{', '.join(_f(v, 0) for v in x['total_s'])} | "
                      f"{paper['iterations_per_epoch'][m]} |")
     r = t["ratios"]
@@ -49,6 +52,10 @@ def _time(s: dict[str, Any]) -> list[str]:
                   f"(paper {paper['epoch_time_patch_over_full']}x)",
               f"- patch / full, total time to the stop: **{_f(r['total_s_patch_over_full'], 2)}x**"
               f" (paper {paper['total_time_patch_over_full']}x)",
+              f"- patch / full, time to the best epoch (the tested checkpoint): "
+              f"{_f(r['best_s_patch_over_full'], 2)}x",
+              f"- patch / full, optimizer steps in all: "
+              f"{_f(r['optimizer_steps_patch_over_full'], 2)}x",
               f"- patch / full, iterations per epoch: "
               f"{_f(r['iterations_per_epoch_patch_over_full'], 2)}x (paper "
               f"{paper_iter:.2f}x)",
@@ -70,7 +77,9 @@ def report_md(s: dict[str, Any]) -> str:
         f"Settings: {st['run_folds']} of {st['folds']} folds, volumes {st['shape']} (zoom "
         f"{st['zoom']}), patches {st['patch']}^3 x{st['patches_per_volume']} per volume and "
         f"epoch, U-Net base {st['base_filters']} depth {st['depth']}, at most "
-        f"{st['max_epochs']} epochs, early stop {st['early_stop']}, LR patience "
+        f"{st['max_epochs']} epochs"
+        + (f" or {st['max_train_s']:.0f} s of training" if st.get("max_train_s") else "")
+        + f", early stop {st['early_stop']}, LR patience "
         f"{st['lr_patience']}, seed {st['seed']}; full-volume swapping: "
         f"{st['swap']} -> {st['full_swap_policy'] or 'planner / none'}.", "",
         f"## Quality on {n} test cases (each tested once, in its fold)", "",
@@ -79,6 +88,8 @@ def report_md(s: dict[str, Any]) -> str:
         "paper's values are lower, so it probably counted a smaller region.", "",
         "## Time", "", *_time(s), "",
         "## Figures", "", "![Dice box plots](boxplot_dice.png)", "",
+        "Validation loss and Dice against training time, per run (dots: best epochs):", "",
+        "![Learning curves](curves.png)", "",
     ]
     if s.get("overlays"):
         lines += ["Cases where the two modes differ most (truth | full | patches):", ""]

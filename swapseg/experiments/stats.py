@@ -100,6 +100,11 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                    "stop_reason": [r["stop_reason"] for r in recs],
                    "total_s": [r["train_s"] for r in recs],
                    "total_s_mean": _num(float(np.mean([r["train_s"] for r in recs]))),
+                   # equal epochs are not equal work: steps and time to the tested checkpoint
+                   "optimizer_steps": [r["iterations_per_epoch"] * r["epochs"] for r in recs],
+                   "best_s": [sum(r["epoch_s"][:r["best_epoch"]]) for r in recs],
+                   "best_s_mean": _num(float(np.mean([sum(r["epoch_s"][:r["best_epoch"]])
+                                                      for r in recs]))),
                    "predict_s": [r["predict_s"] for r in recs]}
 
     def ratio(key: str) -> float | None:
@@ -108,6 +113,10 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
     t["ratios"] = {"epoch_s_patch_over_full": ratio("epoch_s_mean"),
                    "total_s_patch_over_full": ratio("total_s_mean"),
+                   "best_s_patch_over_full": ratio("best_s_mean"),
+                   "optimizer_steps_patch_over_full": _num(
+                       float(np.sum(t["patch"]["optimizer_steps"]))
+                       / max(float(np.sum(t["full"]["optimizer_steps"])), 1e-12)),
                    "iterations_per_epoch_patch_over_full": _num(
                        float(np.mean(t["patch"]["iterations_per_epoch"]))
                        / max(float(np.mean(t["full"]["iterations_per_epoch"])), 1e-12))}
@@ -157,6 +166,7 @@ def write_outputs(out: Path, records: dict[str, list[dict[str, Any]]],
                   settings: dict[str, Any], *, command: str, wall_s: float,
                   overlays: int) -> dict[str, Any]:
     from swapseg.envinfo import environment
+    from swapseg.experiments.curves import learning_curves
     from swapseg.experiments.markdown import report_md
 
     rows = _case_rows(out, records)
@@ -183,6 +193,7 @@ def write_outputs(out: Path, records: dict[str, list[dict[str, Any]]],
                     for m in MODES}, out / "boxplot_dice.png",
                    title=f"Dice per region, full volumes vs patches ({len(common)} test cases)")
     summary["overlays"] = _overlays(out, rows, overlays)
+    learning_curves(out, records, out / "curves.png")
     write_json(out / "summary.json", summary)
     write_text(out / "report.md", report_md(summary))
     return summary

@@ -55,11 +55,9 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path,
     Top: three lanes (compute: pack and unpack ticks, waits in red; copy out; copy in),
     bars for each copy. Bottom: the engine's resident saved bytes over time.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from swapseg.plotting import pyplot, save_png
 
-    from swapseg.io import atomic_path
+    plt = pyplot()
 
     ev = select_step(events, step)
     if not ev:
@@ -94,7 +92,5 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path,
     axm.set_xlabel("seconds from the step's first event")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return path

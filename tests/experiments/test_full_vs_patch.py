@@ -88,10 +88,19 @@ def _check_outputs(out: Path) -> dict:
     assert summary["time"]["ratios"]["epoch_s_patch_over_full"] > 0
     assert summary["environment"]["torch"]
     assert (out / "boxplot_dice.png").stat().st_size > 1000
+    assert (out / "curves.png").stat().st_size > 1000
+    assert "![Learning curves](curves.png)" in (out / "report.md").read_text()
     assert "| dice | WT |" in (out / "report.md").read_text()
     assert summary["overlays"] and all((out / "overlays" / f"{c}.png").is_file()
                                        for c in summary["overlays"])
     return summary
+
+
+def _log_rows_of(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run_dir / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
@@ -109,6 +118,12 @@ def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
         assert summary["time"][mode]["epochs"] == [1]
         assert summary["time"][mode]["stop_reason"] == ["time_limit"]
     assert summary["settings"]["max_train_s"] == 1e-3
+    assert summary["time"]["full"]["optimizer_steps"] == [1]  # 1 epoch x 1 step
+    assert summary["time"]["patch"]["optimizer_steps"] == [2]
+    assert summary["time"]["ratios"]["optimizer_steps_patch_over_full"] == 2.0
+    # best epoch 1: the time to it is that epoch's seconds, as logged
+    row = _log_rows_of(out / "full" / "fold0")[0]
+    assert summary["time"]["full"]["best_s"] == [float(row["epoch_s"])]
     assert summary["settings"]["patch"] == 8  # 2/3 of 16, rounded down to a multiple of 4
     # fold 0 of 4 cases: 2 test, 1 validation, 1 training case
     assert summary["time"]["patch"]["iterations_per_epoch"] == [2]  # 4 patches / batch 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from swapseg.io import atomic_path
+from swapseg.plotting import pyplot, save_png
 
 __all__ = ["plot_timelines"]
 
@@ -31,9 +31,7 @@ def _lanes(ax: Any, tl: dict[str, Any]) -> None:
 def plot_timelines(panels: list[tuple[str, dict[str, Any]]], path: str | os.PathLike[str],
                    budget_bytes: int | None = None) -> None:
     """One row per (title, timeline) pair: lanes on top, device memory below."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(panels)
     fig, axes = plt.subplots(2 * n, 1, figsize=(11, 2.6 * n + 0.5), squeeze=False,
@@ -58,6 +56,4 @@ def plot_timelines(panels: list[tuple[str, dict[str, Any]]], path: str | os.Path
             fig.legend(handles=handles, fontsize=7, ncol=5, loc="upper center")
     axes[-1, 0].set_xlabel("simulated time in one training step (s)")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * n + 0.5)))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
