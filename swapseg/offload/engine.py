@@ -41,7 +41,7 @@ from swapseg.offload.tracker import (
     plain,
     scope_matches,
 )
-from swapseg.offload.transport import make_transport
+from swapseg.offload.transport import TransportSet
 
 __all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES"]
 
@@ -65,10 +65,11 @@ class SwapEngine:
         self.tracker = ScopeTracker(model)
         self._lock = threading.RLock()
         self._dedup = DedupTable()
-        self._transports: dict[str, Any] = {}
+        self._transports = TransportSet(policy.tier, policy.disk_dir, workers)
         self._entries: list[Entry] = []     # this step's entries, forward order
         self._live: set[Entry] = set()      # entries whose handles autograd still holds
         self._outs: list[Entry] = []        # copy-outs not yet harvested
+        self._out_bytes = 0                 # their bytes (the throttle's in-flight count)
         self._next_id = 0
         self._eligible = 0
         self._new_step = True
@@ -108,34 +109,16 @@ class SwapEngine:
             self.stats.device_bytes -= e.nbytes
 
     def _transport(self, device: torch.device) -> Any:
-        tr = self._transports.get(device.type)
-        if tr is None:
-            tr = self._transports[device.type] = make_transport(
-                self.policy.tier, device, disk_dir=self.policy.disk_dir,
-                workers=0 if self._closed else self._workers_for(device))
-        return tr
-
-    def _workers_for(self, device: torch.device) -> int:
-        if self.workers is not None:
-            return self.workers
-        # A CPU "device" has no copy engine: a copy thread only competes with the compute
-        # threads for the same cores. Measured at 64^3 on 2 cores (Isensee U-Net, swap-all):
-        # 1.19x no-swap step time with a copy thread, 1.08x with inline copies. Disk writes
-        # block in the kernel, not on a core, so the disk tier keeps its thread.
-        inline = device.type == "cpu" and self.policy.tier in ("host", "auto")
-        return 0 if inline else 1
+        return self._transports.get(device)
 
     # ------------------------------------------------------------------ forward
     def pack(self, t: torch.Tensor) -> Any:
         with self._lock:
             st = self.stats
-            st.packed += 1
             scope = self.tracker.scope
-            sc = st.scope(scope)
-            sc.packed += 1
+            st.count(scope, "packed")
             if not plain(t) or self.tracker.is_param_or_buffer(t):
-                st.kept += 1
-                sc.kept += 1
+                st.count(scope, "kept")
                 return t
             if self._new_step and not self._in_backward:
                 self._start_step()
@@ -143,8 +126,7 @@ class SwapEngine:
             excluded = scope_matches(scope, self.policy.exclude)
             e = self._dedup.find(t)
             if e is not None and not (excluded and e.swap):
-                st.deduplicated += 1
-                sc.deduplicated += 1
+                st.count(scope, "deduplicated")
                 self._event("dedup", e)
                 return self._new_handle(e, t)
             return self._new_handle(self._new_entry(t, scope, excluded), t)
@@ -164,24 +146,16 @@ class SwapEngine:
         self._live.add(e)
         self._dedup.add(t, e)
         self._resident(e, True)
-        st, sc = self.stats, self.stats.scope(scope)
-        st.storages += 1
+        self.stats.storages += 1
+        self.stats.count(scope, "swapped" if swap else "kept", nbytes)
+        self._event("pack", e, swap=swap)
         if not swap:
-            st.kept += 1
-            sc.kept += 1
-            st.kept_bytes += nbytes
-            sc.kept_bytes += nbytes
-            self._event("pack", e, swap=False)
             return e
-        st.swapped += 1
-        sc.swapped += 1
-        st.bytes_out += nbytes
-        sc.bytes_out += nbytes
-        self._event("pack", e, swap=True)
         src = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
         e.device_tensor = src
         e.out_ticket = self._transport(t.device).start_out(src)
         self._outs.append(e)
+        self._out_bytes += nbytes
         if self.max_inflight_bytes is not None:
             self._throttle(self.max_inflight_bytes)
         return e
@@ -192,15 +166,13 @@ class SwapEngine:
         A slow tier (disk) would otherwise let forward run ahead and keep every source
         alive until its copy ends, which is the memory swapping was meant to free.
         """
-        inflight = sum(o.nbytes for o in self._outs if o.out_ticket is not None)
-        while inflight > limit and self._outs:
+        while self._out_bytes > limit and self._outs:
             o = self._outs.pop(0)
             if o.out_ticket is None:
                 continue
             t0 = time.perf_counter()
             o.out_ticket.sync()
             self.stats.wait_s += time.perf_counter() - t0
-            inflight -= o.nbytes
             self._finish_out(o)
 
     def _new_handle(self, e: Entry, t: torch.Tensor) -> Handle:
@@ -231,6 +203,7 @@ class SwapEngine:
         ticket = e.out_ticket
         e.stored = ticket.result()
         e.out_ticket = None
+        self._out_bytes -= e.nbytes
         self._event("out_start", e, t=ticket.start_t)
         self._event("out_end", e, t=ticket.end_t)
         if e.epoch != self._epoch or not self._in_backward:
@@ -357,17 +330,12 @@ class SwapEngine:
         """Hand the reloaded device copy of ``e`` (landed or in flight) back to the transport."""
         if e.in_ticket is not None:
             e.in_ticket.sync()
-            self._recycle(e, e.in_ticket.result())
+            self._transports.recycle(e.device, e.in_ticket.result())
             e.in_ticket = None
         elif e.reloaded:
-            self._recycle(e, e.device_tensor)
+            self._transports.recycle(e.device, e.device_tensor)
         e.device_tensor = None
         e.reloaded = False
-
-    def _recycle(self, e: Entry, dest: torch.Tensor | None) -> None:
-        tr = self._transports.get(e.device.type)
-        if dest is not None and hasattr(tr, "recycle"):
-            tr.recycle(dest)
 
     def _end_backward_cb(self) -> None:
         with self._lock:
@@ -408,11 +376,11 @@ class SwapEngine:
         self._drop_reload(e)
         self._resident(e, False)
         if e.stored is not None:
-            self._transports[e.device.type].free(e.stored)
+            self._transports.free(e.device, e.stored)
             e.stored = None
         self._event("release", e)
         if self._closed and not self._live:
-            self._close_transports()
+            self._transports.close()
 
     def close(self, error: bool = False) -> None:
         """Remove hooks; after an error, release every entry so no buffer or file remains."""
@@ -426,18 +394,10 @@ class SwapEngine:
                 for e in list(self._live):
                     self._release(e)
             self._closed = True
-            for tr in self._transports.values():
-                # a graph that outlives the context may still unpack: copies then run inline
-                if hasattr(tr, "_ex") and tr._ex is not None:
-                    tr._ex.shutdown(wait=True)
-                    tr._ex = None
+            # a graph that outlives the context may still unpack: copies then run inline
+            self._transports.go_inline()
             if not self._live:
-                self._close_transports()
-
-    def _close_transports(self) -> None:
-        for tr in self._transports.values():
-            tr.close()
-        self._transports.clear()
+                self._transports.close()
 
 
 @contextlib.contextmanager

@@ -69,13 +69,8 @@ def save_on_cpu(model: nn.Module) -> Iterator[SwapStats]:
         packed = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=pin)
         packed.copy_(t, non_blocking=pin)
         nbytes = t.numel() * t.element_size()
-        sc = stats.scope(tracker.scope)
-        stats.packed += 1
-        stats.swapped += 1
-        sc.packed += 1
-        sc.swapped += 1
-        stats.bytes_out += nbytes
-        sc.bytes_out += nbytes
+        stats.count(tracker.scope, "packed")
+        stats.count(tracker.scope, "swapped", nbytes)
         return (t.device, packed)
 
     def unpack(p: tuple[torch.device, torch.Tensor]) -> torch.Tensor:

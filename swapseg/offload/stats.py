@@ -18,6 +18,9 @@ from typing import Any
 
 __all__ = ["SwapStats", "ScopeStats"]
 
+#: The byte counter that a pack of each class adds to.
+_BYTES_OF = {"kept": "kept_bytes", "swapped": "bytes_out"}
+
 
 @dataclass
 class ScopeStats:
@@ -89,6 +92,21 @@ class SwapStats:
         if s is None:
             s = self.by_scope[name] = ScopeStats()
         return s
+
+    def count(self, scope: str, kind: str, nbytes: int = 0) -> None:
+        """Count one pack in the totals and in ``scope``'s counters.
+
+        ``kind`` is ``packed`` (every pack), or the class it falls into: ``kept``,
+        ``deduplicated`` or ``swapped``. ``nbytes`` goes to ``kept_bytes`` for a kept
+        entry and to ``bytes_out`` for a swapped one.
+        """
+        sc = self.scope(scope)
+        setattr(self, kind, getattr(self, kind) + 1)
+        setattr(sc, kind, getattr(sc, kind) + 1)
+        if nbytes:
+            key = _BYTES_OF[kind]
+            setattr(self, key, getattr(self, key) + nbytes)
+            setattr(sc, key, getattr(sc, key) + nbytes)
 
     def add_resident(self, nbytes: int) -> None:
         self.device_bytes += nbytes
