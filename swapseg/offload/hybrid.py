@@ -19,10 +19,10 @@ from typing import Any
 
 from torch import nn
 
-from swapseg.errors import InputError
 from swapseg.offload.plan.devices import DeviceProfile, get_profile
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.recompute import RecomputePolicy, recompute
+from swapseg.records import check_fields, json_object
 
 __all__ = ["MemoryPlan", "apply_plan", "choose_plan"]
 
@@ -46,22 +46,14 @@ class MemoryPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemoryPlan:
-        unknown = sorted(set(d) - {"name", "swap", "recompute"})
-        if unknown:
-            raise InputError(f"unknown MemoryPlan field(s): {', '.join(unknown)}")
+        check_fields(cls, d, "MemoryPlan")
         swap = SwapPolicy.from_dict(d["swap"]) if d.get("swap") else None
         rc = RecomputePolicy.from_dict(d["recompute"]) if d.get("recompute") else None
         return cls(swap=swap, recompute=rc, name=str(d.get("name", "")))
 
     @classmethod
     def from_json(cls, text: str) -> MemoryPlan:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"plan is not valid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise InputError("plan JSON must be an object")
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(text, "plan"))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swapseg.errors import InputError
+from swapseg.records import check_fields, json_object
 
 __all__ = ["SwapPolicy", "TIERS"]
 
@@ -76,21 +77,12 @@ class SwapPolicy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SwapPolicy:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown SwapPolicy field(s): {', '.join(unknown)}")
+        check_fields(cls, d, "SwapPolicy")
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> SwapPolicy:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"policy is not valid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise InputError("policy JSON must be an object")
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(text, "policy"))
 
     def replace(self, **changes: Any) -> SwapPolicy:
         return dataclasses.replace(self, **changes)

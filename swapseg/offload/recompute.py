@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import functools
 import json
@@ -40,6 +39,7 @@ from torch.utils.checkpoint import (
 )
 
 from swapseg.errors import InputError
+from swapseg.records import check_fields, json_object
 
 __all__ = ["MODES", "SAVE_OPS", "RecomputePolicy", "recompute", "resolve_scopes", "speed_policy"]
 
@@ -84,21 +84,12 @@ class RecomputePolicy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RecomputePolicy:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown RecomputePolicy field(s): {', '.join(unknown)}")
+        check_fields(cls, d, "RecomputePolicy")
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> RecomputePolicy:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"recompute policy is not valid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise InputError("recompute policy JSON must be an object")
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(text, "recompute policy"))
 
 
 def _is_called(module: nn.Module) -> bool:

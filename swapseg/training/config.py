@@ -15,6 +15,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import SwapPolicy
+from swapseg.records import check_fields
 from swapseg.training.losses import LOSSES
 
 __all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS"]
@@ -148,10 +149,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown training config field(s): {', '.join(unknown)}")
+        check_fields(cls, d, "training config")
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
