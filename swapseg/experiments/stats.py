@@ -89,9 +89,21 @@ def _case_rows(out: Path, records: dict[str, list[dict[str, Any]]]) -> dict[str,
     return rows
 
 
+def _best_s(record: dict[str, Any]) -> float | None:
+    """Training seconds to the best epoch, the checkpoint that was tested."""
+    best = record["best_epoch"]
+    return sum(record["epoch_s"][:best]) if best >= 1 else None
+
+
+def _mean(values: list[Any]) -> float | None:
+    ok = [v for v in values if v is not None]
+    return _num(float(np.mean(ok))) if ok else None
+
+
 def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     t: dict[str, Any] = {}
     for mode, recs in records.items():
+        steps = [r["iterations_per_epoch"] * r["epochs"] for r in recs]
         epochs = [s for r in recs for s in r["epoch_s"]]
         t[mode] = {"iterations_per_epoch": [r["iterations_per_epoch"] for r in recs],
                    "epoch_s_mean": _num(float(np.mean(epochs))) if epochs else None,
@@ -101,10 +113,9 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                    "total_s": [r["train_s"] for r in recs],
                    "total_s_mean": _num(float(np.mean([r["train_s"] for r in recs]))),
                    # equal epochs are not equal work: steps and time to the tested checkpoint
-                   "optimizer_steps": [r["iterations_per_epoch"] * r["epochs"] for r in recs],
-                   "best_s": [sum(r["epoch_s"][:r["best_epoch"]]) for r in recs],
-                   "best_s_mean": _num(float(np.mean([sum(r["epoch_s"][:r["best_epoch"]])
-                                                      for r in recs]))),
+                   "optimizer_steps": steps, "optimizer_steps_mean": _mean(steps),
+                   "best_s": [_best_s(r) for r in recs],
+                   "best_s_mean": _mean([_best_s(r) for r in recs]),
                    "predict_s": [r["predict_s"] for r in recs]}
 
     def ratio(key: str) -> float | None:
@@ -114,9 +125,7 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     t["ratios"] = {"epoch_s_patch_over_full": ratio("epoch_s_mean"),
                    "total_s_patch_over_full": ratio("total_s_mean"),
                    "best_s_patch_over_full": ratio("best_s_mean"),
-                   "optimizer_steps_patch_over_full": _num(
-                       float(np.sum(t["patch"]["optimizer_steps"]))
-                       / max(float(np.sum(t["full"]["optimizer_steps"])), 1e-12)),
+                   "optimizer_steps_patch_over_full": ratio("optimizer_steps_mean"),
                    "iterations_per_epoch_patch_over_full": _num(
                        float(np.mean(t["patch"]["iterations_per_epoch"]))
                        / max(float(np.mean(t["full"]["iterations_per_epoch"])), 1e-12))}

@@ -134,7 +134,8 @@ class BranchSwapper:
         # evict first, then restore what this op reads: an op never sees a freed storage
         self._pending += self._evict_at.pop(self.n - 1, [])
         if self._pending:
-            self._try_evict()
+            with self.engine._lock:  # _finish_out updates the engine's in-flight count
+                self._try_evict()
         if self._by_key:
             for t in tree_flatten((args, kwargs))[0]:
                 if isinstance(t, torch.Tensor) and t.layout == torch.strided:

@@ -108,8 +108,10 @@ class TrainConfig:
     """Upper bound on epochs (ellisdg's n_epochs); early stopping usually ends sooner."""
 
     max_train_s: float | None = None
-    """Stop after the first epoch that ends past this many seconds of training in this
-    process (a wall-clock guard for demos and batch-queue limits); None: no limit."""
+    """Stop after the first epoch that ends past this many seconds of training (the sum of
+    the logged epoch seconds, counted across resumes: a budget per run, as in ``swapseg
+    experiment --time-limit`` and the demo's guard; resume with a larger value to go on).
+    None: no limit."""
 
     # --- engine -----------------------------------------------------------------------
     swap: SwapPolicy | None = None

@@ -60,6 +60,9 @@ class TrainState:
     """Epoch (1-based) of the lowest validation loss."""
     bad_epochs: int = 0
     """Epochs since the validation loss last improved."""
+    train_s: float = 0.0
+    """Training seconds so far: the sum of the logged epoch seconds (rank 0's clock),
+    across resumes. ``max_train_s`` is checked against it."""
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -200,6 +203,10 @@ class _Ctx:
     info: dist_.DistInfo
 
 
+def _out_of_time(state: TrainState, config: TrainConfig) -> bool:
+    return config.max_train_s is not None and state.train_s > config.max_train_s
+
+
 def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> bool:
     """Scheduler, early stopping, log row and checkpoints; True when training should stop."""
     state, config = ctx.state, ctx.config
@@ -207,6 +214,7 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
     sched.step(val_loss)
     improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
     state.epoch += 1
+    state.train_s += row["epoch_s"]
     if improved:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
     else:
@@ -238,7 +246,9 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
     keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET"]
     row.update(zip(keys, dist_.broadcast_floats([val.get(k, 0.0) for k in keys], ctx.info),
                    strict=True))
-    row.update(lr=ctx.optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
+    # rank 0's seconds on every rank, so that all ranks take the same time-limit decision
+    epoch_s = dist_.broadcast_floats([time.perf_counter() - t0], ctx.info)[0]
+    row.update(lr=ctx.optimizer.param_groups[0]["lr"], epoch_s=epoch_s,
                **ctx.swaplog.epoch_columns(epoch))
     return row
 
@@ -270,10 +280,14 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                config.swap, _recompute_policy(config), run_dir, state,
                SwapLog(config.swap), info)
     stop_reason = "max_epochs"
-    t_start, start_epoch = time.perf_counter(), state.epoch
+    start_epoch = state.epoch
     for epoch in range(state.epoch, config.max_epochs):
-        if state.bad_epochs >= config.early_stop:  # a resumed run that had already stopped
+        # a resumed run that had already stopped stays stopped
+        if state.bad_epochs >= config.early_stop:
             stop_reason = "early_stop"
+            break
+        if _out_of_time(state, config):
+            stop_reason = "time_limit"
             break
         # Every random stream of an epoch derives from (seed, epoch), so a resumed run
         # repeats the uninterrupted one: sampling order and worker seeds (gen), and
@@ -292,9 +306,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         if stop:
             stop_reason = "early_stop"
             break
-        if config.max_train_s is not None and time.perf_counter() - t_start > config.max_train_s:
+        if _out_of_time(state, config):
             stop_reason = "time_limit"
-            echo(f"stopping: {config.max_train_s:.0f} s of training reached (max_train_s)")
+            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
+                 f"{config.max_train_s:g} s (max_train_s)")
             break
     dist_.barrier(info)
     return {"epochs": state.epoch, "global_step": state.global_step,

@@ -59,6 +59,23 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert _rows(tmp_path / "b")[:2] != []  # rows of the first run are kept
 
 
+def test_time_limit_is_a_budget_per_run_across_resumes(tmp_path):
+    data, val = BlobVolumes(2), BlobVolumes(1, seed=1)
+    cfg = tiny(out=str(tmp_path / "run"), max_epochs=4, max_train_s=1e-6)
+    res = fit(build_model(cfg), data, val, cfg, **SILENT)
+    assert (res["epochs"], res["stop_reason"]) == (1, "time_limit")
+    spent = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["train_s"]
+    assert spent == pytest.approx(float(_rows(tmp_path / "run")[0]["epoch_s"]), rel=1e-5)
+    # a rerun of the stopped run (say after a crash in evaluation) does not train again
+    res = fit(build_model(cfg), data, val, cfg, resume=True, **SILENT)
+    assert (res["epochs"], res["stop_reason"]) == (1, "time_limit")
+    assert len(_rows(tmp_path / "run")) == 1
+    # a larger budget goes on from where the run stopped
+    more = cfg.replace(max_train_s=spent * 1e6)
+    res = fit(build_model(more), data, val, more, resume=True, **SILENT)
+    assert (res["epochs"], res["stop_reason"]) == (4, "max_epochs")
+
+
 def test_plateau_halves_lr_and_early_stop(tmp_path, monkeypatch):
     losses = iter([1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95])
 
