@@ -73,9 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="patch side (default: 2/3 of the volume side, the paper's 128/192)")
     q.add_argument("--patches-per-volume", type=int, default=None,
                    help="patches per volume per epoch (default: ceil(volume / patch^3))")
-    q.add_argument("--swap", choices=("auto", "all", "none"), default="auto",
+    q.add_argument("--swap", default="auto", metavar="auto|all|none|FILE.json",
                    help="full-volume swapping: auto = planner for --memory-budget (or the "
-                        "GPU's memory; host swapping on a CPU), all, none")
+                        "GPU's memory; host swapping on a CPU), all, none, or a SwapPolicy "
+                        "JSON file (default auto)")
     q.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
                    help="memory budget of the planner with --swap auto, e.g. 16GiB")
     q.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")

@@ -61,13 +61,20 @@ def default_patches_per_volume(shape: tuple[int, ...], patch: int) -> int:
 
 
 def _swap_settings(swap: str, budget: int | None, device: str) -> dict[str, Any]:
-    """TrainConfig fields of the full-volume arm for ``--swap``."""
+    """TrainConfig fields of the full-volume arm for ``--swap``: auto, all, none, or the
+    path of a SwapPolicy JSON file (as ``swapseg train --swap FILE``)."""
     import torch
 
     from swapseg.offload.policy import SwapPolicy
 
     if swap not in SWAP_CHOICES:
-        raise InputError(f"--swap must be one of {', '.join(SWAP_CHOICES)}, got {swap!r}")
+        path = Path(swap)
+        if not path.is_file():
+            raise InputError(f"--swap {swap}: not {', '.join(SWAP_CHOICES)} or an existing "
+                             "SwapPolicy JSON file")
+        if budget is not None:
+            raise InputError("--memory-budget is only used with --swap auto")
+        return {"swap": SwapPolicy.from_json(path.read_text()), "memory_budget_bytes": None}
     if swap == "none":
         return {"swap": None, "memory_budget_bytes": None}
     if swap == "all":

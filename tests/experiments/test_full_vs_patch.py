@@ -66,8 +66,16 @@ def test_mode_configs_share_the_protocol(tmp_path: Path) -> None:
     assert cpu_auto.swap is not None and cpu_auto.swap.tier == "host"
     budget = mode_configs(base.replace(memory_budget_bytes=2**30), tmp_path, 0)["full"]
     assert budget.swap is None and budget.memory_budget_bytes == 2**30
-    with pytest.raises(InputError, match="--swap"):
+    with pytest.raises(InputError, match="--swap some: not auto, all, none or an existing"):
         mode_configs(base, tmp_path, 0, swap="some")
+    # a policy file, as `swapseg train --swap FILE`
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"exclude": ["decoder.*"], "prefetch": 20}')
+    given = mode_configs(base, tmp_path, 0, swap=str(policy))["full"].swap
+    assert tuple(given.exclude) == ("decoder.*",) and given.prefetch == 20
+    policy.write_text('{"prefetch": 20, "typo": 1}')
+    with pytest.raises(InputError, match="unknown SwapPolicy field"):
+        mode_configs(base, tmp_path, 0, swap=str(policy))
 
 
 def _synth(root: Path, n: int, side: int) -> Path:
