@@ -35,7 +35,7 @@ from swapseg.training import distributed as dist_
 from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from swapseg.training.config import TrainConfig
 from swapseg.training.losses import make_loss
-from swapseg.training.runlog import EpochLog
+from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
 
@@ -301,8 +301,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         stop = _end_epoch(ctx, sched, log, row)
         if info.is_main:
             if epoch == start_epoch and config.swap is not None:
-                echo(_first_step_line(ctx.swaplog.first_step or {}))
-            echo(_epoch_line(row, config.max_epochs))
+                echo(first_step_line(ctx.swaplog.first_step or {}))
+            echo(epoch_line(row, config.max_epochs))
         if stop:
             stop_reason = "early_stop"
             break
@@ -316,25 +316,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
             "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
             "stop_reason": stop_reason, "run_dir": str(run_dir),
             "last_row": log.rows[-1] if log.rows else {}}
-
-
-def _first_step_line(d: dict[str, Any]) -> str:
-    return (f"swap, first step: {d.get('swapped', 0)} of {d.get('packed', 0)} saved tensors "
-            f"swapped ({d.get('deduplicated', 0)} deduplicated), "
-            f"{d.get('bytes_out', 0) / 2**20:.1f} MiB out, peak resident "
-            f"{d.get('peak_device_bytes', 0) / 2**20:.1f} MiB, wait {d.get('wait_s', 0):.3f} s")
-
-
-def _epoch_line(row: dict[str, Any], max_epochs: int) -> str:
-    swap = ""
-    if row.get("swap_swapped"):
-        swap = (f" | swap {row['swap_swapped']} tensors "
-                f"{row['swap_bytes_out'] / 2**20:.1f} MiB/step wait {row['swap_wait_s']:.3f}s")
-    return (f"epoch {row['epoch']}/{max_epochs} loss {row['train_loss']:.4f} "
-            f"val {row['val_loss']:.4f} dice WT {row['val_dice_WT']:.3f} "
-            f"TC {row['val_dice_TC']:.3f} ET {row['val_dice_ET']:.3f} "
-            f"lr {row['lr']:.2e} {row['epoch_s']:.1f}s data-wait "
-            f"{100 * row['data_wait_share']:.1f}%{swap}{' *' if row.get('best') else ''}")
 
 
 def _auto_plan(config: TrainConfig, model: nn.Module,

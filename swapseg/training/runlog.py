@@ -1,4 +1,5 @@
-"""``log.csv``: one row per epoch, rewritten atomically after every epoch.
+"""``log.csv``: one row per epoch, rewritten atomically after every epoch; and the console
+line printed for each epoch.
 
 Rewriting the whole (small) file each epoch means a kill never leaves a torn row, and a
 resumed run can drop the rows of epochs that its checkpoint does not cover.
@@ -13,7 +14,7 @@ from typing import Any
 
 from swapseg.io import write_text
 
-__all__ = ["EpochLog", "LOG_COLUMNS"]
+__all__ = ["EpochLog", "LOG_COLUMNS", "epoch_line", "first_step_line"]
 
 #: Column order of log.csv; units are in the names.
 LOG_COLUMNS = (
@@ -57,3 +58,24 @@ def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.6g}"
     return v
+
+
+def first_step_line(d: dict[str, Any]) -> str:
+    """The console line after the first swapped step: what the engine moved."""
+    return (f"swap, first step: {d.get('swapped', 0)} of {d.get('packed', 0)} saved tensors "
+            f"swapped ({d.get('deduplicated', 0)} deduplicated), "
+            f"{d.get('bytes_out', 0) / 2**20:.1f} MiB out, peak resident "
+            f"{d.get('peak_device_bytes', 0) / 2**20:.1f} MiB, wait {d.get('wait_s', 0):.3f} s")
+
+
+def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
+    """The console line of one epoch (``*``: the validation loss improved)."""
+    swap = ""
+    if row.get("swap_swapped"):
+        swap = (f" | swap {row['swap_swapped']} tensors "
+                f"{row['swap_bytes_out'] / 2**20:.1f} MiB/step wait {row['swap_wait_s']:.3f}s")
+    return (f"epoch {row['epoch']}/{max_epochs} loss {row['train_loss']:.4f} "
+            f"val {row['val_loss']:.4f} dice WT {row['val_dice_WT']:.3f} "
+            f"TC {row['val_dice_TC']:.3f} ET {row['val_dice_ET']:.3f} "
+            f"lr {row['lr']:.2e} {row['epoch_s']:.1f}s data-wait "
+            f"{100 * row['data_wait_share']:.1f}%{swap}{' *' if row.get('best') else ''}")
