@@ -8,11 +8,11 @@ converged when it stopped (early stopping, the epoch cap or ``--time-limit``).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from swapseg.plotting import pyplot, save_png
+from swapseg.training.runlog import read_log
 
 __all__ = ["read_curve", "learning_curves"]
 
@@ -23,12 +23,10 @@ def read_curve(log_csv: str | Path) -> dict[str, list[float]]:
     """One run's ``log.csv`` as columns: cumulative training seconds at the end of each
     epoch (``t_s``), validation loss, the mean validation Dice over WT/TC/ET, and the
     running optimizer-step count."""
-    with open(log_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
     t = steps = 0.0
     out: dict[str, list[float]] = {"epoch": [], "t_s": [], "val_loss": [], "val_dice": [],
                                    "steps": [], "best": []}
-    for r in rows:
+    for r in read_log(log_csv):
         t += float(r["epoch_s"])
         steps += float(r["steps"])
         dice = [float(r[f"val_dice_{k}"]) for k in ("WT", "TC", "ET")]

@@ -38,6 +38,7 @@ from typing import Any
 from swapseg.errors import InputError
 from swapseg.io import write_json
 from swapseg.training.config import TrainConfig
+from swapseg.training.runlog import read_log
 
 __all__ = ["MODES", "SWAP_CHOICES", "default_patch", "default_patches_per_volume",
            "mode_configs", "run_full_vs_patch"]
@@ -121,13 +122,6 @@ def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
     return folder
 
 
-def _log_rows(run_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(run_dir / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
     """Whether a saved config describes the same run; fields added to TrainConfig since it
     was saved take their defaults, and JSON turns tuples into lists on both sides."""
@@ -171,7 +165,7 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
     summary = evaluate_folders(out / "pred" / mode / f"fold{fold}", test,
                                out / "eval" / mode / f"fold{fold}", overlays=0,
                                progress=progress)
-    rows = _log_rows(run_dir)
+    rows = read_log(run_dir / "log.csv")
     record = {
         "mode": mode, "fold": fold, "requested_config": requested, "split": result["split"],
         "epochs": result["epochs"], "best_epoch": result["best_epoch"],

@@ -104,6 +104,7 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     t: dict[str, Any] = {}
     for mode, recs in records.items():
         steps = [r["iterations_per_epoch"] * r["epochs"] for r in recs]
+        best_s = [_best_s(r) for r in recs]
         epochs = [s for r in recs for s in r["epoch_s"]]
         t[mode] = {"iterations_per_epoch": [r["iterations_per_epoch"] for r in recs],
                    "epoch_s_mean": _num(float(np.mean(epochs))) if epochs else None,
@@ -114,8 +115,7 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                    "total_s_mean": _num(float(np.mean([r["train_s"] for r in recs]))),
                    # equal epochs are not equal work: steps and time to the tested checkpoint
                    "optimizer_steps": steps, "optimizer_steps_mean": _mean(steps),
-                   "best_s": [_best_s(r) for r in recs],
-                   "best_s_mean": _mean([_best_s(r) for r in recs]),
+                   "best_s": best_s, "best_s_mean": _mean(best_s),
                    "predict_s": [r["predict_s"] for r in recs]}
 
     def ratio(key: str) -> float | None:

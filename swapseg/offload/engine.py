@@ -116,7 +116,6 @@ class SwapEngine:
         with self._lock:
             st = self.stats
             scope = self.tracker.scope
-            st.count(scope, "packed")
             if not plain(t) or self.tracker.is_param_or_buffer(t):
                 st.count(scope, "kept")
                 return t

@@ -69,7 +69,6 @@ def save_on_cpu(model: nn.Module) -> Iterator[SwapStats]:
         packed = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=pin)
         packed.copy_(t, non_blocking=pin)
         nbytes = t.numel() * t.element_size()
-        stats.count(tracker.scope, "packed")
         stats.count(tracker.scope, "swapped", nbytes)
         return (t.device, packed)
 

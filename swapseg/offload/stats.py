@@ -94,13 +94,14 @@ class SwapStats:
         return s
 
     def count(self, scope: str, kind: str, nbytes: int = 0) -> None:
-        """Count one pack in the totals and in ``scope``'s counters.
-
-        ``kind`` is ``packed`` (every pack), or the class it falls into: ``kept``,
-        ``deduplicated`` or ``swapped``. ``nbytes`` goes to ``kept_bytes`` for a kept
-        entry and to ``bytes_out`` for a swapped one.
+        """Count one pack, of class ``kind`` (``kept``, ``deduplicated`` or ``swapped``),
+        in the totals and in ``scope``'s counters; ``packed`` goes up with every call, so
+        ``packed == swapped + deduplicated + kept`` holds by construction. ``nbytes`` goes
+        to ``kept_bytes`` for a kept entry and to ``bytes_out`` for a swapped one.
         """
         sc = self.scope(scope)
+        self.packed += 1
+        sc.packed += 1
         setattr(self, kind, getattr(self, kind) + 1)
         setattr(sc, kind, getattr(sc, kind) + 1)
         if nbytes:

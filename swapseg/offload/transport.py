@@ -161,7 +161,7 @@ class HostTransport(_Threaded):
     def _dest(self, nbytes: int, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":
             return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        if self._limbo:
+        if not self._dest_free.get(nbytes) and self._limbo:
             keep = []
             for t in self._limbo:
                 # 2 = the buffer itself + the temporary storage object of this call

@@ -243,13 +243,11 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
     window = ctx.config.patch if ctx.config.mode == "patch" else None
     val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
         if ctx.info.is_main else {}
-    keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET"]
-    row.update(zip(keys, dist_.broadcast_floats([val.get(k, 0.0) for k in keys], ctx.info),
-                   strict=True))
-    # rank 0's seconds on every rank, so that all ranks take the same time-limit decision
-    epoch_s = dist_.broadcast_floats([time.perf_counter() - t0], ctx.info)[0]
-    row.update(lr=ctx.optimizer.param_groups[0]["lr"], epoch_s=epoch_s,
-               **ctx.swaplog.epoch_columns(epoch))
+    keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "epoch_s"]
+    # rank 0's scores and seconds on every rank: all ranks take the same stop decisions
+    local = [val.get(k, 0.0) for k in keys[:-1]] + [time.perf_counter() - t0]
+    row.update(zip(keys, dist_.broadcast_floats(local, ctx.info), strict=True))
+    row.update(lr=ctx.optimizer.param_groups[0]["lr"], **ctx.swaplog.epoch_columns(epoch))
     return row
 
 

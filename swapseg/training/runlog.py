@@ -14,7 +14,7 @@ from typing import Any
 
 from swapseg.io import write_text
 
-__all__ = ["EpochLog", "LOG_COLUMNS", "epoch_line", "first_step_line"]
+__all__ = ["EpochLog", "LOG_COLUMNS", "epoch_line", "first_step_line", "read_log"]
 
 #: Column order of log.csv; units are in the names.
 LOG_COLUMNS = (
@@ -22,6 +22,12 @@ LOG_COLUMNS = (
     "lr", "epoch_s", "data_wait_share", "steps", "best",
     "swap_swapped", "swap_bytes_out", "swap_peak_device_bytes", "swap_wait_s",
 )
+
+
+def read_log(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``log.csv``, as strings keyed by column."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 class EpochLog:
@@ -36,10 +42,7 @@ class EpochLog:
         self.rows = []
         if not self.path.exists():
             return
-        with open(self.path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                if int(row["epoch"]) <= upto_epoch:
-                    self.rows.append(row)
+        self.rows = [r for r in read_log(self.path) if int(r["epoch"]) <= upto_epoch]
         self._write()
 
     def append(self, row: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from swapseg.experiments.full_vs_patch import (
 )
 from swapseg.experiments.stats import paired
 from swapseg.training.config import brats_full, tiny
+from swapseg.training.runlog import read_log
 
 
 def test_default_patch_follows_the_papers_ratio() -> None:
@@ -104,13 +105,6 @@ def _check_outputs(out: Path) -> dict:
     return summary
 
 
-def _log_rows_of(run_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(run_dir / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     data = _synth(tmp_path / "data", 4, 16)
     out = tmp_path / "exp"
@@ -130,7 +124,7 @@ def test_smoke_cli_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     assert summary["time"]["patch"]["optimizer_steps"] == [2]
     assert summary["time"]["ratios"]["optimizer_steps_patch_over_full"] == 2.0
     # best epoch 1: the time to it is that epoch's seconds, as logged
-    row = _log_rows_of(out / "full" / "fold0")[0]
+    row = read_log(out / "full" / "fold0" / "log.csv")[0]
     assert summary["time"]["full"]["best_s"] == [float(row["epoch_s"])]
     assert summary["settings"]["patch"] == 8  # 2/3 of 16, rounded down to a multiple of 4
     # fold 0 of 4 cases: 2 test, 1 validation, 1 training case
