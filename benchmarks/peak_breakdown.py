@@ -2,49 +2,53 @@
 
     python benchmarks/peak_breakdown.py --shape 64 --out peak64.json
 
-For each method (no swapping, swap-all to the host tier), runs two warm-up steps of the
-Isensee U-Net, then one step under ``torch.profiler`` with memory events, and lists the
-allocations still outstanding at the moment the running sum peaks: grouped by op chain,
-and the largest single blocks. This is the tool that explained why the profiled peak of
-the swapping methods on a CPU runs above the planner's prediction (docs/planner.md): the
-largest block at the swap-all peak is the im2col workspace of the first convolution's
-backward, which the FakeTensorMode trace cannot see.
+For each method, runs two warm-up steps of the Isensee U-Net, then one step under
+``torch.profiler`` with memory events, and lists the allocations still outstanding at the
+moment the running sum peaks: grouped by op chain, and the largest single blocks. The
+methods are no swapping, swap-all to the host tier, and swap-all with the host tier's
+reload-buffer recycling switched off.
+
+This is the tool that explained why the profiled peak of the swapping methods on a CPU
+runs above the planner's prediction (docs/planner.md): on a CPU the host tier keeps the
+buffers of reloaded tensors for reuse in later steps (a fresh large allocation is
+page-faulted in on every step otherwise). Buffers first allocated during the measured step
+stay allocated, the profiler counts them, and the simulator, which frees a reloaded
+tensor after its last use, does not. Without recycling the measured peak matches the
+prediction.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from swapseg.envinfo import environment
 from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload import transport
 from swapseg.offload.hybrid import MemoryPlan
-from swapseg.offload.plan.bench import _Runner
+from swapseg.offload.plan.bench import _Runner, allocation_events
 from swapseg.offload.policy import SwapPolicy
 
 MiB = 2**20
 
 
-def _allocations(prof: Any) -> list[tuple[int, int, int, str]]:
-    """(time ns, bytes (negative: a free), address, op chain) of every memory event."""
-    out = []
-    stack = [(n, "") for n in prof.profiler.kineto_results.experimental_event_tree()]
-    while stack:
-        node, chain = stack.pop()
-        if node.tag == _EventType.Allocation:
-            f = node.extra_fields
-            out.append((node.start_time_ns, f.alloc_size, f.ptr, chain))
-            continue
-        here = f"{chain} < {node.name}" if chain else node.name
-        stack.extend((c, here) for c in node.children)
-    return sorted(out)
+@contextlib.contextmanager
+def _no_recycling() -> Iterator[None]:
+    """Reloaded CPU buffers are dropped (freed) instead of kept for reuse."""
+    keep = transport.HostTransport.recycle
+    transport.HostTransport.recycle = lambda self, dest: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        transport.HostTransport.recycle = keep  # type: ignore[method-assign]
 
 
 def breakdown(runner: _Runner, top: int = 8) -> dict[str, Any]:
@@ -52,7 +56,7 @@ def breakdown(runner: _Runner, top: int = 8) -> dict[str, Any]:
     runner.step()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.step()
-    events = _allocations(prof)
+    events = allocation_events(prof)
     live: dict[int, tuple[int, str]] = {}
     cur = peak = t_peak = 0
     at_peak: dict[int, tuple[int, str]] = {}
@@ -81,14 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model = Isensee3DUNet(4, 3)
-    plans = {"none": MemoryPlan(name="none"),
-             "swap-all (host)": MemoryPlan(SwapPolicy(), None, "swap-all")}
-    result: dict[str, Any] = {"environment": environment(), "shape": args.shape, "methods": {}}
-    for name, plan in plans.items():
-        r = breakdown(_Runner(model, (1, 4) + (args.shape,) * 3, plan))
+    shape = (1, 4) + (args.shape,) * 3
+    persistent = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    methods = {"none": (MemoryPlan(name="none"), contextlib.nullcontext),
+               "swap-all (host)": (MemoryPlan(SwapPolicy(), None, "swap-all"),
+                                   contextlib.nullcontext),
+               "swap-all (host), no recycling": (MemoryPlan(SwapPolicy(), None, "swap-all"),
+                                                 _no_recycling)}
+    result: dict[str, Any] = {"environment": environment(), "shape": args.shape,
+                              "persistent_mib": persistent / MiB, "methods": {}}
+    for name, (plan, ctx) in methods.items():
+        with ctx():
+            r = breakdown(_Runner(model, shape, plan))
         result["methods"][name] = r
         print(f"== {name}: transient peak {r['peak_mib']:.1f} MiB at "
-              f"{r['peak_at_fraction']:.2f} of the step")
+              f"{r['peak_at_fraction']:.2f} of the step; with parameters and Adam state "
+              f"{r['peak_mib'] + persistent / MiB:.1f} MiB")
         for op, mib in r["by_op_mib"].items():
             print(f"   {mib:8.1f} MiB  {op}")
         for b in r["largest_blocks"]:

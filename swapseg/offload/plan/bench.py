@@ -35,31 +35,41 @@ from swapseg.offload.recompute import RecomputePolicy
 
 CPU = torch.device("cpu")
 
-__all__ = ["measured_largest_sides", "profiled_peak_bytes", "bench_methods", "run_bench",
-           "largest_sides", "default_budget", "METHODS"]
+__all__ = ["allocation_events", "measured_largest_sides", "profiled_peak_bytes",
+           "bench_methods", "run_bench", "largest_sides", "default_budget", "METHODS"]
 
 METHODS = ("none", "save_on_cpu", "paper-config-1", "paper-config-2", "paper-config-3",
            "paper-config-4", "auto", "recompute-full", "recompute-speed", "hybrid")
 HYBRID = "hybrid-recompute-speed-decoder-swap-rest-lb20"
 
 
+def allocation_events(prof: Any) -> list[tuple[int, int, int, str]]:
+    """The memory events of a ``torch.profiler`` run (``profile_memory=True``), in time
+    order: (time ns, bytes (negative: a free), address, the chain of ops around it)."""
+    from torch._C._profiler import _EventType
+
+    out = []
+    stack = [(n, "") for n in prof.profiler.kineto_results.experimental_event_tree()]
+    while stack:
+        node, chain = stack.pop()
+        if node.tag == _EventType.Allocation:
+            f = node.extra_fields
+            out.append((node.start_time_ns, f.alloc_size, f.ptr, chain))
+            continue
+        here = f"{chain} < {node.name}" if chain else node.name
+        stack.extend((c, here) for c in node.children)
+    return sorted(out)
+
+
 def profiled_peak_bytes(step: Callable[[], Any]) -> int:
     """Peak of allocations made during ``step()``, from the profiler's memory events."""
-    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    allocs: list[tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        n = stack.pop()
-        if n.tag == _EventType.Allocation:
-            allocs.append((n.start_time_ns, n.extra_fields.alloc_size))
-        stack.extend(n.children)
     cur = peak = 0
-    for _, a in sorted(allocs):
-        cur += a
+    for _, size, _, _ in allocation_events(prof):
+        cur += size
         peak = max(peak, cur)
     return peak
 
