@@ -24,11 +24,11 @@ from swapseg.envinfo import environment
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.engine import swap_activations
-from swapseg.offload.plan.bench import profiled_peak_bytes
-from swapseg.offload.plan.devices import measure_local
-from swapseg.offload.plan.simulate import simulate
-from swapseg.offload.plan.trace import default_loss, trace_step
+from swapseg.offload.measure import default_loss, profiled_peak_bytes
 from swapseg.offload.policy import SwapPolicy
+from swapseg.planner.devices import measure_local
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 
 POLICIES = {"config-1 (all, lb 1)": SwapPolicy(prefetch=1),
             "config-4 (exclude decoder, lb 20)": SwapPolicy(exclude=("decoder.*",), prefetch=20),

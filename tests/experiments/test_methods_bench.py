@@ -1,8 +1,8 @@
 import pytest
 
+from swapseg.experiments.methods_bench import bench_methods
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.plan.bench import bench_methods
-from swapseg.offload.plan.devices import PROFILES
+from swapseg.planner.devices import PROFILES
 
 
 def test_bench_methods_side_by_side():
@@ -32,9 +32,8 @@ def test_bench_methods_side_by_side():
 def test_bench_on_cuda_and_measured_largest_side():
     import torch
 
-    from swapseg.offload.hybrid import MemoryPlan
-    from swapseg.offload.plan.bench import measured_largest_sides
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.experiments.methods_bench import measured_largest_sides
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
     model = Isensee3DUNet(base_filters=4, depth=3)
     dev = torch.device("cuda")

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.plan.trace import default_loss, trace_step
+from swapseg.offload.measure import default_loss
+from swapseg.planner.trace import trace_step
 
 SMALL = (1, 4, 8, 12, 16)
 

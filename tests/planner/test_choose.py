@@ -3,12 +3,13 @@ import torch
 
 from swapseg.errors import InputError
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.hybrid import MemoryPlan, apply_plan, choose_plan
-from swapseg.offload.plan.devices import PROFILES
-from swapseg.offload.plan.simulate import simulate
-from swapseg.offload.plan.trace import trace_step
+from swapseg.offload import MemoryPlan, apply_plan
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.recompute import RecomputePolicy
+from swapseg.planner import choose_plan
+from swapseg.planner.devices import PROFILES
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 
 SHAPE = (1, 4, 8, 12, 16)
 
