@@ -6,7 +6,6 @@ from swapseg.planner.devices import PROFILES
 
 
 def test_bench_methods_side_by_side():
-    pytest.importorskip("swapseg.offload.engine")
     model = Isensee3DUNet(base_filters=4, depth=3)
     shape = (1, 4, 16, 16, 16)
     res = bench_methods(model, shape, budget=10**9, steps=1, warmup=0, profile_peak=True,

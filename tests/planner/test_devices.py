@@ -45,8 +45,8 @@ def test_calibration_of_a_model_without_convolutions():
 
 
 def test_calibration_at_a_shape_the_model_refuses_names_it():
-    with pytest.raises(InputError, match=r"calibration step of Isensee3DUNet at 1x4x8x8x8"):
-        calibrate_step(Isensee3DUNet(base_filters=4, depth=3), (1, 4, 8, 8, 8))
+    with pytest.raises(InputError, match=r"calibration step of Isensee3DUNet at 1x4x10x10x10"):
+        calibrate_step(Isensee3DUNet(base_filters=4, depth=3), (1, 4, 10, 10, 10))
 
 
 @pytest.mark.parametrize("shape, small", [

@@ -1,9 +1,9 @@
 import pytest
 
 from swapseg.errors import InputError
-from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.experiments.methods_bench import dice_trace
 from swapseg.experiments.paper_configs import paper_candidates
+from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.planner.devices import PROFILES
 from swapseg.planner.search import search
 
