@@ -7,14 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from swapseg.cli.grammar import (
-    PRECISIONS,
-    SIZE_HELP,
-    autocast_dtype,
-    byte_size,
-    precision,
-    volume_shape,
-)
+from swapseg.cli import grammar as g
 from swapseg.errors import InputError
 from swapseg.io import write_json, write_text
 
@@ -30,27 +23,26 @@ recompute-speed, hybrid. Writes OUT/bench.json and OUT/bench.md.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure swapping/recompute/hybrid methods side by side",
-        description="Train the Isensee U-Net a few steps with each method; report median "
-                    "step time, peak memory and bytes copied as ratios to no swapping, "
-                    "next to the planner's predictions.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="64", type=volume_shape,
+    p = g.add_command(
+        subparsers, "bench", "measure swapping/recompute/hybrid methods side by side",
+        "Train the Isensee U-Net a few steps with each method; report median step time, "
+        "peak memory and bytes copied as ratios to no swapping, next to the planner's "
+        "predictions.", EXAMPLES)
+    p.add_argument("--shape", default="64", type=g.volume_shape,
                    help="N (a cube, 4 channels), DxHxW or CxDxHxW (default 64)")
     p.add_argument("--steps", type=int, default=3, help="measured steps per method")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--memory-budget", type=byte_size, metavar="SIZE",
+    p.add_argument("--memory-budget", type=g.byte_size, metavar="SIZE",
                    help="planning budget of the auto plan (default: halfway between the "
-                        f"lowest predicted peak and no swapping); {SIZE_HELP}")
-    p.add_argument("--cap", default="16GiB", type=byte_size, metavar="SIZE",
+                        f"lowest predicted peak and no swapping); {g.SIZE_HELP}")
+    p.add_argument("--cap", default="16GiB", type=g.byte_size, metavar="SIZE",
                    help="hard memory limit of the largest-side search (default 16GiB)")
     p.add_argument("--profile", default="p100-nvlink",
                    help="hardware profile of the largest-side search (default p100-nvlink)")
     p.add_argument("--device", default="cpu",
                    help="torch device to train on: cpu, cuda, cuda:N (cuda: peaks from "
                         "max_memory_allocated and the largest side measured under the cap)")
-    p.add_argument("--precision", default="32", type=precision, choices=PRECISIONS,
+    p.add_argument("--precision", default="32", type=g.precision, choices=g.PRECISIONS,
                    help="32 (default), bf16-mixed or 16-mixed autocast for every method")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true",
@@ -116,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_bench(shape, args.memory_budget, steps, warmup, not args.quick, args.cap,
                     args.profile, sides,
                     progress=lambda m: print(f"bench: {m}", file=sys.stderr),
-                    torch_device=str(device), autocast_dtype=autocast_dtype(args.precision),
+                    torch_device=str(device), autocast_dtype=g.autocast_dtype(args.precision),
                     compile=args.compile)
     res.update(precision=args.precision, compile=bool(args.compile))
     res["quick"] = bool(args.quick)

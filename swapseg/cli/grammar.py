@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 
 from swapseg.errors import InputError
 
-__all__ = ["Volume", "parse_shape", "parse_bytes", "parse_precision", "autocast_dtype",
-           "byte_size", "spatial_shape", "volume_shape", "precision", "PRECISIONS",
+__all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "parse_precision",
+           "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
+           "PRECISIONS",
            "SHAPE_HELP", "SIZE_HELP"]
 
 SHAPE_HELP = "N, DxHxW or CxDxHxW (e.g. 64, 4x192x192x192)"
@@ -117,3 +118,10 @@ byte_size = _argtype(parse_bytes, "size")
 volume_shape = _argtype(parse_shape, "shape")
 spatial_shape = _argtype(lambda t: parse_shape(t, channels=False).spatial, "shape")
 precision = _argtype(parse_precision, "precision")
+
+
+def add_command(subparsers: Any, name: str, help: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, its examples printed as written under ``--help``."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)

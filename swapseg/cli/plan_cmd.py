@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from swapseg.cli.grammar import (
-    PRECISIONS,
-    SHAPE_HELP,
-    SIZE_HELP,
-    autocast_dtype,
-    byte_size,
-    precision,
-    volume_shape,
-)
+from swapseg.cli import grammar as g
 
 EXAMPLES = """examples:
   swapseg plan --shape 4x192x192x192 --profile p100-nvlink --memory-budget 16GiB --out p192
@@ -34,24 +26,23 @@ Exit status 2 with the missing bytes when no plan fits.
 def register(subparsers: argparse._SubParsersAction) -> None:
     from swapseg.planner.devices import PROFILES
 
-    p = subparsers.add_parser(
-        "plan", help="plan swapping/recomputation of any model to fit a memory budget",
-        description="Trace one training step under fake tensors, simulate every candidate "
-                    "plan on a hardware profile, and pick the fastest that fits.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(
+        subparsers, "plan", "plan swapping/recomputation of any model to fit a memory budget",
+        "Trace one training step under fake tensors, simulate every candidate plan on a "
+        "hardware profile, and pick the fastest that fits.", EXAMPLES)
     p.add_argument("--model", default="isensee",
                    help="a registered name (isensee, the default) or module.path:callable")
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
                    help="keyword arguments of the model as a JSON object")
-    p.add_argument("--shape", required=True, type=volume_shape,
-                   help=f"one input: {SHAPE_HELP}")
+    p.add_argument("--shape", required=True, type=g.volume_shape,
+                   help=f"one input: {g.SHAPE_HELP}")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--profile", default="p100-nvlink",
                    help=f"hardware profile: {', '.join([*PROFILES, 'local'])} (default "
                         "p100-nvlink, the paper's GPU)")
-    p.add_argument("--memory-budget", required=True, type=byte_size, metavar="SIZE",
-                   help=f"device memory the step must fit in: {SIZE_HELP}")
-    p.add_argument("--precision", default="32", type=precision, choices=PRECISIONS,
+    p.add_argument("--memory-budget", required=True, type=g.byte_size, metavar="SIZE",
+                   help=f"device memory the step must fit in: {g.SIZE_HELP}")
+    p.add_argument("--precision", default="32", type=g.precision, choices=g.PRECISIONS,
                    help="32 (default), bf16-mixed or 16-mixed: trace under that autocast")
     p.add_argument("--margin", type=float, default=0.10,
                    help="fraction of the budget kept free (default 0.10)")
@@ -69,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     shape = args.shape.input_shape(args.batch, kwargs.get("in_channels", 4))
     res, d = run_plan(args.model, kwargs, shape, args.profile, args.memory_budget, args.out,
-                      margin=args.margin, autocast_dtype=autocast_dtype(args.precision),
+                      margin=args.margin, autocast_dtype=g.autocast_dtype(args.precision),
                       precision=args.precision)
     t = d["trace"]
     print(f"traced {t['saved_tensors']} saved tensors ({t['saved_bytes'] / 2**30:.2f} GiB, "

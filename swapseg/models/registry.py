@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from swapseg.errors import InputError
+from swapseg.offload.record import json_object
 
 __all__ = ["MODELS", "DEFAULT_MODEL", "build_model", "parse_kwargs", "resolve"]
 
@@ -34,15 +35,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"isensee": _isensee}
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:
     """``'{"a": 1}'`` -> ``{"a": 1}``; None or empty -> ``{}``."""
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"model kwargs {text!r} are not valid JSON: {exc}") from None
-    if not isinstance(d, dict):
-        raise InputError(f"model kwargs {text!r} must be a JSON object")
-    return d
+    return json_object(text, f"model kwargs {text!r}") if text else {}
 
 
 def resolve(spec: str) -> Callable[..., nn.Module]:
