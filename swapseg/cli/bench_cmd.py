@@ -64,7 +64,9 @@ def _markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     lines = [f"# swapseg bench at {'x'.join(map(str, res['shape']))}", "",
              f"{env['cpu']}, {env['torch_threads']} threads, torch {env['torch']}; "
-             f"{res['steps']} steps after {res['warmup']} warm-up; ratios to no swapping.", "",
+             f"{res['steps']} steps after {res['warmup']} warm-up; precision "
+             f"{res.get('precision', '32')}{', compiled' if res.get('compile') else ''}; "
+             "ratios to no swapping.", "",
              "| method | step s | ratio | predicted s | saved resident MiB | ratio | "
              "peak alloc MiB | predicted peak MiB | copied MiB | largest side |",
              "|---|---|---|---|---|---|---|---|---|---|"]
