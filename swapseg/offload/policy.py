@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from swapseg.errors import InputError
-from swapseg.offload.record import Record
+from swapseg.offload.record import Record, json_object
 
 __all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "RecomputeMode",
-           "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches"]
+           "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches", "read_plan"]
 
 Tier = Literal["auto", "cuda", "host", "disk"]
 TIERS: tuple[str, ...] = get_args(Tier)
@@ -156,3 +156,12 @@ class MemoryPlan(Record):
         if d.get("recompute") is not None:
             d["recompute"] = RecomputePolicy.from_dict(d["recompute"])
         return d
+
+
+def read_plan(text: str, what: str = "plan") -> MemoryPlan:
+    """A plan file's text: ``MemoryPlan`` JSON (what ``swapseg plan`` writes to
+    memory_plan.json), or a bare ``SwapPolicy`` JSON, read as a plan that only swaps."""
+    d = json_object(text, what)
+    if set(d) <= {"swap", "recompute", "name"}:
+        return MemoryPlan.from_dict(d)
+    return MemoryPlan(swap=SwapPolicy.from_dict(d))

@@ -52,4 +52,12 @@ def test_bench_cli_rejects_bad_input(tmp_path):
 
     assert main(["bench", "--shape", "40", "--out", str(tmp_path / "b")]) == 2
     assert main(["bench", "--shape", "64", "--steps", "0", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--device", "tpu", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--device", "cuda:7", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--profile", "nosuch", "--out", str(tmp_path / "b")]) == 2
+    for bad in (["--memory-budget", "lots"], ["--cap", "1x"], ["--precision", "8"],
+                ["--budget", "1GiB"]):  # --budget is now --memory-budget
+        with pytest.raises(SystemExit) as info:
+            main(["bench", *bad, "--out", str(tmp_path / "b")])
+        assert info.value.code == 2
     assert not (tmp_path / "b").exists()

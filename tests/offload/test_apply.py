@@ -6,6 +6,7 @@ import torch
 from swapseg.errors import InputError
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import MemoryPlan, RecomputePolicy, SwapPolicy, apply_plan
+from swapseg.offload.policy import read_plan
 
 SHAPE = (1, 4, 8, 12, 16)
 
@@ -31,6 +32,15 @@ def test_record_base_round_trips_nested_records_and_refuses_bad_json():
         MemoryPlan.from_dict({"swap": {"prefetc": 2}})
     with pytest.raises(InputError, match="policy must be a JSON object"):
         MemoryPlan.from_dict({"swap": [1]})
+
+
+def test_read_plan_takes_a_plan_or_a_bare_swap_policy():
+    plan = MemoryPlan(SwapPolicy(prefetch=3), RecomputePolicy(("a",), "speed"), "p")
+    assert read_plan(plan.to_json()) == plan
+    assert read_plan(SwapPolicy(prefetch=4).to_json()) == MemoryPlan(SwapPolicy(prefetch=4))
+    assert read_plan("{}") == MemoryPlan()
+    with pytest.raises(InputError, match="unknown SwapPolicy field"):
+        read_plan('{"prefetc": 1}')
 
 
 def _train(plan, steps=3):
