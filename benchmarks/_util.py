@@ -32,6 +32,7 @@ POLICIES: dict[str, SwapPolicy | None] = {
 def trains(side: int, policy: SwapPolicy | None, base: int) -> tuple[bool, float]:
     """One training step at ``side``^3; (fits, seconds)."""
     from swapseg.offload import clear_pools, swap_activations
+    from swapseg.offload.measure import train_step
     torch.cuda.empty_cache()
     model = opt = x = None
     t0 = time.perf_counter()
@@ -41,8 +42,7 @@ def trains(side: int, policy: SwapPolicy | None, base: int) -> tuple[bool, float
         opt = torch.optim.Adam(model.parameters(), lr=5e-4)
         x = torch.randn(1, 4, side, side, side, device="cuda")
         with swap_activations(model, policy):
-            model(x).float().square().mean().backward()
-        opt.step()
+            train_step(model, x, opt=opt)
         torch.cuda.synchronize()
         return True, time.perf_counter() - t0
     except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:

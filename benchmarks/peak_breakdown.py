@@ -31,11 +31,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from swapseg.envinfo import environment
+from swapseg.experiments.methods_bench import _Runner, allocation_events
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import transport
-from swapseg.offload.hybrid import MemoryPlan
-from swapseg.offload.plan.bench import _Runner, allocation_events
-from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
 MiB = 2**20
 

@@ -24,11 +24,11 @@ from swapseg.envinfo import environment
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.engine import swap_activations
-from swapseg.offload.plan.bench import profiled_peak_bytes
-from swapseg.offload.plan.devices import measure_local
-from swapseg.offload.plan.simulate import simulate
-from swapseg.offload.plan.trace import default_loss, trace_step
+from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import SwapPolicy
+from swapseg.planner.devices import measure_local
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 
 POLICIES = {"config-1 (all, lb 1)": SwapPolicy(prefetch=1),
             "config-4 (exclude decoder, lb 20)": SwapPolicy(exclude=("decoder.*",), prefetch=20),
@@ -53,9 +53,7 @@ def main() -> None:
         tr = trace_step(model, x.shape)
 
         def step(x: torch.Tensor = x) -> None:
-            opt.zero_grad(set_to_none=True)
-            default_loss(model(x)).backward()
-            opt.step()
+            train_step(model, x, opt=opt)
 
         times = []
         for _ in range(1 + a.steps):
@@ -71,7 +69,7 @@ def main() -> None:
                      "predicted": r.step_s, "error": r.step_s / med - 1, "all_s": times})
         for name, pol in POLICIES.items():
             with swap_activations(model, pol, workers=0) as st:
-                default_loss(model(x)).backward()
+                train_step(model, x)
             model.zero_grad(set_to_none=True)
             p = simulate(tr, instant, pol).peak_saved_bytes
             rows.append({"side": side, "what": f"{name}: resident saved bytes",

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from swapseg.envinfo import environment
+from swapseg.experiments.paper_configs import PAPER_FRACTION_CONFIG2
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.measure import keep_all, measure_steps, no_swap, save_on_cpu, swap
@@ -50,7 +51,6 @@ from swapseg.offload.policy import SwapPolicy
 
 METHODS = ("none", "save_on_cpu", "swap-all", "config-2", "config-3", "config-4",
            "checkpoint", "disk")
-PAPER_FRACTION_CONFIG2 = 500 / 843  # Table 1: 500 of 843 feature maps
 DECODER = ("decoder.*",)
 
 

@@ -7,59 +7,66 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from swapseg.cli import grammar as g
 from swapseg.errors import InputError
 from swapseg.io import write_json, write_text
-from swapseg.offload.plan.bench import run_bench
-from swapseg.offload.plan.report import parse_bytes, parse_shape
 
 EXAMPLES = """examples:
   swapseg bench --quick --out bench-quick          # 32^3, 2 steps each: a smoke test
   swapseg bench --shape 64 --out bench64           # 1x4x64^3, 3 steps after warm-up
-  swapseg bench --shape 4x96x96x96 --budget 1.5GiB --out bench96
+  swapseg bench --shape 4x96x96x96 --memory-budget 1.5GiB --out bench96
+  swapseg bench --shape 64 --precision bf16-mixed --out bench64-bf16
 
-Methods: none, save_on_cpu, paper-config-1..4, auto (planner, --budget), recompute-full,
+Methods: none, save_on_cpu, paper-config-1..4, auto (planner, --memory-budget), recompute-full,
 recompute-speed, hybrid. Writes OUT/bench.json and OUT/bench.md.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure swapping/recompute/hybrid methods side by side",
-        description="Train the Isensee U-Net a few steps with each method; report median "
-                    "step time, peak memory and bytes copied as ratios to no swapping, "
-                    "next to the planner's predictions.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="64", help="cube side (e.g. 64) or CxDxHxW")
+    p = g.add_command(
+        subparsers, "bench", "measure swapping/recompute/hybrid methods side by side",
+        "Train the Isensee U-Net a few steps with each method; report median step time, "
+        "peak memory and bytes copied as ratios to no swapping, next to the planner's "
+        "predictions.", EXAMPLES)
+    p.add_argument("--shape", default="64", type=g.volume_shape,
+                   help="N (a cube, 4 channels), DxHxW or CxDxHxW (default 64)")
     p.add_argument("--steps", type=int, default=3, help="measured steps per method")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--budget", help="memory budget for the auto plan (default: halfway "
-                                    "between the lowest predicted peak and no swapping)")
-    p.add_argument("--cap", default="16GiB", help="cap for the largest-side search")
-    p.add_argument("--cap-device", default="p100-nvlink")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="where to train (cuda: peaks from max_memory_allocated and the "
-                        "largest side measured under the cap)")
+    p.add_argument("--memory-budget", type=g.byte_size, metavar="SIZE",
+                   help="planning budget of the auto plan (default: halfway between the "
+                        f"lowest predicted peak and no swapping); {g.SIZE_HELP}")
+    p.add_argument("--cap", default="16GiB", type=g.byte_size, metavar="SIZE",
+                   help="hard memory limit of the largest-side search (default 16GiB)")
+    p.add_argument("--profile", default="p100-nvlink",
+                   help="hardware profile of the largest-side search (default p100-nvlink)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to train on: cpu, cuda, cuda:N (cuda: peaks from "
+                        "max_memory_allocated and the largest side measured under the cap)")
+    p.add_argument("--precision", default="32", type=g.precision, choices=g.PRECISIONS,
+                   help="32 (default), bf16-mixed or 16-mixed autocast for every method")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true",
                    help="32^3, 2 steps, no profiler, coarse side search")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    if text.isdigit():
-        s = int(text)
-        if s < 32 or s % 16:
-            raise InputError(f"cube side {s} must be a multiple of 16 and at least 32 "
-                             "(instance norm needs more than one voxel at the coarsest level)")
-        return (1, 4, s, s, s)
-    return parse_shape(text)
+def _shape(vol) -> tuple[int, ...]:  # noqa: ANN001 - a grammar.Volume
+    bad = [x for x in vol.spatial if x < 32 or x % 16]
+    if bad:
+        raise InputError(f"--shape {'x'.join(map(str, vol.spatial))}: sides must be multiples "
+                         "of 16 and at least 32 (instance norm needs more than one voxel at "
+                         "the coarsest level)")
+    return vol.input_shape(1, 4)
 
 
 def _markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     lines = [f"# swapseg bench at {'x'.join(map(str, res['shape']))}", "",
              f"{env['cpu']}, {env['torch_threads']} threads, torch {env['torch']}; "
-             f"{res['steps']} steps after {res['warmup']} warm-up; ratios to no swapping.", "",
+             f"{res['steps']} steps after {res['warmup']} warm-up; precision "
+             f"{res.get('precision', '32')}{', compiled' if res.get('compile') else ''}; "
+             "ratios to no swapping.", "",
              "| method | step s | ratio | predicted s | saved resident MiB | ratio | "
              "peak alloc MiB | predicted peak MiB | copied MiB | largest side |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -88,21 +95,24 @@ def _markdown(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from swapseg.devices import resolve_device
+    from swapseg.experiments.methods_bench import run_bench
+    from swapseg.planner.devices import get_profile
+
     shape = (1, 4, 32, 32, 32) if args.quick else _shape(args.shape)
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     if steps < 1 or warmup < 0:
         raise InputError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
-    cap = parse_bytes(args.cap)
-    budget = parse_bytes(args.budget) if args.budget else None  # None: default_budget
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA GPU is available on this machine")
-    step = 64 if args.quick else (32 if args.device == "cuda" else 16)
+    device = resolve_device(args.device)
+    get_profile(args.profile)  # an unknown profile fails before anything runs
+    step = 64 if args.quick else (32 if device.type == "cuda" else 16)
     sides = range(128, 321, step)
-    res = run_bench(shape, budget, steps, warmup, not args.quick, cap, args.cap_device,
-                    sides, progress=lambda m: print(f"bench: {m}", file=sys.stderr),
-                    torch_device=args.device)
+    res = run_bench(shape, args.memory_budget, steps, warmup, not args.quick, args.cap,
+                    args.profile, sides,
+                    progress=lambda m: print(f"bench: {m}", file=sys.stderr),
+                    torch_device=str(device), autocast_dtype=g.autocast_dtype(args.precision),
+                    compile=args.compile)
+    res.update(precision=args.precision, compile=bool(args.compile))
     res["quick"] = bool(args.quick)
     out = Path(args.out)
     md = _markdown(res)

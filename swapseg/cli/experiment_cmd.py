@@ -26,19 +26,13 @@ reuses finished folds and resumes an interrupted one.
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    from swapseg.errors import InputError
+    from swapseg.cli.grammar import parse_shape
 
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise InputError(f"--shape {text!r}: expected N or DxHxW") from None
-    if len(parts) not in (1, 3):
-        raise InputError(f"--shape {text!r}: expected N or DxHxW")
-    return tuple(parts * 3 if len(parts) == 1 else parts)  # type: ignore[return-value]
+    return parse_shape(text, channels=False).spatial  # type: ignore[return-value]
 
 
 def _bytes(text: str) -> int:
-    from swapseg.cli.train_cmd import parse_bytes
+    from swapseg.cli.grammar import parse_bytes
 
     return parse_bytes(text)
 

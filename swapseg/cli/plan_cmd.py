@@ -4,52 +4,74 @@ from __future__ import annotations
 
 import argparse
 
-from swapseg.offload.plan.devices import PROFILES
-from swapseg.offload.plan.report import MODELS, format_table, run_plan
+from swapseg.cli import grammar as g
 
 EXAMPLES = """examples:
-  swapseg plan --model isensee --shape 4x192x192x192 --device p100-nvlink --memory 16GiB --out p192
-  swapseg plan --shape 4x256x256x256 --device a100-pcie4 --memory 40GiB --out plan256
-  swapseg plan --shape 4x96x96x96 --device local --memory 2GiB --out plan-local
+  swapseg plan --shape 4x192x192x192 --profile p100-nvlink --memory-budget 16GiB --out p192
+  swapseg plan --shape 4x192x192x192 --precision bf16-mixed --memory-budget 8GiB
+  swapseg plan --model monai.networks.nets:SegResNet \\
+      --model-kwargs '{"spatial_dims": 3, "in_channels": 4, "out_channels": 3,
+                       "init_filters": 16}' \\
+      --shape 4x192x192x192 --profile a100-pcie4 --memory-budget 6GiB --out segresnet
+  swapseg plan --shape 4x96x96x96 --profile local --memory-budget 2GiB --out plan-local
 
-Writes OUT/plan.json (candidates with swapped_tensors, swapped_bytes, recomputed_tensors,
-peak_bytes, step_s, fits; and the chosen one) and OUT/timeline.png (simulated compute and
-copy lanes over one step with the memory curve, for the chosen plan and paper configs
-1, 3, 4). Exit status 2 with the missing bytes when no plan fits.
+Writes OUT/plan.json (every candidate with swapped_tensors, swapped_bytes,
+recomputed_tensors, peak_bytes, step_s, fits; and the chosen one), OUT/memory_plan.json
+(the chosen plan alone, a MemoryPlan: {"swap": SwapPolicy, "recompute": RecomputePolicy,
+"name"}) and OUT/timeline.png (simulated compute and copy lanes with the memory curve).
+Exit status 2 with the missing bytes when no plan fits.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "plan", help="plan swapping/recomputation to fit a memory budget",
-        description="Trace one training step under fake tensors, simulate every candidate "
-                    "plan on a device profile, and pick the fastest that fits.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="isensee", choices=MODELS)
-    p.add_argument("--shape", required=True, help="CxDxHxW (or BxCxDxHxW), e.g. 4x192x192x192")
-    p.add_argument("--batch", type=int, default=1, help="batch size when --shape has 4 dims")
-    p.add_argument("--device", default="p100-nvlink",
-                   help=f"device profile: {', '.join([*PROFILES, 'local'])} (default "
+    from swapseg.planner.devices import PROFILES
+
+    p = g.add_command(
+        subparsers, "plan", "plan swapping/recomputation of any model to fit a memory budget",
+        "Trace one training step under fake tensors, simulate every candidate plan on a "
+        "hardware profile, and pick the fastest that fits.", EXAMPLES)
+    p.add_argument("--model", default="isensee",
+                   help="a registered name (isensee, the default) or module.path:callable")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of the model as a JSON object")
+    p.add_argument("--shape", required=True, type=g.volume_shape,
+                   help=f"one input: {g.SHAPE_HELP}")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--profile", default="p100-nvlink",
+                   help=f"hardware profile: {', '.join([*PROFILES, 'local'])} (default "
                         "p100-nvlink, the paper's GPU)")
-    p.add_argument("--memory", required=True, help="memory budget, e.g. 16GiB, 12.5GB")
+    p.add_argument("--memory-budget", required=True, type=g.byte_size, metavar="SIZE",
+                   help=f"device memory the step must fit in: {g.SIZE_HELP}")
+    p.add_argument("--precision", default="32", type=g.precision, choices=g.PRECISIONS,
+                   help="32 (default), bf16-mixed or 16-mixed: trace under that autocast")
     p.add_argument("--margin", type=float, default=0.10,
                    help="fraction of the budget kept free (default 0.10)")
-    p.add_argument("--base-filters", type=int, default=16)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--out", help="output folder for plan.json and timeline.png")
+    p.add_argument("--out", help="output folder for plan.json, memory_plan.json, timeline.png")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    res, d = run_plan(args.model, args.shape, args.device, args.memory, args.out,
-                      batch=args.batch, margin=args.margin, base_filters=args.base_filters,
-                      depth=args.depth)
+    from swapseg.errors import InputError
+    from swapseg.experiments.plan_report import format_table, run_plan
+    from swapseg.models.registry import parse_kwargs
+
+    kwargs = parse_kwargs(args.model_kwargs)
+    if args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    shape = args.shape.input_shape(args.batch, kwargs.get("in_channels", 4))
+    res, d = run_plan(args.model, kwargs, shape, args.profile, args.memory_budget, args.out,
+                      margin=args.margin, autocast_dtype=g.autocast_dtype(args.precision),
+                      precision=args.precision)
     t = d["trace"]
-    print(f"traced {t['saved_tensors']} saved tensors ({t['saved_bytes'] / 2**30:.2f} GiB) "
-          f"in {t['trace_s']:.2f} s; budget {d['budget_bytes'] / 2**30:.2f} GiB, usable "
-          f"{d['usable_bytes'] / 2**30:.2f} GiB on {res.device.name}")
+    print(f"traced {t['saved_tensors']} saved tensors ({t['saved_bytes'] / 2**30:.2f} GiB, "
+          f"precision {args.precision}) in {t['trace_s']:.2f} s; budget "
+          f"{d['budget_bytes'] / 2**30:.2f} GiB, usable {d['usable_bytes'] / 2**30:.2f} GiB "
+          f"on {res.device.name}")
     print(format_table(res))
-    print(f"chosen: {d['chosen']['name']}")
+    c = d["chosen"]
+    print(f"chosen: {c['name']} (predicted peak {c['peak_bytes'] / 2**30:.2f} GiB of "
+          f"{d['usable_bytes'] / 2**30:.2f} GiB usable, step {c['step_s']:.3f} s)")
     if args.out:
-        print(f"wrote {args.out}/plan.json and {args.out}/timeline.png")
+        print(f"wrote {args.out}/plan.json, {args.out}/memory_plan.json and "
+              f"{args.out}/timeline.png")
     return 0

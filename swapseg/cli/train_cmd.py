@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from swapseg.cli.grammar import parse_bytes, parse_shape
 from swapseg.errors import InputError
 
 __all__ = ["register", "run", "parse_bytes", "config_from_args"]
@@ -24,32 +24,8 @@ EPILOG = """examples:
   swapseg train --out runs/full --resume          # continue after a crash or a kill
 """
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'16GiB', '500MB', '1e9' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise InputError(f"not a memory size: {text!r} (use e.g. 16GiB, 500MB)")
-    try:
-        return int(float(m.group(1)) * _UNITS[unit])
-    except ValueError:
-        raise InputError(f"not a memory size: {text!r} (use e.g. 16GiB, 500MB)") from None
-
-
 def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise InputError(f"--shape {text!r}: expected N or DxHxW") from None
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise InputError(f"--shape {text!r}: expected N or DxHxW")
-    return tuple(parts)  # type: ignore[return-value]
+    return parse_shape(text, channels=False).spatial  # type: ignore[return-value]
 
 
 def register(subparsers: Any) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import atomic_path, write_json
 
@@ -38,12 +39,6 @@ __all__ = ["predict_volume", "predict_cases", "load_model", "resolve_device",
 
 #: Region probabilities above this are inside the region.
 THRESHOLD = 0.5
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:

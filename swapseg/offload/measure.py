@@ -1,4 +1,7 @@
-"""Measure training steps under a memory-saving context: a small harness reused by benchmarks.
+"""The one step harness: a training step, timed under a memory-saving context.
+
+``train_step`` is the step every measurement runs (benchmarks, the methods bench, the
+planner's calibration, its check against measured runs).
 
 ``measure_steps(model, input_shape, context_factory, steps=5, warmup=1)`` trains ``model``
 for ``warmup + steps`` steps (forward, loss, backward, optimizer step) inside ONE context
@@ -38,7 +41,8 @@ from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.stats import SwapStats
 from swapseg.offload.tracker import ScopeTracker
 
-__all__ = ["measure_steps", "no_swap", "keep_all", "swap", "save_on_cpu", "peak_rss_bytes",
+__all__ = ["measure_steps", "train_step", "default_loss", "autocast", "no_swap", "keep_all",
+           "swap", "save_on_cpu", "peak_rss_bytes", "profiled_peak_bytes", "allocation_events",
            "COUNTERS"]
 
 #: Per-step counters reported by ``measure_steps`` (medians over the measured steps).
@@ -104,9 +108,75 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _default_loss(out: Any) -> torch.Tensor:
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    return out.float().square().mean()
+def default_loss(out: Any) -> torch.Tensor:
+    """A model-agnostic loss: the mean of squared outputs, summed over every output
+    tensor (a tuple, list or dict of them counts too), computed in fp32."""
+    if isinstance(out, torch.Tensor):
+        return out.float().square().mean()
+    parts = out.values() if isinstance(out, dict) else out
+    terms = [default_loss(o) for o in parts
+             if isinstance(o, (torch.Tensor, list, tuple, dict))]
+    if not terms:
+        raise TypeError(f"default_loss: no tensor in the model output ({type(out).__name__})")
+    return torch.stack(terms).sum()
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None
+             ) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` on ``device``'s type at ``dtype``; a null context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def train_step(model: nn.Module, x: torch.Tensor,
+               loss_fn: Callable[[Any], torch.Tensor] | None = None,
+               autocast_dtype: torch.dtype | None = None,
+               opt: torch.optim.Optimizer | None = None) -> torch.Tensor:
+    """One training step: zero grads, forward and loss (under autocast at
+    ``autocast_dtype`` when given), backward, and ``opt.step()`` when an optimizer is
+    given. The one step every harness here runs; returns the detached loss."""
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+    else:
+        model.zero_grad(set_to_none=True)
+    with autocast(x.device, autocast_dtype):
+        loss = (loss_fn or default_loss)(model(x))
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    return loss.detach()
+
+
+def allocation_events(prof: Any) -> list[tuple[int, int, int, str]]:
+    """The memory events of a ``torch.profiler`` run (``profile_memory=True``), in time
+    order: (time ns, bytes (negative: a free), address, the chain of ops around it)."""
+    from torch._C._profiler import _EventType
+
+    out = []
+    stack = [(n, "") for n in prof.profiler.kineto_results.experimental_event_tree()]
+    while stack:
+        node, chain = stack.pop()
+        if node.tag == _EventType.Allocation:
+            f = node.extra_fields
+            out.append((node.start_time_ns, f.alloc_size, f.ptr, chain))
+            continue
+        here = f"{chain} < {node.name}" if chain else node.name
+        stack.extend((c, here) for c in node.children)
+    return sorted(out)
+
+
+def profiled_peak_bytes(step: Callable[[], Any]) -> int:
+    """Peak of allocations made during ``step()``, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    cur = peak = 0
+    for _, size, _, _ in allocation_events(prof):
+        cur += size
+        peak = max(peak, cur)
+    return peak
 
 
 def _sync(device: torch.device) -> None:
@@ -118,7 +188,8 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
                   context_factory: Callable[[nn.Module], Any], steps: int = 5,
                   warmup: int = 1, *, device: str | torch.device | None = None,
                   loss_fn: Callable[[Any], torch.Tensor] | None = None,
-                  lr: float = 5e-4, seed: int = 0) -> dict[str, Any]:
+                  lr: float = 5e-4, seed: int = 0,
+                  autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Time ``warmup + steps`` training steps of ``model`` inside one ``context_factory`` context.
 
     Args:
@@ -131,6 +202,7 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
         loss_fn: ``loss_fn(output) -> scalar``; default mean of squared outputs.
         lr: Adam learning rate (the optimizer step is part of the step).
         seed: seeds the input and the dropout masks.
+        autocast_dtype: run forward and loss under ``torch.autocast`` at this dtype.
 
     Returns a JSON-able dict: ``step_s`` (median seconds of a step), ``step_s_all``,
     ``peak_device_bytes`` (largest per-step peak of the engine's resident saved bytes,
@@ -146,7 +218,6 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tuple(input_shape), generator=gen).to(dev)
-    loss_fn = loss_fn or _default_loss
     times: list[float] = []
     per_step: list[dict[str, Any]] = []
     peaks: list[int] = []
@@ -161,10 +232,7 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
             torch.manual_seed(seed + i)
             _sync(dev)
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x))
-            loss.backward()
-            opt.step()
+            loss = train_step(model, x, loss_fn, autocast_dtype, opt)
             _sync(dev)
             dt = time.perf_counter() - t0
             if i < warmup:

@@ -1,28 +1,60 @@
-"""SwapPolicy: what the engine swaps and how far ahead it prefetches.
+"""What a step does with its saved tensors: swap policy, recompute policy, memory plan.
 
-A policy is plain, printable data. It round-trips through JSON, so plans made by the
-planner, given on the command line or stored in a run's config.json are the same object.
-Field names follow TFLMS where one exists (``n_tensors``, ``lb`` -> ``prefetch``,
-``incl_scopes`` -> ``include``, ``excl_scopes`` -> ``exclude``).
+Each is a small frozen record (:class:`~swapseg.offload.record.Record`) that round-trips
+through JSON, so plans made by the planner, given on the command line or stored in a
+run's config.json are the same object. Field names follow TFLMS where one exists
+(``n_tensors``, ``lb`` -> ``prefetch``, ``incl_scopes`` -> ``include``,
+``excl_scopes`` -> ``exclude``).
+
+Scopes are module qualified names; :func:`scope_matches` is the one glob matcher the
+engine, the recompute wrapper and the planner's simulator share.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from swapseg.errors import InputError
-from swapseg.records import check_fields, json_object
+from swapseg.offload.record import Record, json_object
 
-__all__ = ["SwapPolicy", "TIERS"]
+__all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "RecomputeMode",
+           "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches", "read_plan"]
 
-TIERS = ("auto", "cuda", "host", "disk")
+Tier = Literal["auto", "cuda", "host", "disk"]
+TIERS: tuple[str, ...] = get_args(Tier)
+RecomputeMode = Literal["full", "speed"]
+MODES: tuple[str, ...] = get_args(RecomputeMode)
+
+#: aten op packets whose outputs the "speed" recompute policy keeps (the expensive ones);
+#: everything else inside a checkpointed scope is recomputed. The recompute wrapper and
+#: the planner's simulator both read this set, so what is modelled is what runs.
+SPEED_KEEP_OPS = frozenset({"aten.convolution", "aten.mm", "aten.addmm", "aten.bmm"})
+
+#: The root module's scope.
+ROOT_SCOPE = ""
+
+
+def scope_matches(scope: str, globs: Iterable[str]) -> bool:
+    """True when ``scope`` or one of its ancestor scopes matches one of ``globs``.
+
+    ``decoder.0.loc1.0`` matches ``decoder``, ``decoder.*`` and ``decoder.0.loc1``.
+    The root module's scope is the empty string, matched only by ``""`` or ``*``.
+    """
+    globs = tuple(globs)
+    if not globs:
+        return False
+    parts = scope.split(".") if scope else []
+    candidates = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] or [ROOT_SCOPE]
+    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
 
 
 @dataclass(frozen=True)
-class SwapPolicy:
+class SwapPolicy(Record):
+    what = "policy"
+
     n_tensors: int = -1
     """Swap only the first N eligible saved tensors in forward order; -1 swaps all."""
 
@@ -43,7 +75,7 @@ class SwapPolicy:
     swap_branches: bool = False
     """Also swap skip-connection outputs during forward, before the decoder needs them."""
 
-    tier: str = "auto"
+    tier: Tier = "auto"
     """Where swapped bytes go: ``cuda`` (pinned host memory over side streams), ``host``
     (CPU copies through a thread pool), ``disk`` (files in ``disk_dir``), or ``auto``
     (``cuda`` for CUDA tensors, ``host`` otherwise)."""
@@ -66,25 +98,70 @@ class SwapPolicy:
         if self.disk_dir is not None and self.tier not in ("disk", "auto"):
             raise InputError(f"disk_dir is only used by the disk tier, not {self.tier!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["include"] = list(self.include)
-        d["exclude"] = list(self.exclude)
+
+@dataclass(frozen=True)
+class RecomputePolicy(Record):
+    what = "recompute policy"
+
+    scopes: tuple[str, ...] = ("*",)
+    """Globs over module qualified names (as :func:`scope_matches`). The outermost called
+    modules that match are checkpointed (a match inside a matched module is part of it)."""
+
+    mode: RecomputeMode = "full"
+    """``full`` recomputes everything inside each scope; ``speed`` keeps the outputs of
+    ``SPEED_KEEP_OPS`` (conv, matmul) and recomputes the rest."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scopes", tuple(self.scopes))
+        if self.mode not in MODES:
+            raise InputError(f"recompute mode must be one of {', '.join(MODES)}, "
+                             f"got {self.mode!r}")
+        if not self.scopes:
+            raise InputError("RecomputePolicy needs at least one scope glob")
+        for s in self.scopes:
+            if not isinstance(s, str) or not s:
+                raise InputError(f"recompute scope must be a non-empty glob, got {s!r}")
+
+
+@dataclass(frozen=True)
+class MemoryPlan(Record):
+    """Swap some saved tensors and recompute others, in one training step.
+
+    Inside a recomputed scope autograd's saved tensors go to the checkpoint's own hooks,
+    which shadow the swap engine's; so the engine swaps only what is saved outside those
+    scopes (and the planner's simulator models exactly that).
+    """
+
+    what = "plan"
+
+    swap: SwapPolicy | None = None
+    """What the swap engine moves off the device; None swaps nothing."""
+    recompute: RecomputePolicy | None = None
+    """Which scopes are checkpointed and how; None recomputes nothing."""
+    name: str = ""
+    """The planner's candidate name (e.g. ``swap-all-lb8``); informational."""
+
+    def __post_init__(self) -> None:
+        if self.swap is not None and not isinstance(self.swap, SwapPolicy):
+            raise InputError(f"plan swap must be a SwapPolicy, got {type(self.swap).__name__}")
+        if self.recompute is not None and not isinstance(self.recompute, RecomputePolicy):
+            raise InputError("plan recompute must be a RecomputePolicy, got "
+                             f"{type(self.recompute).__name__}")
+        object.__setattr__(self, "name", str(self.name))
+
+    @classmethod
+    def _decode(cls, d: dict[str, Any]) -> dict[str, Any]:
+        if d.get("swap") is not None:
+            d["swap"] = SwapPolicy.from_dict(d["swap"])
+        if d.get("recompute") is not None:
+            d["recompute"] = RecomputePolicy.from_dict(d["recompute"])
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SwapPolicy:
-        check_fields(cls, d, "SwapPolicy")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> SwapPolicy:
-        return cls.from_dict(json_object(text, "policy"))
-
-    def replace(self, **changes: Any) -> SwapPolicy:
-        return dataclasses.replace(self, **changes)
-
-
+def read_plan(text: str, what: str = "plan") -> MemoryPlan:
+    """A plan file's text: ``MemoryPlan`` JSON (what ``swapseg plan`` writes to
+    memory_plan.json), or a bare ``SwapPolicy`` JSON, read as a plan that only swaps."""
+    d = json_object(text, what)
+    if set(d) <= {"swap", "recompute", "name"}:
+        return MemoryPlan.from_dict(d)
+    return MemoryPlan(swap=SwapPolicy.from_dict(d))

@@ -23,11 +23,8 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,57 +36,14 @@ from torch.utils.checkpoint import (
 )
 
 from swapseg.errors import InputError
-from swapseg.records import check_fields, json_object
+from swapseg.offload.policy import MODES, SPEED_KEEP_OPS, RecomputePolicy, scope_matches
 
 __all__ = ["MODES", "SAVE_OPS", "RecomputePolicy", "recompute", "resolve_scopes", "speed_policy"]
 
-MODES = ("full", "speed")
-
-#: Ops whose outputs the speed policy keeps: the expensive ones. Everything else inside a
-#: checkpointed scope is recomputed in backward.
-SAVE_OPS = frozenset({
-    torch.ops.aten.convolution.default,
-    torch.ops.aten.mm.default,
-    torch.ops.aten.addmm.default,
-    torch.ops.aten.bmm.default,
-})
-
-
-@dataclass(frozen=True)
-class RecomputePolicy:
-    scopes: tuple[str, ...] = ("*",)
-    """Globs over module qualified names. The outermost called modules that match are
-    checkpointed (a match inside an already matched module is part of it)."""
-
-    mode: str = "full"
-    """``full`` recomputes everything inside each scope; ``speed`` keeps conv/matmul outputs
-    and recomputes the rest."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scopes", tuple(self.scopes))
-        if self.mode not in MODES:
-            raise InputError(f"recompute mode must be one of {', '.join(MODES)}, "
-                             f"got {self.mode!r}")
-        if not self.scopes:
-            raise InputError("RecomputePolicy needs at least one scope glob")
-        for s in self.scopes:
-            if not isinstance(s, str) or not s:
-                raise InputError(f"recompute scope must be a non-empty glob, got {s!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scopes": list(self.scopes), "mode": self.mode}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RecomputePolicy:
-        check_fields(cls, d, "RecomputePolicy")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> RecomputePolicy:
-        return cls.from_dict(json_object(text, "recompute policy"))
+#: The ops whose outputs the speed policy keeps, as op overloads (policy.SPEED_KEEP_OPS
+#: names their packets).
+SAVE_OPS = frozenset(getattr(torch.ops.aten, name.split(".", 1)[1]).default
+                     for name in SPEED_KEEP_OPS)
 
 
 def _is_called(module: nn.Module) -> bool:
@@ -103,7 +57,7 @@ def resolve_scopes(model: nn.Module, scopes: tuple[str, ...]) -> list[str]:
     for name, module in model.named_modules():
         if not name or not _is_called(module):
             continue
-        if not any(fnmatch.fnmatchcase(name, g) for g in scopes):
+        if not scope_matches(name, scopes):
             continue
         if any(name.startswith(c + ".") for c in chosen):
             continue

@@ -55,7 +55,7 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path,
     Top: three lanes (compute: pack and unpack ticks, waits in red; copy out; copy in),
     bars for each copy. Bottom: the engine's resident saved bytes over time.
     """
-    from swapseg.plotting import pyplot, save_png
+    from swapseg.offload.figure import pyplot, save_png
 
     plt = pyplot()
 

@@ -10,9 +10,7 @@ gradient corruption of storage-keyed caches).
 
 from __future__ import annotations
 
-import fnmatch
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,25 +18,10 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from swapseg.offload.policy import ROOT_SCOPE, scope_matches
+
 __all__ = ["ScopeTracker", "Entry", "DedupTable", "Handle", "scope_matches", "storage_key",
            "plain", "check_version"]
-
-ROOT_SCOPE = ""
-
-
-def scope_matches(scope: str, globs: Iterable[str]) -> bool:
-    """True when ``scope`` or one of its ancestor scopes matches one of ``globs``.
-
-    ``decoder.0.loc1.0`` matches ``decoder``, ``decoder.*`` and ``decoder.0.loc1``.
-    The root module's scope is the empty string, matched only by ``""`` or ``*``.
-    """
-    globs = tuple(globs)
-    if not globs:
-        return False
-    parts = scope.split(".") if scope else []
-    candidates = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] or [ROOT_SCOPE]
-    return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
-
 
 def storage_key(t: torch.Tensor) -> tuple[str, int, int]:
     """(device, storage address, version): equal for a tensor and all its views."""

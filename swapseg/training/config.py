@@ -15,7 +15,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import SwapPolicy
-from swapseg.records import check_fields
+from swapseg.offload.record import check_fields
 from swapseg.training.losses import LOSSES
 
 __all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS"]

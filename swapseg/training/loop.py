@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from swapseg import offload
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
@@ -73,18 +74,6 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
 def build_model(config: TrainConfig) -> Isensee3DUNet:
     torch.manual_seed(config.seed)  # the same initial weights for every fold and rerun
     return Isensee3DUNet(**model_kwargs(config))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"device {name!r} is not available on this machine")
-    return device
 
 
 def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
@@ -319,7 +308,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
 def _auto_plan(config: TrainConfig, model: nn.Module,
                echo: Callable[[str], None]) -> TrainConfig:
     """``--swap auto``: the planner's fastest plan that fits the memory budget."""
-    from swapseg.offload.hybrid import choose_plan
+    from swapseg.planner.choose import choose_plan
 
     device = resolve_device(config.device)
     side = config.patch if config.mode == "patch" else None

@@ -13,7 +13,7 @@ from swapseg.data.brats import find_cases, load_case
 
 
 def test_synth_then_check(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "s"), "--cases", "2", "--shape", "24,28,20",
+    assert main(["synth", "--out", str(tmp_path / "s"), "--cases", "2", "--shape", "24x28x20",
                  "--seed", "3", "--json", str(tmp_path / "synth.json")]) == 0
     assert json.loads((tmp_path / "synth.json").read_text())["cases"] == [
         "Synth_3_000", "Synth_3_001"]

@@ -1,12 +1,15 @@
 import json
 
+import pytest
+
 from swapseg.cli import main
+from swapseg.offload.policy import MemoryPlan
 
 
 def test_plan_writes_json_and_timeline(tmp_path, capsys):
     out = tmp_path / "p"
-    rc = main(["plan", "--model", "isensee", "--shape", "4x64x64x64", "--device",
-               "p100-nvlink", "--memory", "0.4GiB", "--out", str(out)])
+    rc = main(["plan", "--model", "isensee", "--shape", "4x64x64x64", "--profile",
+               "p100-nvlink", "--memory-budget", "0.4GiB", "--out", str(out)])
     assert rc == 0
     d = json.loads((out / "plan.json").read_text())
     assert (out / "timeline.png").stat().st_size > 10_000
@@ -16,24 +19,77 @@ def test_plan_writes_json_and_timeline(tmp_path, capsys):
     for c in d["candidates"]:
         assert {"name", "swapped_tensors", "swapped_bytes", "recomputed_tensors",
                 "peak_bytes", "step_s", "fits"} <= set(c)
+    plan = MemoryPlan.from_json((out / "memory_plan.json").read_text())
+    assert plan.name == d["chosen"]["name"] and plan.to_dict() == d["memory_plan"]
     text = capsys.readouterr().out
     assert "paper-config-4" in text and f"chosen: {d['chosen']['name']}" in text
 
 
-def test_plan_bad_input_exit_2_nothing_written(tmp_path, capsys):
+def test_plan_any_model_by_import_spec(tmp_path):
+    pytest.importorskip("monai")
+    out = tmp_path / "seg"
+    kwargs = '{"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "init_filters": 8}'
+    args = ["plan", "--model", "monai.networks.nets:SegResNet", "--model-kwargs", kwargs,
+            "--shape", "2x32x32x32", "--profile", "a100-pcie4"]
+    assert main([*args, "--memory-budget", "1GiB", "--out", str(out)]) == 0
+    d = json.loads((out / "plan.json").read_text())
+    keep = d["candidates"][0]
+    assert keep["name"] == "keep-all" and d["chosen"]["name"] == "keep-all"
+    assert not any(c["name"].startswith("paper-") for c in d["candidates"])
+    # a budget below keep-all: something is swapped or recomputed, and it fits
+    low = min(c["peak_bytes"] for c in d["candidates"])
+    budget = str(int((low + keep["peak_bytes"]) / 2 / 0.9))
+    out2 = tmp_path / "seg2"
+    assert main([*args, "--memory-budget", budget, "--out", str(out2)]) == 0
+    d2 = json.loads((out2 / "plan.json").read_text())
+    assert d2["chosen"]["name"] != "keep-all"
+    assert d2["chosen"]["peak_bytes"] <= int(budget) * 0.9
+
+
+def test_plan_bf16_predicts_a_smaller_keep_all_peak(tmp_path):
+    peaks = {}
+    for prec in ("32", "bf16-mixed"):
+        out = tmp_path / prec
+        assert main(["plan", "--shape", "4x64x64x64", "--memory-budget", "16GiB",
+                     "--precision", prec, "--out", str(out)]) == 0
+        d = json.loads((out / "plan.json").read_text())
+        assert d["command"]["precision"] == prec
+        peaks[prec] = d["candidates"][0]["peak_bytes"]
+    assert peaks["bf16-mixed"] < 0.75 * peaks["32"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--memory-budget", "10MB"], "missing"),
+    (["--model", "nosuch", "--memory-budget", "1GiB"], "unknown model 'nosuch'"),
+    (["--model", "nosuch.module:Net", "--memory-budget", "1GiB"], "cannot import"),
+    (["--model", "torch.nn:NoSuchNet", "--memory-budget", "1GiB"], "no attribute"),
+    (["--model-kwargs", "{bad", "--memory-budget", "1GiB"], "not valid JSON"),
+    (["--model-kwargs", '{"nosuch": 1}', "--memory-budget", "1GiB"], "nosuch"),
+    (["--profile", "tpu", "--memory-budget", "1GiB"], "unknown device profile 'tpu'"),
+    (["--margin", "1.5", "--memory-budget", "1GiB"], "margin"),
+])
+def test_plan_bad_input_exit_2_nothing_written(tmp_path, capsys, extra, words):
     out = tmp_path / "p"
-    assert main(["plan", "--shape", "4x64x64x64", "--memory", "10MB",
-                 "--out", str(out)]) == 2
-    assert "missing" in capsys.readouterr().err
-    assert main(["plan", "--shape", "4x64x64", "--memory", "1GiB", "--out", str(out)]) == 2
-    assert main(["plan", "--shape", "4x64x64x64", "--memory", "lots", "--out",
-                 str(out)]) == 2
-    assert main(["plan", "--shape", "4x60x64x64", "--memory", "1GiB", "--out",
-                 str(out)]) == 2
-    assert main(["plan", "--shape", "4x64x64x64", "--device", "tpu", "--memory", "1GiB",
-                 "--out", str(out)]) == 2
-    assert main(["plan", "--shape", "4x64x64x64", "--depth", "1", "--memory", "1GiB",
-                 "--out", str(out)]) == 2
-    assert main(["plan", "--shape", "4x64x64x64", "--margin", "1.5", "--memory", "1GiB",
-                 "--out", str(out)]) == 2
+    assert main(["plan", "--shape", "4x64x64x64", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [
+    ["--shape", "1x4x64x64x64", "--memory-budget", "1GiB"],  # batch is --batch
+    ["--shape", "4x64x64x64", "--memory-budget", "lots"],
+    ["--shape", "4x64x64x64", "--memory-budget", "1GiB", "--precision", "8"],
+])
+def test_plan_bad_flags_are_argparse_errors(tmp_path, capsys, extra):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", *extra, "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "usage: swapseg plan" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_plan_shape_not_divisible_names_it(tmp_path, capsys):
+    assert main(["plan", "--shape", "4x60x64x64", "--memory-budget", "1GiB"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err

@@ -6,19 +6,18 @@ import pytest
 import torch
 
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.plan.bench import profiled_peak_bytes
-from swapseg.offload.plan.devices import DeviceProfile
-from swapseg.offload.plan.simulate import decide, scope_matches, simulate
-from swapseg.offload.plan.trace import (
+from swapseg.offload.measure import default_loss, profiled_peak_bytes
+from swapseg.offload.policy import SwapPolicy, scope_matches
+from swapseg.offload.recompute import RecomputePolicy
+from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.simulate import decide, simulate
+from swapseg.planner.trace import (
     OpRecord,
     SavedRecord,
     StepTrace,
     StorageRecord,
-    default_loss,
     trace_step,
 )
-from swapseg.offload.policy import SwapPolicy
-from swapseg.offload.recompute import RecomputePolicy
 
 # 1 FLOP/s, no memory-bound ops, no overhead: an op with flops=1 takes 1 s
 DEV = DeviceProfile("toy", 10**6, flops_per_s=1.0, mem_bytes_per_s=1e30,

@@ -1,12 +1,11 @@
 import pytest
 
+from swapseg.experiments.methods_bench import bench_methods
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.plan.bench import bench_methods
-from swapseg.offload.plan.devices import PROFILES
+from swapseg.planner.devices import PROFILES
 
 
 def test_bench_methods_side_by_side():
-    pytest.importorskip("swapseg.offload.engine")
     model = Isensee3DUNet(base_filters=4, depth=3)
     shape = (1, 4, 16, 16, 16)
     res = bench_methods(model, shape, budget=10**9, steps=1, warmup=0, profile_peak=True,
@@ -32,9 +31,8 @@ def test_bench_methods_side_by_side():
 def test_bench_on_cuda_and_measured_largest_side():
     import torch
 
-    from swapseg.offload.hybrid import MemoryPlan
-    from swapseg.offload.plan.bench import measured_largest_sides
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.experiments.methods_bench import measured_largest_sides
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
     model = Isensee3DUNet(base_filters=4, depth=3)
     dev = torch.device("cuda")
@@ -54,4 +52,12 @@ def test_bench_cli_rejects_bad_input(tmp_path):
 
     assert main(["bench", "--shape", "40", "--out", str(tmp_path / "b")]) == 2
     assert main(["bench", "--shape", "64", "--steps", "0", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--device", "tpu", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--device", "cuda:7", "--out", str(tmp_path / "b")]) == 2
+    assert main(["bench", "--profile", "nosuch", "--out", str(tmp_path / "b")]) == 2
+    for bad in (["--memory-budget", "lots"], ["--cap", "1x"], ["--precision", "8"],
+                ["--budget", "1GiB"]):  # --budget is now --memory-budget
+        with pytest.raises(SystemExit) as info:
+            main(["bench", *bad, "--out", str(tmp_path / "b")])
+        assert info.value.code == 2
     assert not (tmp_path / "b").exists()

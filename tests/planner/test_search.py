@@ -1,21 +1,22 @@
 import pytest
 
 from swapseg.errors import InputError
+from swapseg.experiments.methods_bench import dice_trace
+from swapseg.experiments.paper_configs import paper_candidates
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.plan.devices import PROFILES
-from swapseg.offload.plan.search import search
-from swapseg.offload.plan.trace import trace_step
+from swapseg.planner.devices import PROFILES
+from swapseg.planner.search import search
 
 GiB = 2**30
 
 
 @pytest.fixture(scope="module")
 def trace192():
-    return trace_step(Isensee3DUNet(), (1, 4, 192, 192, 192))
+    return dice_trace(Isensee3DUNet(), (1, 4, 192, 192, 192))
 
 
 def test_paper_configs_in_paper_order_on_p100(trace192):
-    res = search(trace192, PROFILES["p100-nvlink"], 16 * GiB)
+    res = search(trace192, PROFILES["p100-nvlink"], 16 * GiB, extra=paper_candidates(trace192))
     by = {c.name: c.result for c in res.candidates}
     c1, c3, c4 = (by[f"paper-config-{k}"] for k in (1, 3, 4))
     assert c4.step_s < c3.step_s < c1.step_s
@@ -45,7 +46,8 @@ def test_error_says_how_much_is_missing(trace192):
 
 
 def test_plan_json_fields(trace192):
-    d = search(trace192, PROFILES["v100-pcie3"], 16 * GiB).as_dict()
+    d = search(trace192, PROFILES["v100-pcie3"], 16 * GiB,
+               extra=paper_candidates(trace192)).as_dict()
     for row in d["candidates"]:
         assert {"name", "swapped_tensors", "swapped_bytes", "recomputed_tensors",
                 "peak_bytes", "step_s", "fits"} <= set(row)

@@ -1,18 +1,12 @@
 """Search swap / recompute / hybrid plans; pick the fastest predicted one under a budget.
 
-Candidates are generated from the traced step, so they work for any model: keep all,
-swap all at several prefetch distances, the first N saved tensors, each top-level module
-excluded or alone, recompute (full and speed) per top-level module and everywhere, and
-hybrids that swap one part and recompute another. The paper's four configurations
-(PAPER.md, Table 1) are named ``paper-config-1..4``.
-
-Paper config 2 swapped the first 500 of 843 feature maps, counted by TFLMS's breadth-first
-search over the TensorFlow graph. Our engine counts saved tensors in forward order (the
-order autograd saves them), and PyTorch saves fewer tensors (one per storage it needs, no
-separate swap nodes for every TF op). So config 2 is emulated as the same fraction,
-500/843 of the unique saved storages, taken in forward order. In forward order that is
-the encoder side, where BFS from the inputs in a U-Net also reached decoder maps early
-through the skip connections; the emulation is therefore kinder to config 2 than TFLMS was.
+Candidates come from the traced step and the model's own module tree, so they work for
+any model and assume no module name: keep all; swap all at several prefetch distances;
+the first N saved tensors in forward order; module groups (each top-level child, and
+depth-first halves of the tree) swapped alone or kept while the rest is swapped;
+recomputation (full and speed) of each group and of everything; and hybrids that
+recompute one group and swap the rest. Domain code adds its own candidates through
+``search(..., extra=...)`` (the paper's configurations live in ``swapseg.experiments``).
 """
 
 from __future__ import annotations
@@ -21,17 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swapseg.errors import InputError
-from swapseg.offload.plan.devices import DeviceProfile
-from swapseg.offload.plan.simulate import SimResult, simulate
-from swapseg.offload.plan.trace import StepTrace
-from swapseg.offload.policy import SwapPolicy
-from swapseg.offload.recompute import RecomputePolicy
+from swapseg.offload.policy import RecomputePolicy, SwapPolicy
+from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.simulate import SimResult, simulate
+from swapseg.planner.trace import StepTrace
 
-__all__ = ["Candidate", "SearchResult", "candidates", "search", "PAPER_FRACTION_CONFIG2",
+__all__ = ["Candidate", "SearchResult", "candidates", "module_groups", "search",
            "DEFAULT_MARGIN"]
-
-#: Paper config 2: 500 of the model's 843 feature maps (TFLMS counting).
-PAPER_FRACTION_CONFIG2 = 500 / 843
 
 #: Fraction of the budget kept free for what the simulator does not see (allocator
 #: fragmentation, library workspaces, the CUDA context).
@@ -88,49 +78,83 @@ class SearchResult:
         }
 
 
-def _top_level(trace: StepTrace) -> list[str]:
-    """Top-level module names in order of first call that hold saved tensors."""
-    names: list[str] = []
+def _children(trace: StepTrace, parent: str) -> list[str]:
+    """Children of module ``parent`` ("" for the root) that enclose a saved tensor, in
+    the order of their first saved tensor (forward order)."""
+    depth = parent.count(".") + 1 if parent else 0
+    out: list[str] = []
     for s in trace.saved:
-        top = s.scope.split(".")[0]
-        if top and top not in names:
-            names.append(top)
-    return names
+        parts = s.scope.split(".") if s.scope else []
+        if len(parts) <= depth or (parent and ".".join(parts[:depth]) != parent):
+            continue
+        name = ".".join(parts[:depth + 1])
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def module_groups(trace: StepTrace, max_children: int = 8,
+                  max_depth: int = 3) -> list[tuple[str, tuple[str, ...]]]:
+    """(label, module names) groups from the model's own tree, outermost first.
+
+    Each top-level child is a group when there are at most ``max_children``; then,
+    depth first, the first and second halves (in forward order) of every module's
+    children, down to ``max_depth`` halvings. A module with one child is looked
+    through (a model that wraps everything in ``self.net`` is split inside it).
+    """
+    groups: list[tuple[str, tuple[str, ...]]] = []
+
+    def add(names: list[str]) -> None:
+        label = names[0] if len(names) == 1 else f"{names[0]}..{names[-1].split('.')[-1]}"
+        if names and all(tuple(names) != g for _, g in groups):
+            groups.append((label, tuple(names)))
+
+    def halves(names: list[str], depth: int) -> None:
+        while len(names) == 1:
+            inner = _children(trace, names[0])
+            if not inner:
+                return
+            names = inner
+        if depth > max_depth:
+            return
+        mid = len(names) // 2
+        for half in (names[:mid], names[mid:]):
+            add(half)
+            halves(half, depth + 1)
+
+    top = _children(trace, "")
+    if 1 < len(top) <= max_children:
+        for name in top:
+            add([name])
+    halves(top, 1)
+    return groups
 
 
 def candidates(trace: StepTrace) -> list[Candidate]:
+    """Every generic candidate for ``trace``, keep-all first."""
     n_uniq = len(trace.unique_saved())
-    tops = _top_level(trace)
-    c = [Candidate("keep-all", None, None),
-         Candidate("paper-config-1", SwapPolicy(prefetch=1), None),
-         Candidate("paper-config-2",
-                   SwapPolicy(n_tensors=round(PAPER_FRACTION_CONFIG2 * n_uniq)), None)]
-    if "decoder" in tops:
-        c += [Candidate("paper-config-3", SwapPolicy(exclude=("decoder.*",)), None),
-              Candidate("paper-config-4", SwapPolicy(exclude=("decoder.*",), prefetch=20),
-                        None)]
-    for lb in (2, 4, 8, 20):
+    c = [Candidate("keep-all", None, None)]
+    for lb in (1, 2, 4, 8, 20):
         c.append(Candidate(f"swap-all-lb{lb}", SwapPolicy(prefetch=lb), None))
     for frac in (0.25, 0.5, 0.75):
         n = max(1, round(frac * n_uniq))
         c.append(Candidate(f"first-{n}-lb8", SwapPolicy(n_tensors=n, prefetch=8), None))
-    for top in tops:
+    groups = module_groups(trace)
+    for label, names in groups:
         for lb in (4, 20):
-            c.append(Candidate(f"exclude-{top}-lb{lb}",
-                               SwapPolicy(exclude=(f"{top}.*",), prefetch=lb), None))
-            c.append(Candidate(f"only-{top}-lb{lb}",
-                               SwapPolicy(include=(f"{top}.*",), prefetch=lb), None))
+            c.append(Candidate(f"exclude-{label}-lb{lb}",
+                               SwapPolicy(exclude=names, prefetch=lb), None))
+            c.append(Candidate(f"only-{label}-lb{lb}",
+                               SwapPolicy(include=names, prefetch=lb), None))
     for mode in ("full", "speed"):
         c.append(Candidate(f"recompute-{mode}-all", None, RecomputePolicy(("*",), mode)))
-        for top in tops:
-            c.append(Candidate(f"recompute-{mode}-{top}", None,
-                               RecomputePolicy((f"{top}.*",), mode)))
-    for top in tops:  # hybrids: recompute one part, swap the rest
+        for label, names in groups:
+            c.append(Candidate(f"recompute-{mode}-{label}", None, RecomputePolicy(names, mode)))
+    for label, names in groups:  # hybrids: recompute one part, swap the rest
         for mode in ("full", "speed"):
             for lb in (4, 20):
-                c.append(Candidate(f"hybrid-recompute-{mode}-{top}-swap-rest-lb{lb}",
-                                   SwapPolicy(prefetch=lb),
-                                   RecomputePolicy((f"{top}.*",), mode)))
+                c.append(Candidate(f"hybrid-recompute-{mode}-{label}-swap-rest-lb{lb}",
+                                   SwapPolicy(prefetch=lb), RecomputePolicy(names, mode)))
     c.append(Candidate("hybrid-recompute-speed-all-swap-rest-lb8", SwapPolicy(prefetch=8),
                        RecomputePolicy(("*",), "speed")))
     return c
@@ -139,7 +163,9 @@ def candidates(trace: StepTrace) -> list[Candidate]:
 def search(trace: StepTrace, device: DeviceProfile, budget_bytes: int,
            margin: float = DEFAULT_MARGIN, extra: list[Candidate] | None = None,
            require_fit: bool = True) -> SearchResult:
-    """Simulate every candidate; choose the fastest that fits ``budget*(1-margin)``.
+    """Simulate every candidate (the generic ones, then ``extra``); choose the fastest
+    that fits ``budget*(1-margin)``. Ties (predicted times within 0.1%) go to the plan
+    that moves fewer bytes, then to the lower peak.
 
     Raises InputError when none fits (and ``require_fit``), saying how many bytes are missing.
     """
@@ -150,23 +176,24 @@ def search(trace: StepTrace, device: DeviceProfile, budget_bytes: int,
     usable = budget_bytes * (1 - margin)
     res = SearchResult(trace.summary(), device, budget_bytes, margin)
     seen = set()
-    for cand in candidates(trace) + list(extra or []):
+    extra = list(extra or [])
+    for cand in candidates(trace) + extra:
         cand.result = simulate(trace, device, cand.swap, cand.recompute)
         cand.fits = cand.result.peak_bytes <= usable
         r = cand.result
         sig = (r.swapped_tensors, r.swapped_bytes, r.recomputed_tensors, r.peak_bytes, r.step_s)
-        if sig in seen and not cand.name.startswith("paper-"):
+        if sig in seen and cand not in extra:  # the caller's candidates are always listed
             continue  # same plan in effect as an earlier candidate
         seen.add(sig)
         res.candidates.append(cand)
     fitting = [c for c in res.candidates if c.fits]
     if fitting:
         base = res.candidates[0].result.step_s  # type: ignore[union-attr]
-        # predicted times within 0.1% are a tie: prefer moving and recomputing less,
-        # since every byte moved or recomputed costs something the model may miss
+        # predicted times within 0.1% are a tie: prefer moving fewer bytes (every byte
+        # moved costs something the model may miss), then the lower peak
         res.chosen = min(fitting, key=lambda c: (
             round(c.result.step_s / base, 3),  # type: ignore[union-attr]
-            c.result.swapped_bytes + c.result.recomputed_tensors,  # type: ignore[union-attr]
+            c.result.swapped_bytes,  # type: ignore[union-attr]
             c.result.peak_bytes))  # type: ignore[union-attr]
     elif require_fit:
         best = min(res.candidates, key=lambda c: c.result.peak_bytes)  # type: ignore

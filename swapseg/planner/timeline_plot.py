@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from swapseg.plotting import pyplot, save_png
+from swapseg.offload.figure import pyplot, save_png
 
 __all__ = ["plot_timelines"]
 

@@ -1,6 +1,6 @@
 """Simulate one training step on a device profile: compute lane, two copy lanes, memory.
 
-Input: a :class:`~swapseg.offload.plan.trace.StepTrace`, a device profile and a plan
+Input: a :class:`~swapseg.planner.trace.StepTrace`, a device profile and a plan
 (swap policy and/or recompute policy). Output: predicted step time, stall time, peak
 device bytes (everything: parameters, optimizer state, gradients, live activations and
 op temporaries) and peak saved bytes resident (what the engine's ``peak_device_bytes``
@@ -17,28 +17,18 @@ backward op that needs one of their saved tensors.
 from __future__ import annotations
 
 import bisect
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from swapseg.offload.plan.devices import DeviceProfile
-from swapseg.offload.plan.trace import StepTrace
-from swapseg.offload.policy import SwapPolicy
-from swapseg.offload.recompute import RecomputePolicy
+from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
+from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.trace import StepTrace
 
-__all__ = ["Decision", "SimResult", "decide", "simulate", "scope_matches"]
+__all__ = ["Decision", "SimResult", "decide", "simulate"]
 
 KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
-
-
-def scope_matches(scope: str, globs: tuple[str, ...]) -> bool:
-    """True if the scope or any enclosing module name matches one of the globs."""
-    # same semantics as the engine's tracker: the root scope "" is matched by "" or "*"
-    parts = scope.split(".") if scope else []
-    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] or [""]
-    return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
 
 
 @dataclass
@@ -56,7 +46,7 @@ class Decision:
 def _regions(trace: StepTrace, rc: RecomputePolicy) -> list[str]:
     chosen: list[str] = []
     for name in sorted(trace.module_ops, key=lambda n: trace.module_ops[n][0]):
-        if any(fnmatch.fnmatchcase(name, g) for g in rc.scopes) and \
+        if scope_matches(name, rc.scopes) and \
                 not any(name.startswith(c + ".") for c in chosen):
             chosen.append(name)
     return chosen
@@ -79,9 +69,9 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
             mine = [uid for uid, recs in uniq.items()
                     if recs[0].scope == r or recs[0].scope.startswith(r + ".")]
             in_region.update(mine)
-            if recompute.mode == "speed":  # conv outputs stay saved
-                mine = [u for u in mine if trace.storages[u].producer != "aten.convolution"]
-                ops = [i for i in ops if trace.ops[i].name != "aten.convolution"]
+            if recompute.mode == "speed":  # conv and matmul outputs stay saved
+                mine = [u for u in mine if trace.storages[u].producer not in SPEED_KEEP_OPS]
+                ops = [i for i in ops if trace.ops[i].name not in SPEED_KEEP_OPS]
             mine = [u for u in mine if u not in trace.module_inputs.get(r, [])]
             if not mine:
                 continue

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from swapseg.errors import InputError
-from swapseg.records import check_fields, json_object
+from swapseg.offload.record import check_fields, json_object
 
 
 @dataclass

@@ -1,15 +1,16 @@
 """Device profiles for the simulator: memory, compute and link speeds, with sources.
 
-Figures are vendor peak numbers; ``*_efficiency`` turns them into what a 3D U-Net step
-achieves (assumptions, stated per profile). ``local`` is measured on this machine: compute
-throughput from the model's own conv layers run forward and backward at a small shape,
-memory bandwidth from a large element-wise op, copy bandwidth from copies into a reused
-buffer (host tier) or a file (disk tier).
+Figures are vendor peak numbers; ``*_efficiency`` turns them into what a conv network
+step achieves (assumptions, stated per profile). ``local`` is measured on this machine,
+for any model: FLOP rate from a matrix-multiply probe, memory bandwidth from a large
+element-wise op, copy bandwidth from copies into a reused buffer (host tier) or a file
+(disk tier); with a calibration shape, one real training step of the model itself,
+timed per op by the profiler, sets the conv rates and the bandwidth of everything else.
+A probe that cannot measure raises; no figure is made up.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import time
@@ -20,15 +21,20 @@ import torch
 from torch import nn
 
 from swapseg.errors import InputError
+from swapseg.offload.measure import train_step
+from swapseg.offload.record import Record
 
-__all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local"]
+__all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local", "calibrate_step",
+           "calibration_shape"]
 
 GB = 1e9
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
-class DeviceProfile:
+class DeviceProfile(Record):
+    what = "device profile"
+
     name: str
     """Profile name, e.g. ``p100-nvlink``."""
     memory_bytes: int
@@ -53,9 +59,6 @@ class DeviceProfile:
     """Count the column buffers of PyTorch's native CPU conv path as op working set."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where each figure comes from."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def op_seconds(self, flops: float, io_bytes: int, key: str = "") -> float:
         rate = self.conv_flops_per_s.get(key, self.flops_per_s) if key else self.flops_per_s
@@ -100,17 +103,31 @@ PROFILES: dict[str, DeviceProfile] = {
 
 
 def get_profile(name: str, model: nn.Module | None = None, tier: str = "host",
-                calibrate_shape: tuple[int, ...] | None = None) -> DeviceProfile:
-    """A named profile; ``local`` is measured now (needs ``model`` for its conv layers;
-    with ``calibrate_shape``, also one real step at that shape)."""
+                calibrate_shape: tuple[int, ...] | None = None, **calib: Any) -> DeviceProfile:
+    """A named profile; ``local`` is measured now (probes only, or with ``model`` and
+    ``calibrate_shape`` one real step of the model; ``calib`` goes to ``calibrate_step``)."""
     if name == "local":
-        if model is None:
-            raise InputError("the local device profile is measured on the model; pass it")
-        return measure_local(model, tier=tier, calibrate_shape=calibrate_shape)
+        if calibrate_shape is not None and model is None:
+            raise InputError("calibrating the local profile runs the model; pass it")
+        return measure_local(model, tier=tier, calibrate_shape=calibrate_shape, **calib)
     if name not in PROFILES:
-        raise InputError(f"unknown device {name!r}; choose one of "
+        raise InputError(f"unknown device profile {name!r}; choose one of "
                          f"{', '.join([*PROFILES, 'local'])}")
     return PROFILES[name]
+
+
+def calibration_shape(shape: tuple[int, ...], cap: int = 64) -> tuple[int, ...]:
+    """A small input like ``shape`` (B, C, *spatial) for the local profile's real step.
+
+    Each side shrinks to at most ``cap`` but keeps the largest power of two that divides
+    all the sides, so a model that accepts ``shape`` (a U-Net needing multiples of 16,
+    say) accepts the small one too.
+    """
+    sides = shape[2:]
+    g = 1
+    while all(s % (2 * g) == 0 for s in sides) and 2 * g <= cap:
+        g *= 2
+    return (*shape[:2], *(min(s, max(g, cap // g * g)) for s in sides))
 
 
 def _sync(dev: torch.device) -> None:
@@ -127,41 +144,17 @@ def _median_time(fn: Any, repeats: int = 3, dev: torch.device = CPU) -> float:
         fn()
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    t = sorted(times)[len(times) // 2]
+    if not t > 0:
+        raise InputError(f"timing probe measured {t} s on {dev}: the clock cannot time it")
+    return t
 
 
-def _conv_rate(model: nn.Module, side: int, target_flops: float = 5e8,
-               dev: torch.device = CPU) -> float:
-    """FLOP/s of the model's distinct 3x3x3 convs, forward + backward.
-
-    Each conv runs at ``side``^3, or smaller for wide layers so that one run costs about
-    ``target_flops`` (a 256-channel conv at 32^3 would take seconds on a laptop CPU).
-    """
-    seen = set()
-    flops = secs = 0.0
-    for m in model.modules():
-        if not isinstance(m, nn.Conv3d) or m.kernel_size != (3, 3, 3):
-            continue
-        key = (m.in_channels, m.out_channels, m.stride)
-        if key in seen:
-            continue
-        seen.add(key)
-        st = m.stride[0]
-        per_vox = 6 * m.in_channels * m.out_channels * 27
-        s = side
-        while s > 8 and (s // st) ** 3 * per_vox > target_flops:
-            s -= 4
-        conv = nn.Conv3d(m.in_channels, m.out_channels, 3, stride=m.stride, padding=1).to(dev)
-        x = torch.randn(1, m.in_channels, s, s, s, device=dev, requires_grad=True)
-        out_vox = (s // st) ** 3
-        # 2 FLOPs per MAC; backward costs twice forward (grad input + grad weight)
-        f = 3 * 2 * m.in_channels * m.out_channels * 27 * out_vox
-
-        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
-            conv(x).sum().backward()
-        secs += _median_time(run, dev=dev)
-        flops += f
-    return flops / secs if secs else 1e10
+def _matmul_rate(n: int, dev: torch.device = CPU) -> float:
+    """FLOP/s of an n x n fp32 matrix product (2 n^3 FLOPs), the generic compute probe."""
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    return 2 * n**3 / _median_time(lambda: torch.mm(a, b), dev=dev)
 
 
 def _mem_rate(nbytes: int, dev: torch.device = CPU) -> float:
@@ -193,97 +186,106 @@ def _copy_rate(nbytes: int, tier: str) -> float:
     return nbytes / _median_time(lambda: dst.copy_(src))
 
 
-def calibrate_step(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    """Rates from one real training step at ``shape``, timed per op by the profiler.
+_CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
 
-    The step is traced too, so its FLOPs and bytes are known: conv forward FLOP/s, conv
-    backward FLOP/s, and an effective bandwidth for everything else (norms, activations,
-    adds, copies, dispatch), which is what a CPU spends outside its convolutions.
+
+def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None,
+                   autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Rates from one real training step of ``model`` at ``shape``, timed per op.
+
+    The step is traced too, so its FLOPs and bytes are known. Returns ``fwd`` and ``bwd``
+    (conv FLOP/s per phase; absent when the model has no convolutions), ``mem`` (an
+    effective bandwidth for everything else: norms, activations, matmuls, adds, copies,
+    dispatch) and ``wall_s``. Raises InputError when the step cannot run at ``shape``.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from swapseg.offload.plan.trace import default_loss, trace_step
+    from swapseg.planner.trace import trace_step
 
-    tr = trace_step(model, shape)
     x = torch.randn(shape)
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        default_loss(model(x)).backward()
-
-    step()  # warm-up: allocator, oneDNN primitive caches
+    try:
+        tr = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
+        train_step(model, x, loss_fn, autocast_dtype)  # warm-up: allocator, oneDNN caches
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"calibration step of {type(model).__name__} at "
+                         f"{'x'.join(map(str, shape))} failed: {str(exc).splitlines()[0]}"
+                         ) from None
     # conv times and the wall time come from the same step: on a shared machine the load
-    # changes from one step to the next (the profiler's own overhead, ~20 us an op, is
-    # small next to a step)
+    # changes from one step to the next
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        step()
+        train_step(model, x, loss_fn, autocast_dtype)
         wall = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
-    # top-level conv events only (oneDNN/native children are inside their parents' time)
-    t = {"aten::convolution": 0.0, "aten::convolution_backward": 0.0}
-    for e in prof.events():
-        if e.name in t and (e.cpu_parent is None or e.cpu_parent.name not in t) and \
-                not (e.cpu_parent is not None and e.cpu_parent.name == "aten::convolution"):
+    t = dict.fromkeys(_CONV_EVENTS, 0.0)
+    for e in prof.events():  # top-level conv events only (backends run inside them)
+        if e.name in t and (e.cpu_parent is None or e.cpu_parent.name not in t):
             t[e.name] += e.cpu_time_total / 1e6
-    conv_s = t["aten::convolution"] + t["aten::convolution_backward"]
-    f_fwd = sum(o.flops for o in tr.ops if o.conv and o.phase == "fwd")
-    f_bwd = sum(o.flops for o in tr.ops if o.conv and o.phase == "bwd")
+    out = {"wall_s": wall}
+    for phase, ev in zip(("fwd", "bwd"), _CONV_EVENTS, strict=True):
+        f = sum(o.flops for o in tr.ops if o.conv and o.phase == phase)
+        if f and t[ev] > 0:
+            out[phase] = f / t[ev]
+        elif f:
+            raise InputError(f"calibration: the profiler timed no {ev} in a step with "
+                             "convolutions; cannot measure their rate")
     io = sum(o.io_bytes for o in tr.ops if not o.conv)
-    rest = max(wall - conv_s, 1e-6)
-    return {"fwd": f_fwd / max(t["aten::convolution"], 1e-9),
-            "bwd": f_bwd / max(t["aten::convolution_backward"], 1e-9),
-            "mem": io / rest, "wall_s": wall}
+    out["mem"] = io / max(wall - t[_CONV_EVENTS[0]] - t[_CONV_EVENTS[1]], 1e-6)
+    return out
 
 
-def measure_local(model: nn.Module, tier: str = "host", side: int = 32,
-                  probe_bytes: int = 64 * 2**20,
-                  calibrate_shape: tuple[int, ...] | None = None) -> DeviceProfile:
+def measure_local(model: nn.Module | None = None, tier: str = "host",
+                  probe_bytes: int = 64 * 2**20, calibrate_shape: tuple[int, ...] | None = None,
+                  loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
+                  matmul_n: int = 512) -> DeviceProfile:
     """Measure this machine: the CPU ('device' memory is host memory), or with
     ``tier="cuda"`` the current CUDA GPU and its pinned-memory link.
 
-    With ``calibrate_shape`` (CPU only), one real step at that shape sets the conv forward
-    and backward FLOP/s and the bandwidth of everything else (``calibrate_step``); CPU
-    conv speed depends on the shape, so calibrate at a shape near the one to predict.
+    With ``calibrate_shape`` (CPU only), one real step of ``model`` at that shape sets
+    the conv forward and backward FLOP/s and the bandwidth of everything else
+    (``calibrate_step``); CPU conv speed depends on the shape, so calibrate near the
+    shape to predict.
     """
     # the probes draw random numbers; a training run that plans first must not see its
     # dropout masks and initial data order shift
     with torch.random.fork_rng(devices=[]):
         if tier == "cuda":
-            return _measure_cuda(model, side, probe_bytes)
-        return _measure_cpu(model, tier, side, probe_bytes, calibrate_shape)
+            return _measure_cuda(probe_bytes, matmul_n)
+        return _measure_cpu(model, tier, probe_bytes, calibrate_shape, loss_fn,
+                            autocast_dtype, matmul_n)
 
 
-def _measure_cpu(model: nn.Module, tier: str, side: int, probe_bytes: int,
-                 calibrate_shape: tuple[int, ...] | None) -> DeviceProfile:
+def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
+                 calibrate_shape: tuple[int, ...] | None, loss_fn: Any,
+                 autocast_dtype: torch.dtype | None, matmul_n: int) -> DeviceProfile:
     with torch.no_grad():
         overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
         mem = _mem_rate(probe_bytes)
         copy = _copy_rate(probe_bytes, tier)
-    flops = _conv_rate(model, side)
+        flops = _matmul_rate(matmul_n)
     conv_rates: dict[str, float] = {}
     calib = ""
     if calibrate_shape is not None:
-        c = calibrate_step(model, calibrate_shape)
-        conv_rates = {"fwd": c["fwd"], "bwd": c["bwd"]}
+        assert model is not None
+        c = calibrate_step(model, calibrate_shape, loss_fn, autocast_dtype)
+        conv_rates = {k: c[k] for k in ("fwd", "bwd") if k in c}
         mem = c["mem"]
         overhead = 0.0  # dispatch is inside the measured "everything else" bandwidth
-        calib = f"one profiled step at {'x'.join(map(str, calibrate_shape))}"
+        calib = f"one profiled step of the model at {'x'.join(map(str, calibrate_shape))}"
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} with {torch.get_num_threads()} threads"
     return DeviceProfile(
         name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
         cpu_conv_workspace=True, conv_flops_per_s=conv_rates, copies_share_compute=True,
-        sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd, "
-                                f"at {side}^3",
+        sources={"flops_per_s": f"{how}: fp32 matrix product {matmul_n}x{matmul_n}",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
                  "copy": f"{how}: {tier} tier copy of {probe_bytes >> 20} MiB",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})
 
 
-def _measure_cuda(model: nn.Module, side: int, probe_bytes: int) -> DeviceProfile:
+def _measure_cuda(probe_bytes: int, matmul_n: int) -> DeviceProfile:
     if not torch.cuda.is_available():
         raise InputError("the local cuda profile needs a CUDA GPU; none is available")
     dev = torch.device("cuda", torch.cuda.current_device())
@@ -291,14 +293,14 @@ def _measure_cuda(model: nn.Module, side: int, probe_bytes: int) -> DeviceProfil
         overhead = _median_time(lambda: torch.add(torch.ones(1, device=dev), 1), 50, dev)
         mem = _mem_rate(probe_bytes, dev)
         d2h, h2d = _cuda_copy_rates(probe_bytes, dev)
-    flops = _conv_rate(model, max(side, 64), target_flops=2e10, dev=dev)
+        flops = _matmul_rate(max(matmul_n, 4096), dev)
     props = torch.cuda.get_device_properties(dev)
     how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} on {props.name}"
     return DeviceProfile(
         name="local", memory_bytes=int(props.total_memory), flops_per_s=flops,
         mem_bytes_per_s=mem, d2h_bytes_per_s=d2h, h2d_bytes_per_s=h2d,
         op_overhead_s=overhead,
-        sources={"flops_per_s": f"{how}: the model's distinct 3x3x3 convs, fwd+bwd",
+        sources={"flops_per_s": f"{how}: fp32 matrix product {max(matmul_n, 4096)}^2",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
                  "copy": f"{how}: pinned copies of {probe_bytes >> 20} MiB each way",
                  "memory_bytes": "torch.cuda.get_device_properties().total_memory"})

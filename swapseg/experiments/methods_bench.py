@@ -25,72 +25,49 @@ from typing import Any
 import torch
 from torch import nn
 
-from swapseg.offload.hybrid import MemoryPlan, apply_plan
-from swapseg.offload.plan.devices import DeviceProfile, get_profile
-from swapseg.offload.plan.search import candidates, search
-from swapseg.offload.plan.simulate import simulate
-from swapseg.offload.plan.trace import StepTrace, default_loss, trace_step
-from swapseg.offload.policy import SwapPolicy
-from swapseg.offload.recompute import RecomputePolicy
+from swapseg.experiments.paper_configs import HYBRID, hybrid_plan, paper_candidates
+from swapseg.offload import MemoryPlan, RecomputePolicy, SwapPolicy, apply_plan
+from swapseg.offload.measure import allocation_events, profiled_peak_bytes, train_step
+from swapseg.planner import DEFAULT_MARGIN, DeviceProfile, choose_plan, get_profile, search
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import StepTrace, trace_step
+from swapseg.training.losses import soft_dice_loss
 
 CPU = torch.device("cpu")
 
-__all__ = ["allocation_events", "measured_largest_sides", "profiled_peak_bytes",
-           "bench_methods", "run_bench", "largest_sides", "default_budget", "METHODS"]
+__all__ = ["allocation_events", "measured_largest_sides", "profiled_peak_bytes", "dice_loss",
+           "dice_trace", "bench_methods", "run_bench", "largest_sides", "default_budget",
+           "METHODS", "HYBRID"]
 
 METHODS = ("none", "save_on_cpu", "paper-config-1", "paper-config-2", "paper-config-3",
            "paper-config-4", "auto", "recompute-full", "recompute-speed", "hybrid")
-HYBRID = "hybrid-recompute-speed-decoder-swap-rest-lb20"
 
 
-def allocation_events(prof: Any) -> list[tuple[int, int, int, str]]:
-    """The memory events of a ``torch.profiler`` run (``profile_memory=True``), in time
-    order: (time ns, bytes (negative: a free), address, the chain of ops around it)."""
-    from torch._C._profiler import _EventType
-
-    out = []
-    stack = [(n, "") for n in prof.profiler.kineto_results.experimental_event_tree()]
-    while stack:
-        node, chain = stack.pop()
-        if node.tag == _EventType.Allocation:
-            f = node.extra_fields
-            out.append((node.start_time_ns, f.alloc_size, f.ptr, chain))
-            continue
-        here = f"{chain} < {node.name}" if chain else node.name
-        stack.extend((c, here) for c in node.children)
-    return sorted(out)
+def dice_loss(out: torch.Tensor) -> torch.Tensor:
+    """The training loss (soft Dice) against an empty target: what a U-Net step saves."""
+    return soft_dice_loss(out, torch.zeros_like(out))
 
 
-def profiled_peak_bytes(step: Callable[[], Any]) -> int:
-    """Peak of allocations made during ``step()``, from the profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    cur = peak = 0
-    for _, size, _, _ in allocation_events(prof):
-        cur += size
-        peak = max(peak, cur)
-    return peak
+def dice_trace(model: nn.Module, shape: tuple[int, ...],
+               autocast_dtype: torch.dtype | None = None) -> StepTrace:
+    """The planner's trace of one step under the training loss."""
+    return trace_step(model, shape, dice_loss, autocast_dtype=autocast_dtype)
 
 
 def _plans(trace: StepTrace, device: DeviceProfile, budget: int | None) -> dict[str, Any]:
     """Method name -> MemoryPlan (or the string 'save_on_cpu')."""
-    byname = {c.name: c for c in candidates(trace)}
     plans: dict[str, Any] = {"none": MemoryPlan(name="none"), "save_on_cpu": "save_on_cpu"}
-    for k in range(1, 5):
-        c = byname.get(f"paper-config-{k}")
-        if c is not None:
-            plans[c.name] = MemoryPlan(c.swap, c.recompute, c.name)
+    paper = paper_candidates(trace)
+    for c in paper:
+        plans[c.name] = MemoryPlan(c.swap, c.recompute, c.name)
     if budget is not None:  # the planner's choice (raises InputError when nothing fits)
-        chosen = search(trace, device, budget).chosen
+        chosen = search(trace, device, budget, extra=paper).chosen
         assert chosen is not None
         plans["auto"] = MemoryPlan(chosen.swap, chosen.recompute, f"auto: {chosen.name}")
     plans["recompute-full"] = MemoryPlan(None, RecomputePolicy(("*",), "full"), "full")
     plans["recompute-speed"] = MemoryPlan(None, RecomputePolicy(("*",), "speed"), "speed")
-    if HYBRID in byname:
-        h = byname[HYBRID]
-        plans["hybrid"] = MemoryPlan(h.swap, h.recompute, HYBRID)
+    if any(c.name == "paper-config-3" for c in paper):  # the model has a decoder
+        plans["hybrid"] = hybrid_plan()
     return plans
 
 
@@ -110,20 +87,22 @@ class _Runner:
     """One method's model, optimizer and input; ``step()`` runs one training step."""
 
     def __init__(self, model0: nn.Module, shape: tuple[int, ...], plan: Any,
-                 device: torch.device = CPU) -> None:
+                 device: torch.device = CPU, autocast_dtype: torch.dtype | None = None,
+                 compile: bool = False) -> None:
         torch.manual_seed(0)
         self.device = device
         self.model = copy.deepcopy(model0).to(device)
+        # plans name scopes of the model itself; the compiled wrapper only runs it
+        self.run = torch.compile(self.model) if compile else self.model
+        self.autocast_dtype = autocast_dtype
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.x = torch.randn(shape, device=device)
         self.plan = plan
         self.times: list[float] = []
 
     def step(self, account: bool = False) -> Any:
-        self.opt.zero_grad(set_to_none=True)
         with _method(self.model, self.plan, account) as stats:
-            default_loss(self.model(self.x)).backward()
-        self.opt.step()
+            train_step(self.run, self.x, dice_loss, self.autocast_dtype, self.opt)
         return stats
 
     def timed(self) -> None:
@@ -174,9 +153,8 @@ def measured_largest_sides(model: nn.Module, plans: dict[str, Any], cap: int,
             for s in sides:
                 if plan == "auto":
                     try:
-                        from swapseg.offload.hybrid import choose_plan
                         p = choose_plan(model, (1, channels, s, s, s), "local", cap,
-                                        tier="cuda")
+                                        dice_loss, tier="cuda")
                     except Exception:  # noqa: BLE001 - InputError: the planner says no fit
                         break
                 else:
@@ -195,7 +173,7 @@ def measured_largest_sides(model: nn.Module, plans: dict[str, Any], cap: int,
 
 def _predicted_peak(tr: StepTrace, device: DeviceProfile, plan: Any, cap: int) -> float:
     if plan == "auto":
-        res = search(tr, device, cap, require_fit=False)
+        res = search(tr, device, cap, require_fit=False, extra=paper_candidates(tr))
         return res.chosen.result.peak_bytes if res.chosen else float("inf")  # type: ignore
     if plan == "save_on_cpu":
         return simulate(tr, device, SwapPolicy(prefetch=1)).peak_bytes  # moves every tensor
@@ -203,17 +181,16 @@ def _predicted_peak(tr: StepTrace, device: DeviceProfile, plan: Any, cap: int) -
 
 
 def largest_sides(model: nn.Module, plans: dict[str, Any], device: DeviceProfile, cap: int,
-                  channels: int, sides: range) -> dict[str, int | None]:
+                  channels: int, sides: range,
+                  autocast_dtype: torch.dtype | None = None) -> dict[str, int | None]:
     """Per method, the largest cube side in ``sides`` whose predicted peak fits the cap
     minus the planner's safety margin (None: not even the smallest)."""
-    from swapseg.offload.plan.search import DEFAULT_MARGIN
-
     best: dict[str, int | None] = {n: None for n in plans}
     alive = set(plans)
     for s in sides:
         if not alive:
             break
-        tr = trace_step(model, (1, channels, s, s, s))
+        tr = dice_trace(model, (1, channels, s, s, s), autocast_dtype)
         for n in sorted(alive):
             if _predicted_peak(tr, device, plans[n], cap) <= cap * (1 - DEFAULT_MARGIN):
                 best[n] = s
@@ -228,20 +205,24 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int | None,
                   methods: tuple[str, ...] = METHODS,
                   progress: Callable[[str], None] | None = None,
                   device: DeviceProfile | None = None,
-                  torch_device: torch.device = CPU) -> dict[str, Any]:
+                  torch_device: torch.device = CPU,
+                  autocast_dtype: torch.dtype | None = None,
+                  compile: bool = False) -> dict[str, Any]:
     """Measure ``methods`` side by side; predictions use ``device`` (default: ``local``,
     calibrated at the bench shape, so "none" is predicted from itself and the other
     methods' predictions test the simulator's model of swapping and recomputation)."""
     if device is None:
         cuda = torch_device.type == "cuda"
         device = get_profile("local", model, tier="cuda" if cuda else "host",
-                             calibrate_shape=None if cuda else shape)
+                             calibrate_shape=None if cuda else shape, loss_fn=dice_loss,
+                             autocast_dtype=autocast_dtype)
     local = device
-    trace = trace_step(model, shape)
+    trace = dice_trace(model, shape, autocast_dtype)
     if budget is None:
         budget = default_budget(trace, local)
     plans = _plans(trace, local, budget)
-    runners = {n: _Runner(model, shape, plans[n], torch_device) for n in methods if n in plans}
+    runners = {n: _Runner(model, shape, plans[n], torch_device, autocast_dtype, compile)
+               for n in methods if n in plans}
     # round robin: on a shared machine, load drifts; interleaving spreads it over methods
     for i in range(warmup + steps):
         for name, r in runners.items():
@@ -276,8 +257,6 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int | None,
 def default_budget(trace: StepTrace, device: DeviceProfile) -> int:
     """A budget whose usable part lies halfway between the lowest predicted peak of any
     candidate and the no-swap peak: something must be swapped or recomputed."""
-    from swapseg.offload.plan.search import DEFAULT_MARGIN
-
     res = search(trace, device, 2**62, require_fit=False)
     peaks = [c.result.peak_bytes for c in res.candidates]  # type: ignore[union-attr]
     keep, low = peaks[0], min(peaks)
@@ -287,22 +266,25 @@ def default_budget(trace: StepTrace, device: DeviceProfile) -> int:
 def run_bench(shape: tuple[int, ...], budget: int | None, steps: int, warmup: int,
               profile_peak: bool, cap: int, cap_device: str, sides: range,
               progress: Callable[[str], None] | None = None,
-              torch_device: str = "cpu") -> dict[str, Any]:
+              torch_device: str = "cpu", autocast_dtype: torch.dtype | None = None,
+              compile: bool = False) -> dict[str, Any]:
+    """The Isensee U-Net's methods bench; ``cap_device`` is the hardware profile of
+    the largest-side search."""
     from swapseg.envinfo import environment
     from swapseg.models.unet3d import Isensee3DUNet
 
     tdev = torch.device(torch_device)
     model = Isensee3DUNet(in_channels=shape[1])
     res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress,
-                        torch_device=tdev)
+                        torch_device=tdev, autocast_dtype=autocast_dtype, compile=compile)
     budget = res["budget_bytes"]
     dev = get_profile(cap_device)
-    plans = _plans(trace_step(model, shape), dev, None)
+    plans = _plans(dice_trace(model, shape, autocast_dtype), dev, None)
     plans["auto"] = "auto"  # re-planned at every side
     if progress:
         progress("largest sides under the cap")
     largest = largest_sides(model, {n: plans[n] for n in res["methods"]}, dev, cap,
-                            shape[1], sides)
+                            shape[1], sides, autocast_dtype)
     ls: dict[str, Any] = {"device": cap_device, "cap_bytes": cap, "how": (
         "predicted by the planner's simulator (validated against CPU runs)"), "sides": largest}
     if tdev.type == "cuda":

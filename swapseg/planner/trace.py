@@ -29,11 +29,13 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-__all__ = ["OpRecord", "SavedRecord", "StorageRecord", "StepTrace", "trace_step",
-           "default_loss", "CONV_OPS"]
+from swapseg.offload.measure import autocast, default_loss
 
-CONV_OPS = frozenset({"aten.convolution", "aten.convolution_backward", "aten.mm",
-                      "aten.addmm", "aten.bmm"})
+__all__ = ["OpRecord", "SavedRecord", "StorageRecord", "StepTrace", "trace_step", "LossFn"]
+
+#: ``loss_fn(output) -> scalar tensor``: the caller's loss on the model's output (close
+#: over a target if it needs one). Default: :func:`swapseg.offload.measure.default_loss`.
+LossFn = Callable[[Any], torch.Tensor]
 
 
 @dataclass
@@ -86,6 +88,7 @@ class StepTrace:
     module_inputs: dict[str, list[int]]   # module name -> storage uids of its first call's args
     module_ops: dict[str, tuple[int, int]]  # module name -> [first, last] forward op index
     trace_s: float = 0.0
+    autocast_dtype: str = ""   # e.g. "torch.bfloat16" when traced under autocast
 
     @property
     def persistent_bytes(self) -> int:
@@ -114,16 +117,8 @@ class StepTrace:
             "fwd_flops": sum(o.flops for o in self.ops if o.phase == "fwd"),
             "bwd_flops": sum(o.flops for o in self.ops if o.phase == "bwd"),
             "trace_s": round(self.trace_s, 3),
+            "autocast_dtype": self.autocast_dtype or None,
         }
-
-
-def default_loss(out: torch.Tensor) -> torch.Tensor:
-    """Soft Dice on sigmoid outputs against a target of the output's shape (as in training)."""
-    target = torch.zeros_like(out)
-    p = out.sigmoid()
-    dims = tuple(range(2, out.dim()))
-    inter = (p * target).sum(dims)
-    return 1 - ((2 * inter + 1) / (p.sum(dims) + target.sum(dims) + 1)).mean()
 
 
 def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
@@ -166,7 +161,7 @@ def _conv_key(name: str, args: tuple) -> str:
         x, w, stride = args[1], args[2], args[4]
     else:
         return ""
-    if x.dim() != 5:
+    if x.dim() < 3:
         return ""
     return ",".join(str(int(v)) for v in (x.shape[1], w.shape[0], w.shape[2], stride[0],
                                           *x.shape[2:]))
@@ -312,21 +307,25 @@ def _released(rec: _Recorder, r: SavedRecord) -> None:
     r.released_at = rec.now()
 
 
-def trace_step(model: nn.Module, input_shape: tuple[int, ...],
-               loss_fn: Callable[[torch.Tensor], torch.Tensor] = default_loss,
-               optimizer_states: int = 2, name: str | None = None) -> StepTrace:
+def trace_step(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn | None = None,
+               optimizer_states: int = 2, name: str | None = None,
+               autocast_dtype: torch.dtype | None = None) -> StepTrace:
     """Trace forward + backward of ``model`` on a fake input of ``input_shape``.
 
+    ``loss_fn(output) -> scalar`` (default: the mean of squared outputs). With
+    ``autocast_dtype``, forward and loss run under ``torch.autocast`` at that dtype (as
+    mixed-precision training runs them), so saved tensors count at their real dtype.
     ``optimizer_states`` is the number of parameter-sized state tensors of the optimizer
     (2 for Adam's two moments, 0 for plain SGD). The model itself is not modified.
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
-        return _trace(model, input_shape, loss_fn, optimizer_states, name)
+        return _trace(model, tuple(input_shape), loss_fn or default_loss, optimizer_states,
+                      name, autocast_dtype)
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...],
-           loss_fn: Callable[[torch.Tensor], torch.Tensor], optimizer_states: int,
-           name: str | None) -> StepTrace:
+def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
+           optimizer_states: int, name: str | None,
+           autocast_dtype: torch.dtype | None) -> StepTrace:
     t0 = time.perf_counter()
     rec = _Recorder()
     saved: list[SavedRecord] = []
@@ -334,21 +333,24 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...],
     module_ops: dict[str, tuple[int, int]] = {}
     named = dict(model.named_parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in named.values())
+    dtype = next(iter(named.values())).dtype if named else torch.get_default_dtype()
     # always trace on (fake) CPU tensors: a CUDA model's backward would run on the
-    # autograd device thread, outside this thread's dispatch mode
+    # autograd device thread, outside this thread's dispatch mode; CPU autocast casts
+    # the same ops to the lower precision for conv and matmul
     real_params = {n: p.detach().cpu() for n, p in named.items()}
     real_buffers = {n: b.detach().cpu() for n, b in model.named_buffers()}
     with FakeTensorMode(allow_non_fake_inputs=False) as fm:
         fparams = {n: fm.from_tensor(p).requires_grad_(named[n].requires_grad)
                    for n, p in real_params.items()}
         fbuffers = {n: fm.from_tensor(b) for n, b in real_buffers.items()}
-        x = torch.empty(input_shape, dtype=next(iter(named.values())).dtype)
+        x = torch.empty(input_shape, dtype=dtype)
         param_keys = {p.untyped_storage()._cdata for p in fparams.values()}
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
                 _saved_hooks(rec, param_keys, saved):
             rec.register(x, "input")
-            out = functional_call(model, {**fparams, **fbuffers}, (x,))
-            loss = loss_fn(out)
+            with autocast("cpu", autocast_dtype):
+                out = functional_call(model, {**fparams, **fbuffers}, (x,))
+                loss = loss_fn(out)
             n_fwd = len(rec.ops)
             rec.phase = "bwd"
             loss.backward()
@@ -364,4 +366,4 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...],
         storages=rec.storages, saved=saved, param_bytes=param_bytes, grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_states * param_bytes, n_fwd_ops=n_fwd,
         module_inputs=module_inputs, module_ops=module_ops,
-        trace_s=time.perf_counter() - t0)
+        trace_s=time.perf_counter() - t0, autocast_dtype=str(autocast_dtype or ""))
