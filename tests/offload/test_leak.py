@@ -40,8 +40,18 @@ def test_thirty_steps_flat():
     assert rss[-1] - rss[4] < 16 * 2**20, [r // 2**20 for r in rss]
 
 
-def _files(root) -> list[str]:
-    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+def _swap_bytes(root, pid="self") -> int:
+    """Bytes of the files under ``root`` that process ``pid`` holds open (named or not)."""
+    total = 0
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+            if target.startswith(str(root) + "/"):
+                total += os.stat(os.path.join(fd_dir, fd)).st_size
+        except OSError:
+            continue  # closed meanwhile
+    return total
 
 
 def test_disk_tier_leaves_no_files(tmp_path):
@@ -56,13 +66,15 @@ def test_disk_tier_leaves_no_files(tmp_path):
 
 
 def test_disk_tier_files_exist_during_step_and_go_when_a_step_raises(tmp_path):
+    """The swap files have no names, but hold bytes during the step; none after."""
     model = isensee()
     x = torch.randn(1, 2, 16, 16, 16)
     policy = SwapPolicy(tier="disk", disk_dir=str(tmp_path))
     seen: list[int] = []
 
     def boom(module, args, output):
-        seen.append(len(_files(tmp_path)))
+        seen.append(_swap_bytes(tmp_path))
+        assert os.listdir(tmp_path) == []  # unnamed from the start
         raise RuntimeError("boom")
 
     h = model.decoder[0].register_forward_hook(boom)
@@ -73,7 +85,7 @@ def test_disk_tier_files_exist_during_step_and_go_when_a_step_raises(tmp_path):
     finally:
         h.remove()
     assert seen and seen[0] > 0  # files were written before the failure
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and _swap_bytes(tmp_path) == 0
 
 
 def test_error_after_forward_releases_graph(tmp_path):
