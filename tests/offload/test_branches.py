@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _late_transport import LateFactory
 from _swap_models import assert_bitwise, isensee, train_steps
 from torch import nn
 
 from swapseg.offload import SwapPolicy, swap_activations
 
 
-def _swap(policy):
-    return lambda m: swap_activations(m, policy)
+def _swap(policy, transport=None):
+    return lambda m: swap_activations(m, policy, transport=transport)
 
 
-@pytest.mark.parametrize("tier", ["host", "disk"])
+@pytest.mark.parametrize("tier", ["host", "disk", "late"])
 def test_bitwise_with_branches(tier, tmp_path):
     base = train_steps(isensee, _swap(None))
-    policy = SwapPolicy(tier=tier, swap_branches=True, prefetch=2,
+    late = LateFactory(seed=11) if tier == "late" else None
+    policy = SwapPolicy(tier="host" if late else tier, swap_branches=True, prefetch=2,
                         disk_dir=str(tmp_path) if tier == "disk" else None)
-    run = train_steps(isensee, _swap(policy), one_context=True)
+    run = train_steps(isensee, _swap(policy, late), one_context=True)
     assert_bitwise(base, run)
     evictions = [st.branch_evictions for st in run[3]]  # cumulative
     assert evictions[0] == 0 < evictions[1] < evictions[2]  # step 1 only records uses
+    if late:
+        assert late.made[0].out_of_order()
 
 
 def test_skip_storage_is_freed_while_the_decoder_waits():

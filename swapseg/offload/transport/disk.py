@@ -99,9 +99,7 @@ class DiskTransport(CopyRunner):
                 raise _full(self.dir, n) from None
             raise
         try:
-            view, done = _bytes_view(host), 0
-            while done < n:
-                done += os.pwrite(fd, view[done:], done)
+            self._fill(fd, host)
         except OSError as exc:
             os.close(fd)  # the kernel frees what was written
             if exc.errno in _FULL:
@@ -110,6 +108,12 @@ class DiskTransport(CopyRunner):
         with self._lock:
             self._open.add(fd)
         return SwapFile(fd, n)
+
+    @staticmethod
+    def _fill(fd: int, host: torch.Tensor) -> None:
+        view, done = _bytes_view(host), 0
+        while done < host.numel():
+            done += os.pwrite(fd, view[done:], done)
 
     def start_out(self, src: torch.Tensor) -> Ticket:
         host = src if src.device.type == "cpu" else src.to("cpu", non_blocking=False)
