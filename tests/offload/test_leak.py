@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -118,3 +119,71 @@ def test_graph_outliving_the_context_still_works():
         assert torch.equal(a, p.grad)
     del loss
     assert st.device_bytes == 0 and pool.free_bytes == pool.allocated_bytes
+
+
+_KILLED_CHILD = """
+import os, sys, time, torch
+sys.path.insert(0, {tests!r})
+from _swap_models import isensee
+from swapseg.offload import SwapPolicy, swap_activations
+folder, ready = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+model = isensee()
+
+def stop_here(module, grad_output):  # mid-backward: files written, some reloaded
+    with open(ready + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(ready + ".tmp", ready)
+    time.sleep(120)
+
+model.encoder[1].register_full_backward_pre_hook(stop_here)
+with swap_activations(model, SwapPolicy(tier="disk", disk_dir=folder, prefetch=2)):
+    model(torch.randn(1, 2, 16, 16, 16, requires_grad=True)).square().mean().backward()
+"""
+
+
+def _sigkill_mid_backward(folder, ready) -> int:
+    """Bytes the child held in ``folder`` when it was killed mid-backward."""
+    import signal
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD.format(tests=tests),
+                              str(folder), str(ready)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "the child never reached backward"
+            time.sleep(0.02)
+        held = _swap_bytes(folder, pid=child.pid)
+        assert os.listdir(folder) == []  # no names, even while the files hold bytes
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    return held
+
+
+def test_sigkill_mid_backward_leaves_zero_bytes(tmp_path):
+    folder = tmp_path / "swap"
+    folder.mkdir()
+    held = _sigkill_mid_backward(folder, tmp_path / "ready")
+    assert held > 0  # the swap files were there, holding bytes, when the kill came
+    assert os.listdir(folder) == []
+
+
+def test_sigkill_mid_backward_gives_the_space_back_on_tmpfs(tmp_path):
+    from _tmpfs import tiny_tmpfs, used_bytes
+
+    with tiny_tmpfs(tmp_path / "tmpfs", "64m") as folder:
+        base = used_bytes(folder)
+        held = _sigkill_mid_backward(folder, tmp_path / "ready")
+        assert held > 0
+        assert os.listdir(folder) == [] and used_bytes(folder) == base
