@@ -187,3 +187,25 @@ def test_sigkill_mid_backward_gives_the_space_back_on_tmpfs(tmp_path):
         held = _sigkill_mid_backward(folder, tmp_path / "ready")
         assert held > 0
         assert os.listdir(folder) == [] and used_bytes(folder) == base
+
+
+def test_pool_keeps_what_the_last_context_used_and_no_more():
+    """The bound: at context exit the pool keeps, per size, the most buffers the context
+    had in use at once; sizes it stopped using go (volumes of changing shapes)."""
+    model = isensee()
+    pool = get_pool(False)
+
+    def one_context(size: int):
+        with swap_activations(model, SwapPolicy(tier="host")) as st:
+            model(torch.randn(1, 2, size, size, size)).square().mean().backward()
+        assert pool.free_bytes == pool.allocated_bytes  # nothing in use after the context
+        return st
+
+    st16 = one_context(16)
+    # every swapped storage held its buffer until backward: all of them were in use at once
+    assert pool.allocated_bytes == st16.bytes_out > 0
+    allocations = pool.allocations
+    one_context(16)
+    assert pool.allocations == allocations  # the same shape reuses every buffer
+    st12 = one_context(12)
+    assert pool.allocated_bytes == st12.bytes_out < st16.bytes_out  # 16^3 sizes are gone

@@ -53,6 +53,7 @@ def test_a_round_trip_of_states_returns_resident_bytes_to_zero():
     assert e.released and not e.resident
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_engine_resident_bytes_follow_from_states_under_late_copies():
     """At every module boundary of forward and backward, the engine's resident counter
     equals the sum over its entries in resident states, with copies landing late."""
