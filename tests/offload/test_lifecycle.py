@@ -63,11 +63,10 @@ def test_engine_resident_bytes_follow_from_states_under_late_copies():
     checks: list[int] = []
     seen_states: set[str] = set()
 
-    def check(*_):
-        with engine._lock:
-            assert engine.resident_bytes() == engine.stats.device_bytes
-            seen_states.update(engine.states())
-            checks.append(engine.stats.device_bytes)
+    def check(*_):  # hooks run on this thread, as do all of the engine's state changes
+        assert engine.resident_bytes() == engine.stats.device_bytes
+        seen_states.update(engine.states())
+        checks.append(engine.stats.device_bytes)
 
     hooks = [m.register_forward_hook(check) for m in model.modules()]
     hooks += [m.register_full_backward_hook(check) for m in model.modules()
