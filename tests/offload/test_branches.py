@@ -78,3 +78,50 @@ def test_no_grad_forward_does_not_evict():
         with torch.no_grad():
             out = model(x)
     assert torch.equal(ref, out) and st.branch_evictions == 0
+
+
+class CloneHost:
+    """A ``BranchHost`` with no engine behind it: the host copy is a clone made on demand."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def is_param_or_buffer(self, t):
+        self._count("is_param_or_buffer")
+        return isinstance(t, nn.Parameter)
+
+    def host_copy(self, t):
+        self._count("host_copy")
+        return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).clone()
+
+    def evicted(self, entry):
+        self._count("evicted")
+
+    def start_restore(self, entry):
+        from swapseg.offload.transport import Ticket
+        self._count("start_restore")
+        return Ticket(value=entry)
+
+    def restore_into(self, t, entry, ticket):
+        self._count("restore_into")
+        torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).copy_(ticket.result())
+
+
+def test_swapper_needs_only_the_branch_host_interface():
+    from swapseg.offload.branches import BranchSwapper
+
+    torch.manual_seed(0)
+    model = PlainSkip()
+    x = torch.randn(1, 1, 6, 7, 5)
+    ref = model(x)
+    host = CloneHost()
+    swapper = BranchSwapper(host, model, lead=2)
+    try:
+        outs = [model(x) for _ in range(3)]  # the first forward only records uses
+    finally:
+        swapper.remove()
+    assert all(torch.equal(ref, out) for out in outs)
+    assert host.calls.get("evicted", 0) >= 2 and host.calls["restore_into"] == host.calls["evicted"]
