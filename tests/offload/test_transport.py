@@ -220,3 +220,13 @@ def test_event_ticket_times_come_from_events(ready_ms, stall_ms):
     assert ticket.wait_s == pytest.approx(stall_ms / 1e3)
     ticket.forget()
     assert ticket.end_t == pytest.approx(100.020)  # timing survives dropping the tensors
+
+
+def test_disk_shortfall_against_a_tmpfs(tmp_path):
+    from _tmpfs import tiny_tmpfs
+
+    with tiny_tmpfs(tmp_path / "tiny", "1m") as tiny:
+        free = os.statvfs(tiny).f_bavail * os.statvfs(tiny).f_frsize
+        assert 0 < free <= 2**20
+        assert disk_mod.disk_shortfall(str(tiny), free) == 0
+        assert disk_mod.disk_shortfall(str(tiny), free + 12345) == 12345
