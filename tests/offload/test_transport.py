@@ -208,7 +208,7 @@ def test_event_ticket_times_come_from_events(ready_ms, stall_ms):
     clock = EventClock(anchor, host_t=100.0)
     start, end = _at(10.0), _at(20.0)
     compute = _FakeStream()
-    ticket = EventTicket("value", start, end, clock, compute, _FakeEvent)
+    ticket = EventTicket("value", start, end, clock, lambda: compute, _FakeEvent)
     assert not ticket.done() and not ticket.timed() and ticket.start_t is None
     _FakeEvent.now = ready_ms
     assert ticket.result() == "value" and compute.waited == [end]  # the host did not block

@@ -12,6 +12,7 @@ read against the host clock when the transport is made.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,10 +42,11 @@ class EventClock:
 
 
 class EventTicket(Ticket):
-    """A device copy between ``start`` and ``end`` events, consumed on ``consumer``."""
+    """A device copy between ``start`` and ``end`` events, consumed on the stream that
+    ``consumer()`` returns when ``result()`` is called (the caller's current stream)."""
 
     def __init__(self, value: Any, start: Any, end: Any, clock: EventClock,
-                 consumer: Any, event_cls: Any, keep: Any = None) -> None:
+                 consumer: Callable[[], Any], event_cls: Any, keep: Any = None) -> None:
         super().__init__(None, value)
         self._start, self._end, self._clock = start, end, clock
         self._consumer, self._event_cls = consumer, event_cls
@@ -60,9 +62,10 @@ class EventTicket(Ticket):
     def result(self) -> Any:
         if self._ready is None:
             # the consumer's stream waits on the copy; the host does not block
+            stream = self._consumer()
             self._ready = self._event_cls(enable_timing=True)
-            self._ready.record(self._consumer)
-            self._consumer.wait_event(self._end)
+            self._ready.record(stream)
+            stream.wait_event(self._end)
         return self._value
 
     def sync(self) -> None:
@@ -95,28 +98,29 @@ class CudaTransport:
         self.in_stream = torch.cuda.Stream(device)
         self.clock = EventClock.start(self.out_stream, torch.cuda.Event)
 
-    def _copy(self, stream: Any, dest: torch.Tensor, src: torch.Tensor, consumer: Any,
-              keep: Any) -> EventTicket:
+    def _copy(self, stream: Any, dest: torch.Tensor, src: torch.Tensor, keep: Any
+              ) -> EventTicket:
         with torch.cuda.stream(stream):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record(stream)
             dest.copy_(src, non_blocking=True)
             end.record(stream)
-        return EventTicket(dest, start, end, self.clock, consumer, torch.cuda.Event, keep)
+        device = self.device
+        return EventTicket(dest, start, end, self.clock,
+                           lambda: torch.cuda.current_stream(device), torch.cuda.Event, keep)
 
     def start_out(self, src: torch.Tensor) -> Ticket:
         compute = torch.cuda.current_stream(src.device)  # read before the side stream
         buf = self.pool.acquire(src.numel())
         self.out_stream.wait_stream(compute)
-        # the host buffer is consumed by the host: nothing on a stream waits for it
-        return self._copy(self.out_stream, buf, src, compute, keep=src)
+        return self._copy(self.out_stream, buf, src, keep=src)
 
     def start_in(self, stored: torch.Tensor, device: torch.device) -> Ticket:
         compute = torch.cuda.current_stream(device)
         dest = torch.empty(stored.numel(), dtype=torch.uint8, device=device)  # compute stream
         self.in_stream.wait_stream(compute)
-        return self._copy(self.in_stream, dest, stored, compute, keep=stored)
+        return self._copy(self.in_stream, dest, stored, keep=stored)
 
     def free(self, stored: torch.Tensor) -> None:
         self.pool.release(stored)
