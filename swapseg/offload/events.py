@@ -51,6 +51,10 @@ class EventLog:
                stall: bool) -> None:
         """``ticket`` was consumed; ``stall``: its wait counts in ``wait_s``."""
         ticket.forget()
+        if ticket.timed() and not self.trace:  # the common case: nothing to keep
+            if stall:
+                self.stats.wait_s += ticket.wait_s
+            return
         item = (direction, self._tag(e), self.stats.steps, ticket, stall)
         if ticket.timed():
             self._settle(*item)
