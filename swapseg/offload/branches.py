@@ -29,10 +29,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["BranchSwapper", "BranchHost", "MIN_GAP_OPS"]
+__all__ = ["BranchSwapper", "BranchHost", "MIN_GAP_OPS", "PENDING"]
 
 #: Uses closer than this (in torch calls) are "near": not worth a round trip.
 MIN_GAP_OPS = 24
+
+#: ``BranchHost.host_copy``: the storage's copy-out has not finished yet.
+PENDING = "pending"
 
 
 class BranchHost(Protocol):
@@ -43,7 +46,7 @@ class BranchHost(Protocol):
         ...
 
     def host_copy(self, t: torch.Tensor) -> Any:
-        """A token for the finished host copy of ``t``'s storage, ``"pending"`` while the
+        """A token for the finished host copy of ``t``'s storage, ``PENDING`` while the
         copy runs, or None when there is none (not saved, kept, or modified since)."""
         ...
 
@@ -179,7 +182,7 @@ class BranchSwapper:
         for b in self._pending:
             t = b.alive()
             e = self.engine.host_copy(t) if t is not None else None
-            if e == "pending":
+            if isinstance(e, str) and e == PENDING:
                 waiting.append(b)
                 continue
             if e is None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from swapseg.offload.branches import PENDING, BranchSwapper
 from swapseg.offload.events import EventLog
 from swapseg.offload.lifecycle import Entry
 from swapseg.offload.policy import SwapPolicy
@@ -54,9 +55,6 @@ __all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING"]
 
 #: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
 DISK_INFLIGHT_BYTES = 256 * 2**20
-
-#: ``SwapEngine.host_copy``: the storage's copy-out has not finished yet.
-PENDING = "pending"
 
 
 
@@ -86,7 +84,6 @@ class SwapEngine:
         self._root_hook = model.register_forward_hook(self._on_output)
         self._branches = None
         if policy.swap_branches:
-            from swapseg.offload.branches import BranchSwapper
             self._branches = BranchSwapper(self, model, lead=policy.prefetch)
 
     def resident_bytes(self) -> int:
