@@ -17,6 +17,7 @@ import numpy as np
 from swapseg.data.layouts import Case, find_cases
 from swapseg.data.loader import _check_same_grid, load_case, read_header
 from swapseg.errors import InputError
+from swapseg.progress import Progress, track
 
 __all__ = ["CaseSummary", "DatasetReport", "check_dataset"]
 
@@ -103,6 +104,11 @@ def _check_headers(case: Case, s: CaseSummary) -> None:
     ref = read_header(ref_path)
     for path in others:
         _check_same_grid(ref, ref_path, read_header(path), path, tuple(ref.shape[:3]))
+    if case.seg is not None:
+        extra = [int(v) for v in read_header(case.seg).shape[3:] if v != 1]
+        if extra:
+            raise InputError(f"{case.seg}: shape {tuple(read_header(case.seg).shape)} holds "
+                             "more than one volume; a segmentation is one 3-D label volume")
     s.shape = [int(v) for v in ref.shape[:3]]
     s.spacing_mm = [float(z) for z in ref.header.get_zooms()[:3]]
 
@@ -127,14 +133,12 @@ def _check_case(case: Case, quick: bool) -> CaseSummary:
 
 
 def check_dataset(root: str | Path, skip_bad: bool = False, quick: bool = False,
-                  progress: bool = False) -> DatasetReport:
+                  progress: Progress = False) -> DatasetReport:
     """Check every case under ``root``; raises InputError only for a missing/empty folder."""
     index = find_cases(root, skip_bad=True)
     report = DatasetReport(str(root), index.layout, layout_problems=list(index.problems),
                            skip_bad=skip_bad)
-    cases = index.cases
-    if progress:
-        from tqdm import tqdm
-        cases = tqdm(cases, desc="checking", unit="case")
-    report.cases = [_check_case(c, quick) for c in cases]
+    report.cases = [_check_case(c, quick)
+                    for c in track(index.cases, "checking", progress,
+                                   label=lambda c: c.case_id)]
     return report
