@@ -227,7 +227,8 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     inference, window = _inference_of(config, inference, window)
     train_window, zoom = training_window(config, ckpt)
     cases = _select(find_cases(input_dir).cases, case_ids, input_dir)
-    settings = {"inference": inference, "window": window or train_window, "zoom": zoom,
+    side = (window,) * 3 if isinstance(window, int) else (window or train_window)
+    settings = {"inference": inference, "window": tuple(side), "zoom": zoom,
                 "overlap": overlap, "tta": tta, "convention": convention, "out": str(out_dir)}
     choose_window(model, (8, 8, 8), inference, settings["window"])  # bad settings fail now
     records = [_predict_one(model, case, settings)

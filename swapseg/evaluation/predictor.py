@@ -89,8 +89,9 @@ def available_bytes(device: torch.device) -> int:
 def _as_window(window: int | Sequence[int], divisor: int) -> Window:
     w = (int(window),) * 3 if isinstance(window, (int,)) else tuple(int(v) for v in window)
     if len(w) != 3 or min(w) <= 0 or any(v % divisor for v in w):
-        raise InputError(f"window {window} must be a positive multiple of the network's "
-                         f"divisor {divisor}")
+        side = w[0] if len(set(w)) == 1 else "x".join(map(str, w))
+        raise InputError(f"window {side} (--window) must be a positive multiple of the "
+                         f"network's divisor {divisor}")
     return w  # type: ignore[return-value]
 
 
@@ -107,6 +108,8 @@ def choose_window(model: nn.Module, spatial: Sequence[int], inference: Inference
         return None, facts
     if win is None:
         raise InputError("windows need a window side (--window N)")
+    if all(s <= w for s, w in zip(spatial, win, strict=True)):
+        return None, facts  # one window holds it all: that is one pass
     if inference == "windows":
         return win, facts
     have = available_bytes(_device(model))
