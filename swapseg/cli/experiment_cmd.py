@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
     base = brats_full(data=str(args.data), out=str(args.out), **changes)
+    from swapseg.evaluation.inference import resolve_device
+
+    resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
     summary = run_full_vs_patch(
         base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
         swap=args.swap, run_folds=args.run_folds, overlays=args.overlays,

@@ -17,7 +17,9 @@ fit in ``MEMORY_FRACTION`` of the memory available on the model's device (free C
 memory, or the machine's ``MemAvailable`` on a CPU), windows otherwise. The prediction is
 a rule of thumb: ``ACTIVATION_MAPS`` feature maps of the network's first-level width, in
 float32, at every voxel of the padded volume (without gradients only the skip connections
-and the working set of one level are alive, and the full-resolution level dominates).
+and the working set of one level are alive, and the full-resolution level dominates), plus
+``WORKSPACE_BYTES`` for the runtime's own buffers. ``benchmarks/predict_memory.py`` checks
+it against the measured peak (results in ``benchmarks/results/``).
 ``one-pass`` and ``windows`` force either.
 """
 
@@ -34,7 +36,8 @@ from torch import nn
 
 from swapseg.errors import InputError
 
-__all__ = ["Inference", "INFERENCE_MODES", "ACTIVATION_MAPS", "MEMORY_FRACTION",
+__all__ = ["Inference", "INFERENCE_MODES", "ACTIVATION_MAPS", "WORKSPACE_BYTES",
+           "MEMORY_FRACTION",
            "predict_logits", "choose_window", "predicted_bytes", "available_bytes",
            "divisor_of"]
 
@@ -42,6 +45,8 @@ Inference = Literal["auto", "one-pass", "windows"]
 INFERENCE_MODES: tuple[Inference, ...] = ("auto", "one-pass", "windows")
 #: Feature maps of the first level's width alive at once per voxel (the rule of thumb).
 ACTIVATION_MAPS = 8
+#: Allowance for the runtime's own buffers (kernels' scratch space, allocator slack).
+WORKSPACE_BYTES = 256 * 2**20
 #: Share of the available memory a one-pass prediction may take under ``auto``.
 MEMORY_FRACTION = 0.5
 
@@ -69,7 +74,7 @@ def predicted_bytes(model: nn.Module, spatial: Sequence[int]) -> int:
     """Predicted peak activation bytes of one pass over ``spatial`` (see module docstring)."""
     div = divisor_of(model)
     voxels = math.prod(-(-int(s) // div) * div for s in spatial)
-    return voxels * _first_width(model) * 4 * ACTIVATION_MAPS
+    return voxels * _first_width(model) * 4 * ACTIVATION_MAPS + WORKSPACE_BYTES
 
 
 def available_bytes(device: torch.device) -> int:

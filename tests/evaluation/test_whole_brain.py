@@ -124,7 +124,8 @@ def test_predict_never_opens_the_segmentation(tmp_path: Path, monkeypatch) -> No
 def test_auto_chooses_by_predicted_bytes(monkeypatch) -> None:
     model = tiny_model()
     need = predicted_bytes(model, (30, 30, 30))
-    assert need == 32 ** 3 * 4 * 4 * predictor.ACTIVATION_MAPS  # padded to the divisor 4
+    # padded to the divisor 4; 4 first-level filters of 4 float32 bytes
+    assert need == 32 ** 3 * 4 * 4 * predictor.ACTIVATION_MAPS + predictor.WORKSPACE_BYTES
     monkeypatch.setattr(predictor, "available_bytes", lambda device: 4 * need)
     assert choose_window(model, (30, 30, 30), "auto", 16)[0] is None
     monkeypatch.setattr(predictor, "available_bytes", lambda device: need)  # > half of it
