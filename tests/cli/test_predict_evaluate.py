@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from swapseg.cli import main
 from swapseg.data.synthetic import synthesize
@@ -172,3 +173,14 @@ def test_every_bad_evaluate_flag_is_one_line(tmp_path: Path, trained, predicted,
     assert code == 2 and "Traceback" not in "\n".join(err)
     assert err[-1].startswith(("swapseg: error: ", "swapseg evaluate: error: "))
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_experiment_device_cuda_without_cuda_is_one_line(tmp_path: Path, trained, capsys) -> None:
+    data, _ = trained
+    out = tmp_path / "exp"
+    assert main(["experiment", "full-vs-patch", "--data", str(data), "--out", str(out),
+                 "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == ("swapseg: error: --device cuda: no such CUDA device "
+                                       "on this machine (use --device cpu)\n")
+    assert not out.exists()
