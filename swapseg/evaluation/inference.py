@@ -174,7 +174,8 @@ def _predict_one(model: nn.Module, case: Any, settings: dict[str, Any]) -> dict[
     from swapseg.data.preprocess import prepare_brain, restore
 
     t0 = time.perf_counter()
-    loaded = load_case(dataclasses.replace(case, seg=None))  # images only, never the labels
+    assert case.seg is None  # label-blind: predict_cases drops every segmentation
+    loaded = load_case(case)
     prep = prepare_brain(loaded, settings["zoom"])
     win, facts = choose_window(model, prep.image.shape[1:], settings["inference"],
                                settings["window"])
@@ -216,6 +217,7 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     Returns (and writes as ``out_dir/predictions.json``) the settings and per-case records.
     """
     from swapseg.data.brats import find_cases
+    from swapseg.data.check import check_headers
     from swapseg.data.labels import CONVENTIONS
 
     if convention is not None and convention not in CONVENTIONS:
@@ -226,7 +228,11 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     model, config = load_model(ckpt, device)
     inference, window = _inference_of(config, inference, window)
     train_window, zoom = training_window(config, ckpt)
-    cases = _select(find_cases(input_dir).cases, case_ids, input_dir)
+    # images only, never the labels; every header checked before the first file is written
+    cases = [dataclasses.replace(c, seg=None)
+             for c in _select(find_cases(input_dir).cases, case_ids, input_dir)]
+    for case in cases:
+        check_headers(case)
     side = (window,) * 3 if isinstance(window, int) else (window or train_window)
     settings = {"inference": inference, "window": tuple(side), "zoom": zoom,
                 "overlap": overlap, "tta": tta, "convention": convention, "out": str(out_dir)}

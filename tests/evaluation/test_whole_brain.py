@@ -14,7 +14,6 @@ from evalcases import AFFINE, save_checkpoint, tiny_model, write_cases
 
 import swapseg.evaluation.predictor as predictor
 from swapseg.data.brats import find_cases, load_case
-from swapseg.data.preprocess import prepare_brain, restore
 from swapseg.data.synthetic import synthesize
 from swapseg.errors import InputError
 from swapseg.evaluation.inference import predict_cases, resolve_device
@@ -59,26 +58,6 @@ def test_the_whole_brain_box_is_predicted(tmp_path: Path, inference: str) -> Non
     box = tuple(slice(w.min(), w.max() + 1) for w in np.nonzero(head))
     assert np.all(data[box] == 1)  # TC: label 1 at every voxel of the brain box
     assert int((data != 0).sum()) == data[box].size  # and nothing outside it
-
-
-@pytest.mark.parametrize("zoom", [1, 2, 3])
-def test_brain_grid_round_trip_on_odd_sizes(zoom: int) -> None:
-    """prepare_brain's grid maps back onto exactly the brain box, at any zoom."""
-    rng = np.random.default_rng(zoom)
-    image = np.zeros((4, 23, 18, 13), np.float32)
-    image[:, 3:20, 2:17, 1:12] = rng.uniform(1, 2, (4, 17, 15, 11))
-    from swapseg.data.loader import LoadedCase
-
-    loaded = LoadedCase("odd", image, None, np.eye(4), nib.Nifti1Header(), (1.0, 1.0, 1.0),
-                        "brats2017")
-    prep = prepare_brain(loaded, zoom)
-    assert prep.seg is None
-    assert prep.image.shape[1:] == tuple(-(-n // zoom) for n in (17, 15, 11))
-    back = restore(np.ones(prep.image.shape[1:], np.uint8), prep.info)
-    assert back.shape == (23, 18, 13)
-    expected = np.zeros((23, 18, 13), np.uint8)
-    expected[3:20, 2:17, 1:12] = 1
-    np.testing.assert_array_equal(back, expected)
 
 
 def test_same_prediction_with_and_without_the_labels(tmp_path: Path) -> None:
