@@ -16,15 +16,18 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     """
     if isinstance(name, torch.device):
         name = str(name)
+    given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"device {name!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {given}: not a device (auto, cpu, cuda or cuda:N)"
+                         ) from None
     if device.type == "cuda" and (not torch.cuda.is_available()
                                   or (device.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"device {name!r} is not available on this machine")
+        raise InputError(f"--device {given}: no such CUDA device on this machine "
+                         "(use --device cpu)")
     return device

@@ -33,15 +33,18 @@ def register(subparsers: Any) -> None:
     c.add_argument("--quick", action="store_true",
                    help="read headers only (fast; misses corrupt data, NaNs, bad labels)")
     c.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or per-case lines")
     c.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from swapseg.data.check import check_dataset
     from swapseg.io import write_json
+    from swapseg.progress import cli_progress
 
     report = check_dataset(args.dir, skip_bad=args.skip_bad, quick=args.quick,
-                           progress=sys.stderr.isatty())
+                           progress=cli_progress(args.no_progress))
     print("\n".join(report.lines()))
     if args.json:
         write_json(args.json, report.to_dict())

@@ -1,4 +1,4 @@
-"""``swapseg evaluate``: score a folder of predictions against a dataset's segmentations."""
+"""``swapseg evaluate``: score a folder of predictions against ground-truth labels."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ __all__ = ["register", "run"]
 EXAMPLES = """\
 examples:
   swapseg evaluate --pred pred --truth data/val --out eval
-  swapseg evaluate --pred other_tool_output --truth data/val --out eval --empty nan
+  swapseg evaluate --pred other_tool_output --truth labelsTs --out eval --empty nan
+  swapseg evaluate --pred pred23 --truth brats2023_labels --out eval --convention brats2023
+
+--truth is a dataset folder (any layout swapseg reads, every case with its segmentation)
+or a folder of label files alone: <case>.nii.gz, <case>_seg.nii.gz or <case>-seg.nii.gz.
+Label numbering: the dataset's, brats2017 (1 necrotic core, 2 edema, 4 enhancing) for a
+label folder, or --convention (brats2023: 1 NETC, 2 SNFH, 3 ET; msd).
 
 Predictions are named <case>.nii.gz (or <case>_pred / _seg / _prediction), one per truth
-case, in the truth's label convention and grid. Writes EVAL/per_case.csv,
+case, in the same numbering, grid and affine as the truth. Writes EVAL/per_case.csv,
 EVAL/summary.json (means; "median", "std" and "n_nan" per metric and region),
 EVAL/boxplot.png and EVAL/overlays/<case>.png.
 
@@ -22,27 +28,48 @@ Dice 1 and HD95 0, and exactly one empty gives HD95 = the image diagonal in mm; 
 """
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--overlays must be an integer, got {text!r}"
+                                         ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--overlays must be >= 0, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from swapseg.data.labels import CONVENTIONS
+
     p = subparsers.add_parser(
         "evaluate", help="Dice, sensitivity, specificity and HD95 of a prediction folder",
         description="Score label-map predictions against ground truth per case and region "
                     "(WT, TC, ET).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
-    p.add_argument("--truth", required=True, help="dataset folder with segmentations")
+    p.add_argument("--truth", required=True,
+                   help="dataset folder with segmentations, or a folder of label files")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--empty", choices=("one", "nan"), default="one",
                    help="empty-region convention (default: one, as BraTS)")
-    p.add_argument("--overlays", type=int, default=None, metavar="N",
+    p.add_argument("--overlays", type=_count, default=None, metavar="N",
                    help="draw overlays for the first N cases only (default: all; 0: none)")
+    p.add_argument("--convention", choices=tuple(CONVENTIONS), default=None,
+                   help="label numbering of truth and predictions (default: the dataset's; "
+                        "brats2017 for a folder of label files)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or per-case lines")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from swapseg.evaluation.evaluate import evaluate_folders
+    from swapseg.progress import cli_progress
 
     summary = evaluate_folders(args.pred, args.truth, args.out, empty=args.empty,
-                               overlays=args.overlays)
+                               overlays=args.overlays, convention=args.convention,
+                               progress=cli_progress(args.no_progress))
     dice = summary["dice"]
     fmt = " ".join(f"{r} {dice[r]:.3f}" if dice[r] is not None else f"{r} n/a"
                    for r in ("WT", "TC", "ET"))

@@ -88,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from swapseg.experiments.full_vs_patch import run_full_vs_patch
+    from swapseg.progress import cli_progress
     from swapseg.training.config import brats_full
 
     names = {"folds": "folds", "epochs": "max_epochs", "early_stop": "early_stop",
@@ -98,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
     base = brats_full(data=str(args.data), out=str(args.out), **changes)
+    from swapseg.devices import resolve_device
+
+    resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
     summary = run_full_vs_patch(
         base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
         swap=args.swap, run_folds=args.run_folds, overlays=args.overlays,
         command="swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
-        progress=not args.no_progress and sys.stderr.isatty())
+        progress=cli_progress(args.no_progress) == "bar")
     d = summary["modes"]
     r = summary["time"]["ratios"]
     for mode in ("full", "patch"):

@@ -169,10 +169,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
     from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
 
     config = config_from_args(args)
-    kwargs = {"resume": args.resume, "progress": not args.no_progress and sys.stderr.isatty()}
+    kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar"}
     try:
         if args.fold == "all":
             result = train_all_folds(config, **kwargs)

@@ -17,8 +17,9 @@ import numpy as np
 from swapseg.data.layouts import Case, find_cases
 from swapseg.data.loader import _check_same_grid, load_case, read_header
 from swapseg.errors import InputError
+from swapseg.progress import Progress, track
 
-__all__ = ["CaseSummary", "DatasetReport", "check_dataset"]
+__all__ = ["CaseSummary", "DatasetReport", "check_dataset", "check_headers"]
 
 
 @dataclass
@@ -97,14 +98,23 @@ def _extent(profile: np.ndarray) -> int:
     return int(idx[-1] - idx[0] + 1) if idx.size else 0
 
 
-def _check_headers(case: Case, s: CaseSummary) -> None:
-    """Shapes and affines of every file agree (headers only, no voxels decoded)."""
+def check_headers(case: Case) -> tuple[list[int], list[float]]:
+    """Shapes and affines of every file agree (headers only, no voxels decoded); a
+    segmentation is one volume. Returns the grid's shape and spacing in mm."""
     ref_path, *others = case.files
     ref = read_header(ref_path)
     for path in others:
         _check_same_grid(ref, ref_path, read_header(path), path, tuple(ref.shape[:3]))
-    s.shape = [int(v) for v in ref.shape[:3]]
-    s.spacing_mm = [float(z) for z in ref.header.get_zooms()[:3]]
+    if case.seg is not None:
+        shape = tuple(read_header(case.seg).shape)
+        if [v for v in shape[3:] if v != 1]:
+            raise InputError(f"{case.seg}: shape {shape} holds more than one volume; a "
+                             "segmentation is one 3-D label volume")
+    return [int(v) for v in ref.shape[:3]], [float(z) for z in ref.header.get_zooms()[:3]]
+
+
+def _check_headers(case: Case, s: CaseSummary) -> None:
+    s.shape, s.spacing_mm = check_headers(case)
 
 
 def _check_case(case: Case, quick: bool) -> CaseSummary:
@@ -127,14 +137,12 @@ def _check_case(case: Case, quick: bool) -> CaseSummary:
 
 
 def check_dataset(root: str | Path, skip_bad: bool = False, quick: bool = False,
-                  progress: bool = False) -> DatasetReport:
+                  progress: Progress = False) -> DatasetReport:
     """Check every case under ``root``; raises InputError only for a missing/empty folder."""
     index = find_cases(root, skip_bad=True)
     report = DatasetReport(str(root), index.layout, layout_problems=list(index.problems),
                            skip_bad=skip_bad)
-    cases = index.cases
-    if progress:
-        from tqdm import tqdm
-        cases = tqdm(cases, desc="checking", unit="case")
-    report.cases = [_check_case(c, quick) for c in cases]
+    report.cases = [_check_case(c, quick)
+                    for c in track(index.cases, "checking", progress,
+                                   label=lambda c: c.case_id)]
     return report

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from swapseg.errors import InputError
 
-__all__ = ["MODALITIES", "Case", "CaseIndex", "find_cases"]
+__all__ = ["MODALITIES", "Case", "CaseIndex", "find_cases", "looks_like_case"]
 
 #: Channel order of every image array.
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -185,11 +185,20 @@ def _find_msd(root: Path, skip_bad: bool) -> CaseIndex:
     return _finish(root, "msd-task01", cases, problems, skip_bad)
 
 
+def looks_like_case(folder: Path) -> bool:
+    """Whether ``folder`` itself holds a BraTS case's modality files (not a dataset)."""
+    stems = list(_nifti_files(folder))
+    return any(s.endswith(suf) for s in stems for style in _SUFFIXES.values()
+               for key, suf in style.items() if key != "seg")
+
+
 def _finish(root: Path, layout: str, cases: list[Case], problems: list[str],
             skip_bad: bool) -> CaseIndex:
     if problems and not skip_bad:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
+    if not cases and looks_like_case(root):
+        raise InputError(f"{root}: this looks like a single case; pass its parent folder")
     if not cases:
         detail = f"; {len(problems)} bad cases left out" if problems else ""
         raise InputError(f"{root}: no BraTS or MSD cases found{detail}")

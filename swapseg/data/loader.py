@@ -1,7 +1,8 @@
 """Loading one case: decode the NIfTI files, check they agree, stack the modalities.
 
 Every way a file can be bad (missing, truncated, not NIfTI, wrong shape or affine, NaN or
-inf voxels, labels outside the convention) raises a one-line :class:`InputError` naming it.
+inf voxels, a modality zero everywhere, a segmentation that is not one 3-D volume of
+integer labels inside the convention) raises a one-line :class:`InputError` naming it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def _load_separate(case: Case) -> tuple[np.ndarray, nib.Nifti1Image, Path]:
         else:
             _check_same_grid(ref, ref_path, img, path, arrays[0].shape)
         _check_finite(data, path)
+        if not data.any():
+            raise InputError(f"{path}: modality {m} is zero everywhere")
         arrays.append(data)
     assert ref is not None
     return np.stack(arrays), ref, ref_path  # (4, X, Y, Z)
@@ -116,6 +119,9 @@ def _load_4d(case: Case) -> tuple[np.ndarray, nib.Nifti1Image, Path]:
                          f"got shape {data.shape}")
     _check_finite(data, path)
     image = np.stack([data[..., c] for c in case.channels])  # (4, X, Y, Z)
+    for m, c, channel in zip(MODALITIES, case.channels, image, strict=True):
+        if not channel.any():
+            raise InputError(f"{path}: channel {c} (modality {m}) is zero everywhere")
     return image, img, path
 
 
@@ -128,7 +134,11 @@ def load_case(case: Case) -> LoadedCase:
     seg = None
     if case.seg is not None:
         seg, seg_img = read_nifti(case.seg)
-        seg = np.squeeze(seg) if seg.ndim == 4 and seg.shape[3] == 1 else seg
+        while seg.ndim > 3 and seg.shape[-1] == 1:  # (X, Y, Z, 1) is still one volume
+            seg = seg[..., 0]
+        if seg.ndim != 3:
+            raise InputError(f"{case.seg}: shape {tuple(seg_img.shape)} holds more than one "
+                             "volume; a segmentation is one 3-D label volume")
         _check_same_grid(ref, ref_path, seg_img, case.seg, image.shape[1:])
         check_labels(seg, case.convention, str(case.seg))
         if seg.dtype.kind == "f":

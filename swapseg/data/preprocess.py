@@ -1,5 +1,14 @@
 """Preprocessing a loaded case for the network, and putting predictions back.
 
+Two ways in, one way back:
+
+- :func:`preprocess` (training and validation) cuts a fixed window; see below.
+- :func:`prepare_brain` (prediction) reads the four modalities only: the brain box is the
+  bounding box of the nonzero image voxels, the whole box is kept (no voxel cut away), the
+  image is z-scored and, with ``zoom > 1``, block-averaged as in training. Its grid is
+  whatever size the brain is; the predictor pads it to the network's divisor.
+- :func:`restore` maps an array on either grid back to the original one.
+
 ``preprocess`` crops to the brain, z-scores each modality over its nonzero voxels, and cuts
 a window of ``target_shape * zoom`` voxels centred on the brain, zero-padded where it runs past
 the volume; with ``zoom > 1`` it then averages ``zoom^3`` blocks of the image and takes the
@@ -7,7 +16,8 @@ centre voxel of each block of the labels. ``restore`` maps any ``(..., *target_s
 back to the original grid: nearest upsampling, un-crop, zeros outside the brain box.
 
 When the brain box is larger than the window (a target too small for the head), the window
-is kept on the tumor: the brain voxels cut away are counted, reported in ``PrepInfo`` and in
+is kept on the tumor (a training-time sampling choice: it needs the labels, so prediction
+never goes through it): the brain voxels cut away are counted, reported in ``PrepInfo`` and in
 a warning; a tumor that does not fit raises :class:`InputError` rather than being cut.
 """
 
@@ -25,7 +35,7 @@ from swapseg.data.layouts import MODALITIES
 from swapseg.data.loader import LoadedCase
 from swapseg.errors import InputError
 
-__all__ = ["PrepInfo", "Preprocessed", "preprocess", "restore"]
+__all__ = ["PrepInfo", "Preprocessed", "preprocess", "prepare_brain", "restore"]
 
 Shape3 = tuple[int, int, int]
 
@@ -193,6 +203,34 @@ def preprocess(loaded: LoadedCase, target_shape: int | tuple[int, ...],
         np.asarray(loaded.affine, dtype=float).tolist(),
         _header_b64(loaded.header))
     return Preprocessed(np.ascontiguousarray(image, dtype=np.float32), seg, info)
+
+
+def prepare_brain(loaded: LoadedCase, zoom: int = 1) -> Preprocessed:
+    """The whole brain box of one case, label-blind; see the module docstring.
+
+    ``loaded.seg`` is never read. The grid is ``ceil(box / zoom)`` per axis; the far end of
+    an axis whose box is not a multiple of ``zoom`` is zero-padded.
+    """
+    if not isinstance(zoom, (int, np.integer)) or zoom < 1:
+        raise InputError(f"zoom must be a positive integer, got {zoom!r}")
+    zoom = int(zoom)
+    mask = np.any(loaded.image != 0, axis=0)  # the image alone decides the box
+    if not mask.any():
+        raise InputError(f"case {loaded.case_id}: every voxel is zero")
+    start, stop = _bbox(mask)
+    grid: Shape3 = tuple(-(-(e - s) // zoom)  # type: ignore[assignment]
+                         for s, e in zip(start, stop, strict=True))
+    window: Shape3 = tuple(g * zoom for g in grid)  # type: ignore[assignment]
+    image = _cut(loaded.image, list(start), window)  # (4, *window)
+    means, stds = _zscore(image, loaded.case_id)
+    if zoom > 1:
+        image = image.reshape(image.shape[0], grid[0], zoom, grid[1], zoom, grid[2], zoom) \
+            .mean(axis=(2, 4, 6), dtype=np.float32)  # (4, *grid)
+    info = PrepInfo(
+        loaded.case_id, loaded.convention, tuple(loaded.image.shape[1:]), grid, zoom,
+        start, start, stop, 0, tuple(means), tuple(stds), loaded.spacing,
+        np.asarray(loaded.affine, dtype=float).tolist(), _header_b64(loaded.header))
+    return Preprocessed(np.ascontiguousarray(image, dtype=np.float32), None, info)
 
 
 def restore(array: np.ndarray, info: PrepInfo) -> np.ndarray:

@@ -1,7 +1,9 @@
 """swapseg.evaluation: metrics, inference and reports.
 
 - :mod:`~swapseg.evaluation.metrics`: Dice, sensitivity, specificity, HD95 per region;
-- :mod:`~swapseg.evaluation.inference`: full-volume / sliding-window prediction, NIfTI output;
+- :mod:`~swapseg.evaluation.predictor`: the one predictor (one pass / sliding windows / TTA);
+- :mod:`~swapseg.evaluation.inference`: label-blind whole-brain prediction, NIfTI output;
+- :mod:`~swapseg.evaluation.runs`: a training run's fold (checkpoint, test cases);
 - :mod:`~swapseg.evaluation.evaluate`: score a prediction folder (``swapseg evaluate``);
 - :mod:`~swapseg.evaluation.report`: CSV/JSON summaries, box plots, overlays.
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["region_metrics", "predict_volume", "predict_cases", "evaluate_folders"]
+__all__ = ["region_metrics", "dice", "predict_logits", "predict_volume", "predict_cases",
+           "evaluate_folders"]
 
-_WHERE = {"region_metrics": "metrics", "predict_volume": "inference",
+_WHERE = {"region_metrics": "metrics", "dice": "metrics", "predict_logits": "predictor",
+          "predict_volume": "inference",
           "predict_cases": "inference", "evaluate_folders": "evaluate"}
 
 

@@ -1,10 +1,17 @@
-"""Score a folder of predictions against a dataset folder: ``swapseg evaluate``.
+"""Score a folder of predictions against ground truth: ``swapseg evaluate``.
 
-Predictions are NIfTI label maps in the truth's label convention, one per case, named by
-case id: ``<case>.nii.gz`` (what ``swapseg predict`` writes), ``<case>.nii``, or with a
+The truth is either a dataset folder (any layout :func:`swapseg.data.layouts.find_cases`
+reads; every case needs its segmentation) or a folder of label files alone, one per case:
+``<case>.nii.gz``, ``<case>_seg.nii.gz`` or ``<case>-seg.nii.gz`` (``.nii`` too), as
+nnU-Net's ``nnUNetv2_evaluate_folder`` takes. Label numbering: the dataset's convention,
+``brats2017`` (0/1/2/4) for a label folder, or ``convention`` (e.g. ``brats2023``:
+1 NETC, 2 SNFH, 3 ET).
+
+Predictions are NIfTI label maps in that convention, one per case, named by case id:
+``<case>.nii.gz`` (what ``swapseg predict`` writes), ``<case>.nii``, or with a
 ``_pred``/``_seg``/``_prediction`` suffix. Every truth case must have one; extra files are
 listed in the summary and otherwise ignored. Every file is checked (present, readable,
-same grid as the truth) before anything is written.
+same grid and affine as the truth) before anything is written.
 """
 
 from __future__ import annotations
@@ -22,17 +29,73 @@ from swapseg.errors import InputError
 from swapseg.evaluation import report
 from swapseg.evaluation.metrics import EMPTY_MODES, region_metrics
 from swapseg.io import write_json
+from swapseg.progress import Progress, track
 
-__all__ = ["evaluate_folders", "match_predictions", "score_case", "flair_volume"]
+__all__ = ["Truth", "evaluate_folders", "find_truths", "match_predictions", "score_case",
+           "flair_volume"]
 
 _SUFFIXES = ("", "_pred", "_seg", "_prediction")
+_TRUTH_SUFFIXES = ("_seg", "-seg")
+#: label numbering of a folder of label files, unless --convention says otherwise
+DEFAULT_CONVENTION = "brats2017"
 AFFINE_TOL = 1e-3
 
 
 @dataclass(frozen=True)
+class Truth:
+    """One truth case: its label file, numbering, and images (for overlays) if known."""
+
+    case_id: str
+    seg: Path
+    convention: str
+    #: modality -> file, one 4-D file (MSD), or None for a label file alone.
+    images: dict[str, Path] | Path | None = None
+    channels: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class _Pair:
-    case: Any  # swapseg.data.brats.Case
+    case: Truth
     pred: Path
+
+
+def _label_folder(root: Path, files: list[Path], convention: str) -> list[Truth]:
+    from swapseg.data.layouts import looks_like_case
+
+    if looks_like_case(root):
+        raise InputError(f"{root}: this looks like a single case; pass its parent folder")
+    truths: dict[str, Truth] = {}
+    for path in files:
+        key = _case_key(path) or ""
+        for suffix in _TRUTH_SUFFIXES:
+            key = key.removesuffix(suffix)
+        if key in truths:
+            raise InputError(f"{root}: case {key} has several label files: "
+                             f"{truths[key].seg.name}, {path.name}")
+        truths[key] = Truth(key, path, convention)
+    return list(truths.values())
+
+
+def find_truths(truth_dir: str | Path, convention: str | None = None) -> list[Truth]:
+    """The truth cases of a dataset folder or of a folder of label files."""
+    from swapseg.data.brats import find_cases
+    from swapseg.data.labels import CONVENTIONS
+
+    if convention is not None and convention not in CONVENTIONS:
+        raise InputError(f"--convention {convention}: not one of {', '.join(CONVENTIONS)}")
+    root = Path(truth_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such truth folder")
+    files = [p for p in sorted(root.iterdir()) if p.is_file() and _case_key(p)
+             and not p.name.startswith(".")]
+    if files:
+        return _label_folder(root, files, convention or DEFAULT_CONVENTION)
+    cases = find_cases(root).cases
+    no_seg = [c.case_id for c in cases if c.seg is None]
+    if no_seg:
+        raise InputError(f"truth case {no_seg[0]} in {truth_dir} has no segmentation")
+    return [Truth(c.case_id, c.seg, convention or c.convention, c.images, c.channels)
+            for c in cases]
 
 
 def _case_key(path: Path) -> str | None:
@@ -42,8 +105,8 @@ def _case_key(path: Path) -> str | None:
     return None
 
 
-def match_predictions(pred_dir: str | Path, cases: Sequence[Any]) -> tuple[list[_Pair],
-                                                                            list[str]]:
+def match_predictions(pred_dir: str | Path, cases: Sequence[Truth]) -> tuple[list[_Pair],
+                                                                              list[str]]:
     """Pair each truth case with its prediction file; returns (pairs, unmatched files)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -75,15 +138,24 @@ def _header(path: Path) -> nib.Nifti1Image:
 def _check_grid(pair: _Pair) -> None:
     """Same shape and affine as the truth segmentation (headers only: cheap)."""
     truth, pred = _header(pair.case.seg), _header(pair.pred)
-    t_shape, p_shape = tuple(truth.shape[:3]), tuple(pred.shape)
-    while len(p_shape) > 3 and p_shape[-1] == 1:  # (X, Y, Z, 1) is still one volume
-        p_shape = p_shape[:-1]
+    t_shape, p_shape = _one_volume(truth.shape), _one_volume(pred.shape)
+    if len(t_shape) != 3:
+        raise InputError(f"{pair.case.seg}: shape {tuple(truth.shape)} is not one 3-D "
+                         "label volume")
     if p_shape != t_shape:
         raise InputError(f"{pair.pred}: shape {tuple(pred.shape)} does not match the truth "
                          f"{tuple(truth.shape)} of case {pair.case.case_id}")
     if not np.allclose(pred.affine, truth.affine, atol=AFFINE_TOL):
         raise InputError(f"{pair.pred}: affine differs from the truth of case "
                          f"{pair.case.case_id} ({pair.case.seg})")
+
+
+def _one_volume(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` without trailing 1s beyond the third axis: (X, Y, Z, 1) is one volume."""
+    out = tuple(int(s) for s in shape)
+    while len(out) > 3 and out[-1] == 1:
+        out = out[:-1]
+    return out
 
 
 def _labels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -103,8 +175,11 @@ def score_case(pair: _Pair, empty: str) -> tuple[dict[str, Any], np.ndarray, np.
     t_img = _header(case.seg)
     truth = _labels(case.seg, t_img.shape[:3])
     pred = _labels(pair.pred, t_img.shape[:3])
-    check_labels(truth, case.convention, str(case.seg))
-    check_labels(pred, case.convention, str(pair.pred))
+    try:
+        check_labels(truth, case.convention, str(case.seg))
+        check_labels(pred, case.convention, str(pair.pred))
+    except InputError as exc:
+        raise InputError(f"{exc} (another numbering? pass --convention)") from None
     t_reg = labels_to_regions(truth.astype(np.int64), case.convention)
     p_reg = labels_to_regions(pred.astype(np.int64), case.convention)
     spacing = tuple(float(z) for z in t_img.header.get_zooms()[:3])
@@ -117,40 +192,51 @@ def _axial_axis(affine: np.ndarray) -> int:
     return next((i for i, c in enumerate(codes) if c in ("S", "I")), 2)
 
 
-def flair_volume(case: Any) -> np.ndarray:
-    """The FLAIR volume (X, Y, Z) of a case, for the overlays."""
+def flair_volume(case: Any) -> np.ndarray | None:
+    """The FLAIR volume (X, Y, Z) of a case, for the overlays; None for labels alone."""
+    if case.images is None:
+        return None
     if isinstance(case.images, dict):
         return np.asarray(_header(case.images["flair"]).dataobj, dtype=np.float32)
     from swapseg.data.brats import load_case
+    from swapseg.data.layouts import Case
 
-    return load_case(case).image[0]
+    return load_case(Case(case.case_id, case.images, None, case.convention,
+                          case.channels)).image[0]
+
+
+def _draw_overlays(out: Path, slices: list[tuple]) -> None:
+    for pair, row, axis, k, t_slice, p_slice in slices:
+        volume = flair_volume(pair.case)
+        flair = np.zeros(t_slice.shape, np.float32) if volume is None \
+            else np.take(volume, k, axis=axis)  # a label file alone: no image behind
+        report.overlay_slices(flair, [t_slice, p_slice],
+                              out / "overlays" / f"{pair.case.case_id}.png",
+                              title=f"{pair.case.case_id} (slice {k}): Dice WT "
+                                    f"{row['dice_WT']:.2f} TC {row['dice_TC']:.2f} "
+                                    f"ET {row['dice_ET']:.2f}")
 
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str | Path, *,
                      empty: str = "one", overlays: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
-    """Score ``pred_dir`` against the segmentations of the dataset at ``truth_dir``.
+                     convention: str | None = None,
+                     progress: Progress = "auto") -> dict[str, Any]:
+    """Score ``pred_dir`` against the truth at ``truth_dir`` (see the module docstring).
 
     Writes ``out_dir/{per_case.csv, summary.json, boxplot.png}`` and ``out_dir/overlays/``
     (one PNG per case, or the first ``overlays`` cases; 0 for none). Returns the summary.
     """
-    from tqdm import tqdm
-
-    from swapseg.data.brats import find_cases
-
     if empty not in EMPTY_MODES:
         raise InputError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
     t0 = time.perf_counter()
-    cases = find_cases(truth_dir).cases
-    no_seg = [c.case_id for c in cases if c.seg is None]
-    if no_seg:
-        raise InputError(f"truth case {no_seg[0]} in {truth_dir} has no segmentation")
-    pairs, unmatched = match_predictions(pred_dir, cases)
+    truths = find_truths(truth_dir, convention)
+    pairs, unmatched = match_predictions(pred_dir, truths)
     for pair in pairs:
         _check_grid(pair)
     n_overlays = len(pairs) if overlays is None else max(0, overlays)
     rows, slices = [], []
-    for i, pair in enumerate(tqdm(pairs, desc="evaluate", unit="case", disable=not progress)):
+    for i, pair in enumerate(track(pairs, "evaluate", progress,
+                                   label=lambda p: p.case.case_id)):
         row, t_reg, p_reg = score_case(pair, empty)
         rows.append(row)
         if i < n_overlays:  # keep only the slice to draw: volumes would not fit in memory
@@ -163,17 +249,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str |
     report.write_per_case_csv(out / "per_case.csv", rows)
     summary = report.summarize(rows)
     summary.update({"empty": empty, "pred": str(pred_dir), "truth": str(truth_dir),
+                    "conventions": sorted({p.case.convention for p in pairs}),
                     "unmatched_predictions": unmatched})
     report.boxplot({"prediction": {r: [row[f"dice_{r}"] for row in rows]
                                    for r in report.REGIONS}}, out / "boxplot.png",
                    title=f"Dice per region ({len(rows)} cases)")
-    for pair, row, axis, k, t_slice, p_slice in slices:
-        flair = np.take(flair_volume(pair.case), k, axis=axis)
-        report.overlay_slices(flair, [t_slice, p_slice],
-                              out / "overlays" / f"{pair.case.case_id}.png",
-                              title=f"{pair.case.case_id} (slice {k}): Dice WT "
-                                    f"{row['dice_WT']:.2f} TC {row['dice_TC']:.2f} "
-                                    f"ET {row['dice_ET']:.2f}")
+    _draw_overlays(out, slices)
     summary["evaluate_s"] = time.perf_counter() - t0
     write_json(out / "summary.json", summary)
     return summary

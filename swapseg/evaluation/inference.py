@@ -1,27 +1,31 @@
-"""Prediction: full-volume or sliding-window inference, flip TTA, NIfTI in the original space.
+"""Test-time prediction: a checkpoint over a dataset folder, label-blind, whole brain.
 
-:func:`predict_volume` turns one preprocessed image ``(4, D, H, W)`` into region
-probabilities ``(3, D, H, W)`` (sigmoid of the network's logits):
+:func:`predict_cases` writes ``PRED/<case>.nii.gz`` for every case: raw labels (the input's
+convention, 0/1/2/4 for BraTS 2017-2021, or ``convention``) on the original grid with the
+original affine and header, and ``PRED/predictions.json``. For each case it
 
-- ``window=None``: the whole volume in one forward pass (zero-padded at the far end of
-  each axis up to a multiple of the network's divisor, and cropped back);
-- ``window=W``: MONAI's ``sliding_window_inference`` with W^3 windows, ``overlap``
-  between neighbours, and Gaussian blending of the window probabilities;
-- ``tta=True``: the mean of the probabilities over all 8 combinations of flips along the
-  three spatial axes (the identity included). Flips are the augmentation the reference
-  trains with, so every flipped view is one the network has seen.
+1. loads the four modalities only: the case's segmentation file is never opened, so the
+   same case with or without it gives byte-identical predictions;
+2. keeps the whole brain box, found from the image alone, z-scored and zoomed as in
+   training (:func:`swapseg.data.preprocess.prepare_brain`), whatever the input's size;
+3. predicts it with the one predictor (:mod:`swapseg.evaluation.predictor`): one pass
+   padded to the network's divisor, or sliding windows at the training window (the
+   training shape, or the patch of a patch-mode checkpoint), chosen by ``inference``;
+4. thresholds the regions and puts the labels back on the original grid (zeros outside the
+   brain box).
 
-:func:`predict_cases` runs a checkpoint over a dataset folder and writes
-``PRED/<case>.nii.gz``: raw labels (the input's convention, 0/1/2/4 for BraTS 2017-2021)
-on the original grid with the original affine and header.
+``inference="auto"`` predicts a patch-mode checkpoint by windows of its patch (as its
+validation ran: the network never saw more context), and a full-volume checkpoint in one
+pass when that fits the memory (the rule in :mod:`~swapseg.evaluation.predictor`),
+by windows of its training shape otherwise. ``one-pass`` and ``windows`` force either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +36,14 @@ from torch import nn
 
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.evaluation.predictor import Inference, choose_window, predict_logits
 from swapseg.io import atomic_path, write_json
+from swapseg.progress import Progress, track
 
 __all__ = ["predict_volume", "predict_cases", "load_model", "resolve_device",
-           "labels_from_probabilities"]
+           "labels_from_probabilities", "training_window"]
 
-#: Region probabilities above this are inside the region.
+#: Region probabilities above this are inside the region (logit 0).
 THRESHOLD = 0.5
 
 
@@ -48,59 +54,17 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _full_volume(model: nn.Module, x: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Sigmoid of one forward pass over ``x`` (1, C, D, H, W), padded to the divisor."""
-    spatial = x.shape[2:]
-    pad = [(-s) % divisor for s in spatial]
-    if any(pad):
-        # F.pad lists pads from the last axis backwards, (before, after) per axis
-        x = nn.functional.pad(x, [p for d in reversed(pad) for p in (0, d)])
-    out = torch.sigmoid(model(x))
-    return out[(..., *(slice(0, s) for s in spatial))]
-
-
-def _windowed(model: nn.Module, x: torch.Tensor, window: int, overlap: float) -> torch.Tensor:
-    from monai.inferers import sliding_window_inference
-
-    def probs(batch: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(model(batch))
-
-    return sliding_window_inference(x, roi_size=(window,) * 3, sw_batch_size=1,
-                                    predictor=probs, overlap=overlap, mode="gaussian")
-
-
 def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor,
-                   window: int | None = None, overlap: float = 0.5,
+                   window: int | Sequence[int] | None = None, overlap: float = 0.5,
                    tta: bool = False) -> np.ndarray:
-    """Region probabilities float32 ``(3, D, H, W)`` for one image ``(C, D, H, W)``."""
-    divisor = int(getattr(model, "divisor", 1))
-    if window is not None and (window <= 0 or window % divisor):
-        raise InputError(f"window {window} must be a positive multiple of {divisor}")
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    """Region probabilities float32 ``(3, D, H, W)`` for one image ``(C, D, H, W)``:
+    the sigmoid of :func:`~swapseg.evaluation.predictor.predict_logits`."""
     x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image)
                         else image.float())
     if x.dim() != 4:
         raise InputError(f"image must be (C, D, H, W), got shape {tuple(x.shape)}")
-    x = x[None].to(_model_device(model))  # (1, C, D, H, W)
-    flips: list[tuple[int, ...]] = [()]
-    if tta:
-        flips = [c for k in range(4) for c in itertools.combinations((2, 3, 4), k)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            total: torch.Tensor | None = None
-            for axes in flips:
-                xi = torch.flip(x, axes) if axes else x
-                p = (_full_volume(model, xi, divisor) if window is None
-                     else _windowed(model, xi, window, overlap))
-                p = (torch.flip(p, axes) if axes else p).float().cpu()
-                total = p if total is None else total + p
-    finally:
-        model.train(was_training)
-    assert total is not None
-    return (total[0] / len(flips)).numpy()
+    logits = predict_logits(model, x[None].to(_model_device(model)), window, overlap, tta)
+    return torch.sigmoid(logits[0]).cpu().numpy()  # (3, D, H, W)
 
 
 def labels_from_probabilities(probs: np.ndarray, convention: str) -> np.ndarray:
@@ -120,11 +84,8 @@ def _model_args(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    for key in ("model", "model_state", "model_state_dict", "state_dict"):
-        if isinstance(obj.get(key), dict):
-            return obj[key]
-    if obj and all(torch.is_tensor(v) for v in obj.values()):
-        return obj  # a bare state dict
+    if isinstance(obj.get("model"), dict):
+        return obj["model"]
     raise InputError(f"{path}: checkpoint holds no model state (keys: {', '.join(obj)})")
 
 
@@ -133,22 +94,16 @@ def load_model(checkpoint: str | Path,
     """Rebuild the U-Net of a checkpoint: returns ``(model in eval mode, resolved config)``.
 
     Accepts what ``swapseg train`` writes (``{"model": state_dict, "model_kwargs": {...},
-    "config": dict}``), and without ``model_kwargs`` takes the constructor arguments from
-    the top of the config or from ``config["model"]``; the other usual state-dict keys
-    work too. Checkpoints are pickles:
-    load only files you trust.
+    "config": dict}``), read by :func:`swapseg.training.checkpoint.load_checkpoint` (the
+    one checkpoint reader, ``weights_only``); without ``model_kwargs`` the constructor
+    arguments come from the top of the config or from ``config["model"]``.
     """
     from swapseg.models.unet3d import Isensee3DUNet
+    from swapseg.training.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: checkpoint is a {type(obj).__name__}, not a dict")
+    torch_device = resolve_device(device)  # an unusable device fails before any reading
+    obj = load_checkpoint(path)
     config = obj.get("config") or {}
     if hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -160,18 +115,21 @@ def load_model(checkpoint: str | Path,
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{path}: weights do not fit the configured U-Net ({first})") from None
-    return model.to(resolve_device(device)).eval(), dict(config)
+    return model.to(torch_device).eval(), dict(config)
 
 
-def _grid(config: dict[str, Any], path: Path) -> tuple[tuple[int, int, int], int]:
-    """Preprocessing shape and zoom the model was trained with."""
+def training_window(config: dict[str, Any], path: Path) -> tuple[tuple[int, int, int], int]:
+    """(window side per axis, zoom) the checkpoint's network saw: its patch in patch mode,
+    its training shape otherwise."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    zoom = int(config.get("zoom", data.get("zoom", 1)) or 1)
+    if config.get("mode") == "patch" and config.get("patch"):
+        return (int(config["patch"]),) * 3, zoom
     for src in (config, data):
         for key in ("shape", "target_shape"):
             if src.get(key) is not None:
-                zoom = int(src.get("zoom", config.get("zoom", 1)) or 1)
                 return tuple(int(s) for s in src[key]), zoom  # type: ignore[return-value]
-    raise InputError(f"{path}: checkpoint config records no volume shape; pass --shape")
+    raise InputError(f"{path}: checkpoint config records no training shape")
 
 
 def _save_labels(labels: np.ndarray, loaded: Any, path: Path) -> None:
@@ -183,53 +141,94 @@ def _save_labels(labels: np.ndarray, loaded: Any, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
-def _default_window(config: dict[str, Any], window: int | str | None) -> int | None:
-    """``"auto"``: the patch side for a patch-mode checkpoint (as its validation ran),
-    the whole volume otherwise; ``None`` or 0: the whole volume."""
-    if window == "auto":
-        return int(config["patch"]) if config.get("mode") == "patch" and config.get("patch") \
-            else None
-    return int(window) if window else None
+def _inference_of(config: dict[str, Any], inference: Inference,
+                  window: int | None) -> tuple[Inference, int | tuple[int, ...] | None]:
+    """A window given alone forces windows; ``auto`` on a patch checkpoint too."""
+    if window is not None and inference == "one-pass":
+        raise InputError("--window is for windows; it cannot go with --inference one-pass")
+    if window is not None and inference == "auto":
+        inference = "windows"
+    if inference == "auto" and config.get("mode") == "patch":
+        inference = "windows"
+    return inference, window
+
+
+def _predict_one(model: nn.Module, case: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Predict one case label-blind and write ``<out>/<case>.nii.gz``; its record."""
+    from swapseg.data.brats import load_case
+    from swapseg.data.preprocess import prepare_brain, restore
+
+    t0 = time.perf_counter()
+    assert case.seg is None  # label-blind: predict_cases drops every segmentation
+    loaded = load_case(case)
+    prep = prepare_brain(loaded, settings["zoom"])
+    win, facts = choose_window(model, prep.image.shape[1:], settings["inference"],
+                               settings["window"])
+    probs = predict_volume(model, prep.image, window=win, overlap=settings["overlap"],
+                           tta=settings["tta"])
+    labels = labels_from_probabilities(probs, settings["convention"] or case.convention)
+    restored = np.asarray(restore(labels, prep.info)).astype(np.uint8)
+    target = Path(settings["out"]) / f"{case.case_id}.nii.gz"
+    _save_labels(restored, loaded, target)
+    return {"case_id": case.case_id, "file": target.name, "shape": list(restored.shape),
+            "brain_box": [e - s for s, e in zip(prep.info.bbox_start, prep.info.bbox_stop,
+                                                strict=True)],
+            "grid": list(prep.image.shape[1:]), "inference": "one-pass" if win is None
+            else "windows", "window": None if win is None else list(win), **facts,
+            "predict_s": time.perf_counter() - t0}
+
+
+def _select(cases: list[Any], case_ids: Iterable[str] | None, input_dir: Any) -> list[Any]:
+    if case_ids is None:
+        return cases
+    by_id = {c.case_id: c for c in cases}
+    wanted = list(case_ids)
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        raise InputError(f"case {missing[0]} is not in {input_dir}")
+    return [by_id[i] for i in wanted]
 
 
 def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | Path, *,
-                  window: int | str | None = "auto", overlap: float = 0.5, tta: bool = False,
-                  device: str = "auto", convention: str | None = None,
-                  shape: Sequence[int] | None = None, zoom: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Predict every case under ``input_dir``; write ``out_dir/<case>.nii.gz``.
+                  inference: Inference = "auto", window: int | None = None,
+                  overlap: float = 0.5, tta: bool = False, device: str = "auto",
+                  convention: str | None = None, case_ids: Iterable[str] | None = None,
+                  progress: Progress = "auto") -> dict[str, Any]:
+    """Predict every case under ``input_dir`` (or those of ``case_ids``) label-blind;
+    write ``out_dir/<case>.nii.gz``. See the module docstring.
 
-    ``window``: see :func:`_default_window`. ``shape``/``zoom`` override the preprocessing
-    grid recorded in the checkpoint.
-    ``convention`` overrides the label numbering of the output (default: the input's).
-    Returns (and writes as ``out_dir/predictions.json``) the settings and per-case seconds.
+    ``window``: the windows' side (default: the training window); given alone, it forces
+    windows. ``convention`` overrides the label numbering of the output.
+    Returns (and writes as ``out_dir/predictions.json``) the settings and per-case records.
     """
-    from tqdm import tqdm
+    from swapseg.data.brats import find_cases
+    from swapseg.data.check import check_headers
+    from swapseg.data.labels import CONVENTIONS
 
-    from swapseg.data.brats import find_cases, load_case, preprocess, restore
-
+    if convention is not None and convention not in CONVENTIONS:
+        raise InputError(f"--convention {convention}: not one of {', '.join(CONVENTIONS)}")
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), got {overlap}")
     ckpt = Path(checkpoint)
     model, config = load_model(ckpt, device)
-    window = _default_window(config, window)
-    grid, grid_zoom = _grid(config, ckpt) if shape is None else (tuple(shape), 1)
-    zoom = int(zoom if zoom is not None else grid_zoom)
-    cases = find_cases(input_dir).cases
-    out = Path(out_dir)
-    records = []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        t0 = time.perf_counter()
-        loaded = load_case(case)
-        prep = preprocess(loaded, grid, zoom=zoom)
-        probs = predict_volume(model, prep.image, window=window, overlap=overlap, tta=tta)
-        labels = labels_from_probabilities(probs, convention or case.convention)
-        restored = np.asarray(restore(labels, prep.info)).astype(np.uint8)
-        target = out / f"{case.case_id}.nii.gz"
-        _save_labels(restored, loaded, target)
-        records.append({"case_id": case.case_id, "file": target.name,
-                        "shape": list(restored.shape), "predict_s": time.perf_counter() - t0})
-    result = {"checkpoint": str(ckpt), "input": str(input_dir), "shape": list(grid),
-              "zoom": zoom, "window": window, "overlap": overlap, "tta": tta,
-              "device": str(_model_device(model)), "n_cases": len(records),
-              "total_s": sum(r["predict_s"] for r in records), "cases": records}
-    write_json(out / "predictions.json", result)
+    inference, window = _inference_of(config, inference, window)
+    train_window, zoom = training_window(config, ckpt)
+    # images only, never the labels; every header checked before the first file is written
+    cases = [dataclasses.replace(c, seg=None)
+             for c in _select(find_cases(input_dir).cases, case_ids, input_dir)]
+    for case in cases:
+        check_headers(case)
+    side = (window,) * 3 if isinstance(window, int) else (window or train_window)
+    settings = {"inference": inference, "window": tuple(side), "zoom": zoom,
+                "overlap": overlap, "tta": tta, "convention": convention, "out": str(out_dir)}
+    choose_window(model, (8, 8, 8), inference, settings["window"])  # bad settings fail now
+    records = [_predict_one(model, case, settings)
+               for case in track(cases, "predict", progress, label=lambda c: c.case_id)]
+    result = {"checkpoint": str(ckpt), "input": str(input_dir),
+              "training_window": list(train_window), "device": str(_model_device(model)),
+              **{k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+                 if k != "out"},
+              "n_cases": len(records), "total_s": sum(r["predict_s"] for r in records),
+              "cases": records}
+    write_json(Path(out_dir) / "predictions.json", result)
     return result

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["EMPTY_MODES", "METRICS", "region_metrics", "hd95", "image_diagonal_mm"]
+__all__ = ["EMPTY_MODES", "METRICS", "dice", "region_metrics", "hd95", "image_diagonal_mm"]
 
 #: The per-region metrics, in report order; the names carry units where there are any.
 METRICS = ("dice", "sensitivity", "specificity", "hd95_mm")
@@ -58,6 +58,25 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
     return float(out[0, 0])
 
 
+def dice(pred: np.ndarray, truth: np.ndarray, axes: Sequence[int] | None = None,
+         empty: str = "one") -> np.ndarray:
+    """Hard Dice ``2 |P & T| / (|P| + |T|)`` of boolean masks, summed over ``axes``.
+
+    The one Dice of swapseg: the evaluation (per case and region) and the validation inside
+    training (per sample and region, ``axes=(2, 3, 4)`` of ``(B, R, D, H, W)``) both call
+    it. Both masks empty: 1 (``empty="one"``) or NaN (``"nan"``). Default: all axes.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
+    ax = tuple(range(pred.ndim)) if axes is None else tuple(axes)
+    inter = np.count_nonzero(pred & truth, axis=ax)
+    total = np.count_nonzero(pred, axis=ax) + np.count_nonzero(truth, axis=ax)
+    undefined = 1.0 if empty == "one" else math.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), undefined)
+
+
 def _ratio(num: int, den: int, when_empty: float) -> float:
     return num / den if den else when_empty
 
@@ -69,14 +88,13 @@ def _one_region(p: np.ndarray, t: np.ndarray, spacing: Sequence[float],
     tp = int(np.count_nonzero(p & t))
     tn = int(np.count_nonzero(~p & ~t))
     n_neg = t.size - n_t
-    dice = _ratio(2 * tp, n_p + n_t, undefined)
     if n_p and n_t:
         dist = hd95(p, t, spacing)
     elif not n_p and not n_t:
         dist = 0.0 if empty == "one" else math.nan
     else:
         dist = image_diagonal_mm(t.shape, spacing) if empty == "one" else math.nan
-    return {"dice": dice,
+    return {"dice": float(dice(p, t, empty=empty)),
             "sensitivity": _ratio(tp, n_t, undefined),
             "specificity": _ratio(tn, n_neg, undefined),
             "hd95_mm": dist}

@@ -51,7 +51,11 @@ def test_check_lists_every_problem(tmp_path, capsys):
     assert "case Synth_1_000: missing modality t1" in cap.out
     assert "case Synth_1_001:" in cap.out and "Synth_1_001_t2.nii.gz" in cap.out
     assert "case Synth_1_002:" in cap.out and "label value 3 is outside" in cap.out
-    assert cap.err.startswith("swapseg: error: dataset not usable: 3 problem(s)")
+    # stderr is not a terminal here: one plain line per checked case, then the error
+    *lines, last = cap.err.strip().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == [
+        f"checking: {i}/3 Synth_1_00{i}" for i in (1, 2, 3)]
+    assert last.startswith("swapseg: error: dataset not usable: 3 problem(s)")
     assert main(["data", "check", str(tmp_path), "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "1 good" in out and "left out (--skip-bad): 3 bad case(s)" in out
@@ -102,3 +106,50 @@ def test_quick_check_compares_headers(tmp_path, capsys):
     assert main(["data", "check", "--quick", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert "case Synth_1_001:" in out and "Synth_1_001_t1ce.nii.gz: shape (20, 20, 19)" in out
+
+
+def _rewrite(path, change):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = change(np.asarray(img.dataobj))
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+
+
+@pytest.mark.parametrize(("what", "file", "change", "message"), [
+    ("4-D segmentation", "seg", lambda d: np.stack([d, d], -1), "holds more than one volume"),
+    ("non-integer labels", "seg", lambda d: np.where(d == 2, 2.5, d).astype(np.float32),
+     "label value 2.5 is not an integer"),
+    ("empty modality", "t1ce", np.zeros_like, "modality t1ce is zero everywhere"),
+])
+def test_check_names_the_bad_file(tmp_path, capsys, what, file, change, message):
+    from swapseg.data.synthetic import synthesize
+
+    paths = synthesize(tmp_path, 2, (17, 19, 16), seed=2)
+    bad = paths[1] / f"{paths[1].name}_{file}.nii.gz"
+    _rewrite(bad, change)
+    assert main(["data", "check", str(tmp_path), "--no-progress"]) == 2, what
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1  # --no-progress: the error line only
+    assert err.startswith("swapseg: error: dataset not usable: 1 problem(s)")
+    assert str(bad) in err and message in err
+
+
+def test_quick_check_finds_a_4d_segmentation(tmp_path, capsys):
+    from swapseg.data.synthetic import synthesize
+
+    paths = synthesize(tmp_path, 1, 16, seed=0)
+    seg = paths[0] / f"{paths[0].name}_seg.nii.gz"
+    _rewrite(seg, lambda d: np.stack([d, d, d], -1))
+    assert main(["data", "check", str(tmp_path), "--quick", "--no-progress"]) == 2
+    assert f"{seg}: shape (16, 16, 16, 3) holds more than one volume" in capsys.readouterr().err
+
+
+def test_single_case_folder_says_pass_the_parent(tmp_path, capsys):
+    from swapseg.data.synthetic import synthesize
+
+    paths = synthesize(tmp_path, 1, 16, seed=0)
+    assert main(["data", "check", str(paths[0])]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"swapseg: error: {paths[0]}: this looks like a single case; "
+                   "pass its parent folder\n")

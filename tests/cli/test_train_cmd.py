@@ -47,7 +47,7 @@ def test_parse_bytes(text, value):
     (["--swap", "all", "--swap-prefetch", "0"], "prefetch must be >= 1"),
     (["--shape", "15"], "shape"),
     (["--fold", "x"], "--fold 'x'"),
-    (["--device", "cuda:7"], "not available"),
+    (["--device", "cuda:7"], "no such CUDA device"),
     (["--trace-step", "2"], "--trace-step traces the swap engine"),
     (["--swap", "auto", "--memory-budget", "lots"], "not a memory size"),
 ])

@@ -153,3 +153,43 @@ def test_nifti2_header_kept_as_nifti1():
     img = prep.info.nifti(restore(prep.seg, prep.info))
     np.testing.assert_allclose(img.affine, loaded.affine)
     np.testing.assert_array_equal(np.asarray(img.dataobj), seg)
+
+
+@pytest.mark.parametrize("zoom", [1, 2, 3])
+def test_prepare_brain_keeps_the_whole_box_at_any_zoom(zoom: int) -> None:
+    """The brain grid maps back onto exactly the brain box, on odd sizes, at any zoom."""
+    from swapseg.data.preprocess import prepare_brain
+
+    rng = np.random.default_rng(zoom)
+    image = np.zeros((4, 23, 18, 13), np.float32)
+    image[:, 3:20, 2:17, 1:12] = rng.uniform(1, 2, (4, 17, 15, 11))
+    prep = prepare_brain(_loaded(image), zoom)
+    assert prep.seg is None and prep.info.cut_brain_voxels == 0
+    assert prep.image.shape == (4, *(-(-n // zoom) for n in (17, 15, 11)))
+    back = restore(np.ones(prep.image.shape[1:], np.uint8), prep.info)
+    expected = np.zeros((23, 18, 13), np.uint8)
+    expected[3:20, 2:17, 1:12] = 1
+    np.testing.assert_array_equal(back, expected)
+    if zoom == 1:  # z-scored over the nonzero voxels, as in training
+        brain = prep.image[0][prep.image[0] != 0]
+        assert abs(brain.mean()) < 1e-5 and abs(brain.std() - 1) < 1e-4
+
+
+def test_prepare_brain_never_reads_the_labels() -> None:
+    """A label outside the image's nonzero voxels changes the training box, not this one."""
+    from swapseg.data.preprocess import prepare_brain
+
+    image, seg = _box_case()
+    seg = seg.copy()
+    seg[0, 0, 0] = 2
+    with_seg, without = prepare_brain(_loaded(image, seg)), prepare_brain(_loaded(image))
+    np.testing.assert_array_equal(with_seg.image, without.image)
+    assert with_seg.info == without.info and with_seg.info.bbox_start == (3, 5, 2)
+    assert preprocess(_loaded(image, seg), (32, 32, 32)).info.bbox_start == (0, 0, 0)
+
+
+def test_prepare_brain_of_an_empty_image_is_an_input_error() -> None:
+    from swapseg.data.preprocess import prepare_brain
+
+    with pytest.raises(InputError, match="every voxel is zero"):
+        prepare_brain(_loaded(np.zeros((4, 5, 6, 7))))

@@ -141,3 +141,58 @@ def test_truth_without_segmentation(tmp_path: Path, dataset) -> None:
     _expect_error(tmp_path, root, f"truth case {ids[0]} .* has no segmentation")
     shutil.rmtree(tmp_path / "pred")
     _expect_error(tmp_path, root, "has no segmentation")  # truth is checked first
+
+
+def _label_folder(root: Path, ids: list[str], folder: Path, names: list[str]) -> Path:
+    """The truth segmentations alone, one file per case, named by ``names`` patterns."""
+    folder.mkdir()
+    for cid, pattern in zip(ids, names, strict=True):
+        shutil.copy(root / cid / f"{cid}_seg.nii.gz", folder / pattern.format(cid))
+    return folder
+
+
+def test_truth_folder_of_label_files_scores_as_the_dataset(tmp_path: Path, dataset) -> None:
+    root, ids = dataset
+    _predictions(root, ids, tmp_path / "pred")
+    labels = _label_folder(root, ids, tmp_path / "labels", ["{}.nii.gz", "{}-seg.nii.gz"])
+    a = evaluate_folders(tmp_path / "pred", root, tmp_path / "e1", progress=False)
+    b = evaluate_folders(tmp_path / "pred", labels, tmp_path / "e2", progress=False)
+    for key in ("dice", "sensitivity", "specificity", "hd95_mm"):
+        assert a[key] == b[key]
+    assert b["n_cases"] == 2 and b["conventions"] == ["brats2017"]
+    assert len(list((tmp_path / "e2" / "overlays").glob("*.png"))) == 2
+
+
+def test_convention_brats2023(tmp_path: Path, dataset) -> None:
+    """BraTS 2023 numbering (1 NETC, 2 SNFH, 3 ET): the same regions from other labels."""
+    root, ids = dataset
+    to_2023 = {0: 0, 1: 1, 2: 2, 4: 3}
+    truth, pred = tmp_path / "truth23", tmp_path / "pred23"
+    for cid in ids:
+        seg = _seg(root, cid)
+        _write_pred(truth, f"{cid}_seg.nii.gz", np.vectorize(to_2023.get)(seg))
+        _write_pred(pred, f"{cid}.nii.gz", np.vectorize(to_2023.get)(np.where(seg == 4, 1, seg)))
+    with pytest.raises(InputError, match="label value 3 is outside the brats2017.*--convention"):
+        evaluate_folders(pred, truth, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+    s = evaluate_folders(pred, truth, tmp_path / "ok", convention="brats2023", progress=False)
+    assert s["dice"]["WT"] == 1.0 and s["dice"]["TC"] == 1.0 and s["dice"]["ET"] == 0.0
+
+
+def test_affine_or_grid_differing_from_the_truth_is_one_error(tmp_path: Path, dataset) -> None:
+    root, ids = dataset
+    _predictions(root, ids, tmp_path / "pred")
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 1.0
+    victim = _write_pred(tmp_path / "pred", f"{ids[1]}.nii.gz", _seg(root, ids[1]), shifted)
+    with pytest.raises(InputError, match=f"{victim}: affine differs from the truth"):
+        evaluate_folders(tmp_path / "pred", root, tmp_path / "eval", progress=False)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_truth_folder_with_two_files_for_a_case(tmp_path: Path, dataset) -> None:
+    root, ids = dataset
+    labels = _label_folder(root, [ids[0], ids[0]], tmp_path / "labels",
+                           ["{}.nii.gz", "{}_seg.nii.gz"])
+    with pytest.raises(InputError, match=f"case {ids[0]} has several label files"):
+        evaluate_folders(tmp_path, labels, tmp_path / "eval", progress=False)

@@ -51,7 +51,7 @@ def test_one_window_covering_the_volume_equals_full() -> None:
     assert np.abs(predict_volume(model, img, window=8) - full).max() > 1e-4
 
 
-def test_tta_is_the_mean_over_eight_flips() -> None:
+def test_tta_is_the_sigmoid_of_the_mean_logit_over_eight_flips() -> None:
     model = tiny_model().eval()
     img = _image((8, 12, 16), seed=2)
     x = torch.from_numpy(img)[None]  # (1, 4, D, H, W)
@@ -60,10 +60,10 @@ def test_tta_is_the_mean_over_eight_flips() -> None:
     assert len(combos) == 8
     with torch.no_grad():
         for axes in combos:
-            y = torch.sigmoid(model(torch.flip(x, axes) if axes else x))
+            y = model(torch.flip(x, axes) if axes else x)
             expected += torch.flip(y, axes) if axes else y
     tta = predict_volume(model, img, tta=True)
-    np.testing.assert_allclose(tta, (expected / 8)[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(tta, torch.sigmoid(expected / 8)[0].numpy(), atol=1e-6)
     assert np.abs(tta - predict_volume(model, img)).max() > 1e-4
 
 
@@ -95,7 +95,7 @@ def test_load_model_round_trip(tmp_path: Path, nested: bool) -> None:
 
 
 def test_load_model_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such checkpoint"):
+    with pytest.raises(InputError, match="missing.pt"):
         load_model(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a pickle")
@@ -107,7 +107,7 @@ def test_load_model_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="wrong.pt: weights do not fit"):
         load_model(wrong)
     torch.save({"config": {}}, wrong)
-    with pytest.raises(InputError, match="no model state"):
+    with pytest.raises(InputError, match="wrong.pt"):
         load_model(wrong)
 
 
