@@ -1,0 +1,83 @@
+"""The one door from the integrations to swapseg's plans and planner.
+
+Every integration imports ``MemoryPlan``, ``apply_plan``, ``choose_plan``, ``SwapPolicy``,
+``SwapStats`` and ``parse_size`` from here, so a rename in the mechanism or the planner is
+one edit in this file. ``choose_plan`` has the planner's model-agnostic signature (a loss
+given by the caller); until the planner takes ``loss_fn`` itself, it is assembled here
+from the planner's trace and search.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from swapseg.errors import InputError
+from swapseg.offload.hybrid import MemoryPlan, apply_plan
+from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.stats import ScopeStats, SwapStats
+
+__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "SwapPolicy", "SwapStats", "ScopeStats",
+           "as_plan", "parse_size"]
+
+LossFn = Callable[[object], torch.Tensor]
+
+
+def as_plan(policy_or_plan: SwapPolicy | MemoryPlan | None) -> MemoryPlan:
+    """A SwapPolicy becomes a swap-only plan; None swaps nothing."""
+    if policy_or_plan is None:
+        return MemoryPlan()
+    if isinstance(policy_or_plan, SwapPolicy):
+        return MemoryPlan(swap=policy_or_plan, name="policy")
+    if isinstance(policy_or_plan, MemoryPlan):
+        return policy_or_plan
+    raise InputError(f"expected a SwapPolicy or MemoryPlan, got {type(policy_or_plan).__name__}")
+
+
+def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "local", *,
+                budget_bytes: int, loss_fn: LossFn | None = None,
+                autocast_dtype: torch.dtype | None = None, tier: str = "host") -> MemoryPlan:
+    """The planner's fastest predicted plan for one step of ``model`` that fits the budget.
+
+    ``loss_fn`` maps the model's output (any pytree) to a scalar. ``autocast_dtype`` is not
+    traced yet: the step is traced in the parameters' dtype, which over-counts activations
+    of an autocast step, so the plan errs on the side that fits. Raises InputError with
+    the missing bytes when nothing fits.
+    """
+    del autocast_dtype  # see the docstring: traced at full precision until the planner can
+    from swapseg.offload.plan.devices import get_profile
+    from swapseg.offload.plan.report import calibration_shape
+    from swapseg.offload.plan.search import DEFAULT_MARGIN, search
+    from swapseg.offload.plan.trace import default_loss, trace_step
+
+    shape = tuple(int(s) for s in input_shape)
+    calib = calibration_shape(shape, 16) if device == "local" and tier != "cuda" else None
+    profile = get_profile(device, model, tier, calibrate_shape=calib)
+    trace = trace_step(model, shape, loss_fn or default_loss)
+    chosen = search(trace, profile, budget_bytes, DEFAULT_MARGIN).chosen
+    assert chosen is not None  # search raises when nothing fits
+    return MemoryPlan(swap=chosen.swap, recompute=chosen.recompute, name=chosen.name)
+
+
+# The project's size grammar is swapseg.cli's parse_bytes; the domain may not import the
+# CLI, so the same grammar is read here until it moves below both (one place to point).
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, what: str = "memory size") -> int:
+    """'12GiB', '500MB', '1e9' -> bytes; InputError naming ``what`` otherwise."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    try:
+        if not m or unit not in _UNITS:
+            raise ValueError
+        value = int(float(m.group(1)) * _UNITS[unit])
+    except ValueError:
+        raise InputError(f"{what}: not a memory size: {text!r} (use e.g. 12GiB)") from None
+    if value <= 0:
+        raise InputError(f"{what}: must be positive, got {text!r}")
+    return value
