@@ -9,6 +9,7 @@ from the planner's trace and search.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 
@@ -54,12 +55,22 @@ def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "l
     from swapseg.offload.plan.trace import default_loss, trace_step
 
     shape = tuple(int(s) for s in input_shape)
+    if _has_aliased_modules(model):
+        # torch.func.functional_call, which the trace runs, leaves its fake parameters in a
+        # module reachable under two names (dynamic_network_architectures' decoder holds the
+        # encoder); trace a copy so the caller's model keeps its own parameters
+        model = copy.deepcopy(model)
     calib = calibration_shape(shape, 16) if device == "local" and tier != "cuda" else None
     profile = get_profile(device, model, tier, calibrate_shape=calib)
     trace = trace_step(model, shape, loss_fn or default_loss)
     chosen = search(trace, profile, budget_bytes, DEFAULT_MARGIN).chosen
     assert chosen is not None  # search raises when nothing fits
     return MemoryPlan(swap=chosen.swap, recompute=chosen.recompute, name=chosen.name)
+
+
+def _has_aliased_modules(model: nn.Module) -> bool:
+    every = sum(1 for _ in model.named_modules(remove_duplicate=False))
+    return every != sum(1 for _ in model.named_modules())
 
 
 # The project's size grammar is swapseg.cli's parse_bytes; the domain may not import the

@@ -83,12 +83,19 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         targets = [torch.zeros((o.shape[0], n, *o.shape[2:]), dtype=o.dtype) for o in outs]
         return self.loss(output, targets if isinstance(output, (list, tuple)) else targets[0])
 
+    def _planning_network(self) -> nn.Module:
+        """The same architecture built anew on the CPU: the trace never touches the device
+        copy, and the planner may copy it (nnU-Net's decoder holds its encoder)."""
+        return self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
+
     def choose_swap_plan(self) -> MemoryPlan:
         """The planner's plan for this network, patch and budget; exits 2 when none fits."""
-        budget = self.swap_budget()
         profile = os.environ.get(PROFILE_ENV, "").strip() or "local"
         try:
-            plan = choose_plan(unwrap(self.network), self.swap_input_shape(), profile,
+            budget = self.swap_budget()
+            plan = choose_plan(self._planning_network(), self.swap_input_shape(), profile,
                                budget_bytes=budget, loss_fn=self._trace_loss,
                                autocast_dtype=torch.float16 if self.device.type == "cuda"
                                else None,
