@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.stats import ScopeStats, SwapStats
 
 __all__ = ["MemoryPlan", "apply_plan", "choose_plan", "SwapPolicy", "SwapStats", "ScopeStats",
-           "as_plan", "parse_size"]
+           "as_plan", "parse_size", "plan_search"]
 
 LossFn = Callable[[object], torch.Tensor]
 
@@ -38,17 +39,11 @@ def as_plan(policy_or_plan: SwapPolicy | MemoryPlan | None) -> MemoryPlan:
     raise InputError(f"expected a SwapPolicy or MemoryPlan, got {type(policy_or_plan).__name__}")
 
 
-def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "local", *,
-                budget_bytes: int, loss_fn: LossFn | None = None,
-                autocast_dtype: torch.dtype | None = None, tier: str = "host") -> MemoryPlan:
-    """The planner's fastest predicted plan for one step of ``model`` that fits the budget.
-
-    ``loss_fn`` maps the model's output (any pytree) to a scalar. ``autocast_dtype`` is not
-    traced yet: the step is traced in the parameters' dtype, which over-counts activations
-    of an autocast step, so the plan errs on the side that fits. Raises InputError with
-    the missing bytes when nothing fits.
-    """
-    del autocast_dtype  # see the docstring: traced at full precision until the planner can
+def plan_search(model: nn.Module, input_shape: tuple[int, ...], device: str = "local", *,
+                budget_bytes: int, loss_fn: LossFn | None = None, tier: str = "host",
+                require_fit: bool = True) -> Any:
+    """The planner's search over its candidates for one step of ``model`` (every
+    candidate's predicted peak and step time; ``.chosen`` the fastest that fits)."""
     from swapseg.offload.plan.devices import get_profile
     from swapseg.offload.plan.report import calibration_shape
     from swapseg.offload.plan.search import DEFAULT_MARGIN, search
@@ -63,7 +58,22 @@ def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "l
     calib = calibration_shape(shape, 16) if device == "local" and tier != "cuda" else None
     profile = get_profile(device, model, tier, calibrate_shape=calib)
     trace = trace_step(model, shape, loss_fn or default_loss)
-    chosen = search(trace, profile, budget_bytes, DEFAULT_MARGIN).chosen
+    return search(trace, profile, budget_bytes, DEFAULT_MARGIN, require_fit=require_fit)
+
+
+def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "local", *,
+                budget_bytes: int, loss_fn: LossFn | None = None,
+                autocast_dtype: torch.dtype | None = None, tier: str = "host") -> MemoryPlan:
+    """The planner's fastest predicted plan for one step of ``model`` that fits the budget.
+
+    ``loss_fn`` maps the model's output (any pytree) to a scalar. ``autocast_dtype`` is not
+    traced yet: the step is traced in the parameters' dtype, which over-counts activations
+    of an autocast step, so the plan errs on the side that fits. Raises InputError with
+    the missing bytes when nothing fits.
+    """
+    del autocast_dtype  # see the docstring: traced at full precision until the planner can
+    chosen = plan_search(model, input_shape, device, budget_bytes=budget_bytes,
+                         loss_fn=loss_fn, tier=tier).chosen
     assert chosen is not None  # search raises when nothing fits
     return MemoryPlan(swap=chosen.swap, recompute=chosen.recompute, name=chosen.name)
 

@@ -9,9 +9,10 @@ from torch.utils.data import DataLoader
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from _tiny import N_BATCHES, TinySeg, assert_bitwise_equal, batches  # noqa: E402
+
 from swapseg.integrations._plan import MemoryPlan, SwapPolicy  # noqa: E402
 from swapseg.integrations.lightning import SwapCallback  # noqa: E402
-from _tiny import N_BATCHES, TinySeg, assert_bitwise_equal, batches  # noqa: E402
 
 
 class Module(pl.LightningModule):

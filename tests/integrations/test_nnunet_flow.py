@@ -35,8 +35,9 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("nnunet")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
-           "SWAPSEG_MEMORY_BUDGET": "50MiB", "SWAPSEG_DEVICE_PROFILE": "a100-pcie4"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1",
+           "nnUNet_compile": "false", "SWAPSEG_MEMORY_BUDGET": "50MiB",
+           "SWAPSEG_DEVICE_PROFILE": "a100-pcie4"}
     env.update({f"nnUNet_{k}": str(root / k) for k in ("raw", "preprocessed", "results")})
     swapseg = [sys.executable, "-m", "swapseg.cli"]
     env["nnUNet_extTrainer"] = _run([*swapseg, "nnunet", "trainers"], env).strip()
