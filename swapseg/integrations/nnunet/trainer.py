@@ -58,6 +58,7 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         self.swap_plan: MemoryPlan | None = None
         self.swap_budget_bytes: int | None = None
         self.swapper: StepSwapper | None = None
+        self._epoch_start: dict[str, Any] = {}
 
     # swapping hooks into eager autograd; a compiled graph would bypass the engine
     def _do_i_compile(self) -> bool:
@@ -138,7 +139,7 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         if self.swapper is None:
             return
-        now, before = self.swapper.summary(), getattr(self, "_epoch_start", {})
+        now, before = self.swapper.summary(), self._epoch_start
         swapped = now["swapped"] - before.get("swapped", 0)
         out = now["bytes_out"] - before.get("bytes_out", 0)
         self.print_to_log_file(f"swapseg: swapped {swapped} tensors ({out} bytes) in "
