@@ -9,13 +9,13 @@ from the planner's trace and search.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from swapseg.errors import InputError
 from swapseg.offload.hybrid import MemoryPlan, apply_plan
@@ -50,14 +50,17 @@ def plan_search(model: nn.Module, input_shape: tuple[int, ...], device: str = "l
     from swapseg.offload.plan.trace import default_loss, trace_step
 
     shape = tuple(int(s) for s in input_shape)
-    if _has_aliased_modules(model):
-        # torch.func.functional_call, which the trace runs, leaves its fake parameters in a
-        # module reachable under two names (dynamic_network_architectures' decoder holds the
-        # encoder); trace a copy so the caller's model keeps its own parameters
-        model = copy.deepcopy(model)
-    calib = calibration_shape(shape, 16) if device == "local" and tier != "cuda" else None
-    profile = get_profile(device, model, tier, calibrate_shape=calib)
-    trace = trace_step(model, shape, loss_fn or default_loss)
+    guard = _ParameterGuard(model)
+    calib = calibration_shape(shape, getattr(model, "divisor", 16)) \
+        if device == "local" and tier != "cuda" else None
+    try:
+        # the local profile's real calibration step uses the planner's default loss, which
+        # takes one tensor: it measures the model through a view of its first output
+        profile = get_profile(device, _Calibrated(model, guard) if device == "local" else model,
+                              tier, calibrate_shape=calib)
+        trace = trace_step(model, shape, loss_fn or default_loss)
+    finally:
+        guard.restore()
     return search(trace, profile, budget_bytes, DEFAULT_MARGIN, require_fit=require_fit)
 
 
@@ -78,9 +81,41 @@ def choose_plan(model: nn.Module, input_shape: tuple[int, ...], device: str = "l
     return MemoryPlan(swap=chosen.swap, recompute=chosen.recompute, name=chosen.name)
 
 
-def _has_aliased_modules(model: nn.Module) -> bool:
-    every = sum(1 for _ in model.named_modules(remove_duplicate=False))
-    return every != sum(1 for _ in model.named_modules())
+class _ParameterGuard:
+    """Puts back every parameter and buffer of ``model`` as it was at construction.
+
+    torch.func.functional_call, which the planner's trace runs, leaves its fake tensors in
+    a module reachable under two names (dynamic_network_architectures' decoder holds the
+    encoder): it saves each name's original after the previous name was already replaced.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.entries = [(m, kind, name, t) for m in model.modules()
+                        for kind in ("_parameters", "_buffers")
+                        for name, t in getattr(m, kind).items()]
+
+    def restore(self) -> None:
+        for module, kind, name, t in self.entries:
+            getattr(module, kind)[name] = t
+
+
+class _Calibrated(nn.Module):
+    """``model`` for the local profile's calibration: a real (non-fake) input first puts
+    back the parameters its trace left fake; the output is the first tensor (deep
+    supervision: the full-resolution head)."""
+
+    def __init__(self, model: nn.Module, guard: _ParameterGuard) -> None:
+        super().__init__()
+        self.model = model
+        self._guard = guard
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, FakeTensor):
+            self._guard.restore()
+        out = self.model(x)
+        while isinstance(out, (list, tuple)):
+            out = out[0]
+        return out
 
 
 # The project's size grammar is swapseg.cli's parse_bytes; the domain may not import the

@@ -93,6 +93,15 @@ def test_budget_picks_the_plan(nnunet_env: Path, monkeypatch: pytest.MonkeyPatch
     assert all(type(p) is torch.nn.Parameter for p in t.network.parameters())
 
 
+def test_local_profile_calibrates_on_the_deep_supervision_network(
+        nnunet_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROFILE_ENV)  # measure this machine: one real step of the network
+    monkeypatch.setenv(BUDGET_ENV, "2MiB")
+    t = _trainer(nnUNetTrainerSwap)
+    plan = t.choose_swap_plan()
+    assert plan.swap is not None or plan.recompute is not None
+
+
 def test_full_image_trainer_stops_with_the_missing_bytes(
         nnunet_env: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
