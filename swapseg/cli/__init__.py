@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 #: Subcommand modules, in the order ``swapseg --help`` lists them.
 COMMANDS = ("demo", "synth", "data", "train", "predict", "evaluate", "plan", "bench",
-            "experiment")
+            "experiment", "nnunet")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ Shapes (every subcommand)::
 never part of a shape: it is the ``--batch`` flag. Spatial-only flags (``train
 --shape``) refuse a channel count.
 
-Byte sizes (every ``--memory-budget``, ``--cap``)::
+Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.sizes``)::
 
     SIZE := NUMBER [UNIT]              e.g. 16GiB, 16G, 12.5GB, 1e9, 17179869184
 
@@ -23,12 +23,11 @@ argparse prints the subcommand's usage and one line, exit status 2.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from swapseg.errors import InputError
+from swapseg.sizes import SIZE_HELP, parse_bytes
 
 __all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "parse_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
@@ -36,12 +35,6 @@ __all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "parse_precisi
            "SHAPE_HELP", "SIZE_HELP"]
 
 SHAPE_HELP = "N, DxHxW or CxDxHxW (e.g. 64, 4x192x192x192)"
-SIZE_HELP = "bytes with an optional unit: 16GiB, 16G, 12.5GB, 1e9"
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
 
 #: Lightning's precision names (the training loop's ``Precision`` type).
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -75,18 +68,6 @@ def parse_shape(text: str, channels: bool = True) -> Volume:
     if len(dims) == 3:
         return Volume(None, tuple(dims))
     return Volume(dims[0], tuple(dims[1:]))
-
-
-def parse_bytes(text: str | int) -> int:
-    """``'16GiB'`` -> 17179869184; ``'16G'`` / ``'16GB'`` -> 16 * 10**9; ``'1e9'``."""
-    m = _SIZE.fullmatch(str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise InputError(f"not a memory size: {text!r} (expected {SIZE_HELP})")
-    n = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(n) or n < 1:
-        raise InputError(f"memory size {text!r} must be at least one byte")
-    return int(n)
 
 
 def parse_precision(text: str) -> str:

@@ -307,6 +307,23 @@ def _released(rec: _Recorder, r: SavedRecord) -> None:
     r.released_at = rec.now()
 
 
+@contextlib.contextmanager
+def _parameters_kept(model: nn.Module) -> Iterator[None]:
+    """Put back every parameter and buffer of ``model`` afterwards.
+
+    ``functional_call`` restores the originals itself, except in a module reachable under
+    two names (a decoder that holds its encoder): there it saves the second name's
+    original after the first name already replaced it, and leaves fake tensors behind.
+    """
+    entries = [(m, kind, name, t) for m in model.modules()
+               for kind in ("_parameters", "_buffers") for name, t in getattr(m, kind).items()]
+    try:
+        yield
+    finally:
+        for module, kind, name, t in entries:
+            getattr(module, kind)[name] = t
+
+
 def trace_step(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn | None = None,
                optimizer_states: int = 2, name: str | None = None,
                autocast_dtype: torch.dtype | None = None) -> StepTrace:
@@ -348,7 +365,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
                 _saved_hooks(rec, param_keys, saved):
             rec.register(x, "input")
-            with autocast("cpu", autocast_dtype):
+            with autocast("cpu", autocast_dtype), _parameters_kept(model):
                 out = functional_call(model, {**fparams, **fbuffers}, (x,))
                 loss = loss_fn(out)
             n_fwd = len(rec.ops)

@@ -1,0 +1,56 @@
+"""The one door from the integrations to swapseg's plans, planner and size grammar.
+
+Every integration imports ``MemoryPlan``, ``apply_plan``, ``choose_plan``, ``SwapPolicy``,
+``SwapStats`` and ``parse_size`` from here, so a rename in the mechanism or the planner is
+one edit in this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from swapseg.errors import InputError
+from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan
+from swapseg.planner import choose_plan
+from swapseg.sizes import parse_bytes
+
+__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "SwapPolicy", "SwapStats", "ScopeStats",
+           "as_plan", "parse_size", "plan_search"]
+
+LossFn = Callable[[Any], torch.Tensor]
+
+
+def as_plan(policy_or_plan: SwapPolicy | MemoryPlan | None) -> MemoryPlan:
+    """A SwapPolicy becomes a swap-only plan; None swaps nothing."""
+    if policy_or_plan is None:
+        return MemoryPlan()
+    if isinstance(policy_or_plan, SwapPolicy):
+        return MemoryPlan(swap=policy_or_plan, name="policy")
+    if isinstance(policy_or_plan, MemoryPlan):
+        return policy_or_plan
+    raise InputError(f"expected a SwapPolicy or MemoryPlan, got {type(policy_or_plan).__name__}")
+
+
+def plan_search(model: nn.Module, input_shape: Sequence[int], device: str = "local", *,
+                budget_bytes: int, loss_fn: LossFn | None = None,
+                autocast_dtype: torch.dtype | None = None, tier: str = "host",
+                require_fit: bool = True) -> Any:
+    """The planner's whole search for one step of ``model``: every candidate's predicted
+    peak and step time; ``.chosen`` is the fastest that fits."""
+    from swapseg.planner.choose import resolve_profile
+    from swapseg.planner.search import DEFAULT_MARGIN, search
+    from swapseg.planner.trace import trace_step
+
+    shape = tuple(int(s) for s in input_shape)
+    profile = resolve_profile(device, model, shape, tier, loss_fn, autocast_dtype)
+    trace = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
+    return search(trace, profile, budget_bytes, DEFAULT_MARGIN, require_fit=require_fit)
+
+
+def parse_size(text: str, what: str = "memory size") -> int:
+    """'12GiB', '500MB', '1e9' -> bytes (the project's one size grammar)."""
+    return parse_bytes(text, what)

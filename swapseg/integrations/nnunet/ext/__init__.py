@@ -1,0 +1,1 @@
+"""The folder nnU-Net searches through ``nnUNet_extTrainer`` (see ``trainers_folder``)."""

@@ -1,0 +1,53 @@
+"""The integrations' door to the planner: any model, any output pytree, models left intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swapseg.integrations._plan import choose_plan, plan_search
+
+
+class Aliased(nn.Module):
+    """A decoder that holds its encoder (as dynamic_network_architectures' U-Nets do), and
+    a deep-supervision-like list output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.Tanh(),
+                                     nn.Conv3d(8, 8, 3, padding=1), nn.Tanh(),
+                                     nn.Conv3d(8, 4, 3, padding=1), nn.Tanh())
+        self.decoder = nn.Module()
+        self.decoder.encoder = self.encoder
+        self.decoder.head = nn.Conv3d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.decoder.encoder(x)
+        y = self.decoder.head(h)
+        return [y, y[:, :, ::2, ::2, ::2]]
+
+
+def _loss(out: list[torch.Tensor]) -> torch.Tensor:
+    return sum(o.float().mean() for o in out)
+
+
+@pytest.mark.parametrize("device", ["a100-pcie4", "local"])
+def test_planning_leaves_an_aliased_model_its_own_parameters(device: str) -> None:
+    torch.manual_seed(0)
+    model = Aliased()
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    res = plan_search(model, (1, 2, 16, 16, 16), device, budget_bytes=2**30, loss_fn=_loss)
+    assert res.chosen is not None and res.chosen.name == "keep-all"  # 1 GiB is plenty
+    for n, p in model.named_parameters():
+        assert p is before[n][0] and type(p) is nn.Parameter and torch.equal(p, before[n][1])
+    assert model.decoder.encoder[0].weight is model.encoder[0].weight
+    _loss(model(torch.randn(1, 2, 16, 16, 16))).backward()  # a real step still runs
+
+
+def test_an_impossible_budget_says_what_is_missing() -> None:
+    from swapseg.errors import InputError
+
+    with pytest.raises(InputError, match="bytes\\) missing"):
+        choose_plan(Aliased(), (1, 2, 16, 16, 16), "a100-pcie4", budget_bytes=1000,
+                    loss_fn=_loss)
