@@ -212,6 +212,7 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     from tqdm import tqdm
 
     from swapseg.data.brats import find_cases, load_case, preprocess, restore
+    from swapseg.training.precision import autocast
 
     ckpt = Path(checkpoint)
     model, config = load_model(ckpt, device)
@@ -225,7 +226,8 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
         t0 = time.perf_counter()
         loaded = load_case(case)
         prep = preprocess(loaded, grid, zoom=zoom)
-        probs = predict_volume(model, prep.image, window=window, overlap=overlap, tta=tta)
+        with autocast(config.get("precision", "32"), _model_device(model).type):  # as trained
+            probs = predict_volume(model, prep.image, window=window, overlap=overlap, tta=tta)
         labels = labels_from_probabilities(probs, convention or case.convention)
         restored = np.asarray(restore(labels, prep.info)).astype(np.uint8)
         target = out / f"{case.case_id}.nii.gz"

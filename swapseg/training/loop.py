@@ -29,12 +29,14 @@ from tqdm.auto import tqdm
 from swapseg import offload
 from swapseg.errors import InputError
 from swapseg.io import write_json
-from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.recompute import RecomputePolicy, recompute
 from swapseg.training import distributed as dist_
 from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
 from swapseg.training.losses import make_loss
+from swapseg.training.model import build_model, model_kwargs, resolve_device
+from swapseg.training.precision import MixedPrecision
 from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
@@ -63,28 +65,8 @@ class TrainState:
     train_s: float = 0.0
     """Training seconds so far: the sum of the logged epoch seconds (rank 0's clock),
     across resumes. ``max_train_s`` is checked against it."""
-
-
-def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    return {"in_channels": 4, "out_channels": 3, "base_filters": config.base_filters,
-            "depth": config.depth, "dropout": config.dropout}
-
-
-def build_model(config: TrainConfig) -> Isensee3DUNet:
-    torch.manual_seed(config.seed)  # the same initial weights for every fold and rerun
-    return Isensee3DUNet(**model_kwargs(config))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"device {name!r} is not available on this machine")
-    return device
+    skipped_steps: int = 0
+    """Optimizer steps the fp16 GradScaler skipped (inf/nan gradients), across resumes."""
 
 
 def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
@@ -113,11 +95,12 @@ def _remove_stale_temporaries(ckpt_dir: Path) -> None:
 
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            echo: Callable[[str], None]) -> TrainState:
+            amp: MixedPrecision, echo: Callable[[str], None]) -> TrainState:
     ck = load_checkpoint(path)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
+    amp.load_state_dict(ck.get("scaler"))
     set_rng_state(ck["rng"])
     state = TrainState(**ck["state"])
     echo(f"resuming from {path} after epoch {state.epoch} (step {state.global_step})")
@@ -132,7 +115,7 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
     would throw that away. Per-step swap figures are differences of the live counters.
     """
     ctx.ddp_model.train()
-    loss_sum, n_samples, wait_s, busy_s = 0.0, 0, 0.0, 0.0
+    loss_sum, n_samples, wait_s, busy_s, skipped = 0.0, 0, 0.0, 0.0, 0
     n_steps = len(ctx.train_loader)
     first = ctx.state.global_step
     trace_epoch = ctx.config.trace_step is not None and \
@@ -147,7 +130,8 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
             batch = next(batches)
             t1 = time.perf_counter()
             before = stats.as_dict()
-            loss = _step(ctx, batch, epoch, step)
+            loss, stepped = _step(ctx, batch, epoch, step)
+            skipped += not stepped
             t2 = time.perf_counter()
             busy_s += t2 - t1
             wait_s += t1 - t0
@@ -162,27 +146,31 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()
+    ctx.state.skipped_steps += skipped
     return {"train_loss": loss_sum / max(n_samples, 1), "steps": n_steps,
-            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12)}
+            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12), "skipped_steps": skipped}
 
 
-def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> float:
-    """Forward, loss, backward, optimizer step; NonFiniteLoss before a bad update."""
+def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> tuple[float, bool]:
+    """Forward and loss under autocast, backward, optimizer step: (loss, stepped).
+
+    NonFiniteLoss before a bad update; ``stepped`` is False when fp16's GradScaler skipped
+    the update (inf/nan gradients, which it expects now and then and handles)."""
     image = batch["image"].to(ctx.device, non_blocking=True)  # (B, 4, D, H, W)
     target = batch["target"].to(ctx.device, non_blocking=True)  # (B, 3, D, H, W)
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss = ctx.loss_fn(ctx.ddp_model(image), target)
+    with ctx.amp.autocast():
+        loss = ctx.loss_fn(ctx.forward_model(image), target)
     if not torch.isfinite(loss):
         last = ctx.run_dir / "checkpoints" / "last.pt"
         where = f"the last good checkpoint is {last}" if last.exists() else \
             "no checkpoint was written yet"
         raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                             f"(global step {ctx.state.global_step}); stopping: {where}")
-    loss.backward()
-    ctx.optimizer.step()
+    stepped = ctx.amp.backward_step(loss, ctx.optimizer)
     if ctx.device.type == "cuda":  # so that step time is not billed to the next data wait
         torch.cuda.synchronize(ctx.device)
-    return loss.item()
+    return loss.item(), stepped
 
 
 @dataclass
@@ -191,6 +179,9 @@ class _Ctx:
     config: TrainConfig
     model: nn.Module
     ddp_model: nn.Module
+    forward_model: nn.Module
+    """``ddp_model``, or ``torch.compile(ddp_model)`` with ``config.compile``."""
+    amp: MixedPrecision
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
     train_loader: DataLoader
@@ -226,6 +217,7 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
                 "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(config),
                 "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
                 "state": asdict(state), "rng": rng_state(), "config": config.to_dict(),
+                "scaler": ctx.amp.state_dict(),
                 "val": {k: v for k, v in row.items() if k.startswith("val_")}}
         ckpt_dir = ctx.run_dir / "checkpoints"
         if improved:
@@ -241,8 +233,9 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
     t0 = time.perf_counter()
     row = _train_epoch(ctx, epoch, progress)
     window = ctx.config.patch if ctx.config.mode == "patch" else None
-    val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
-        if ctx.info.is_main else {}
+    with ctx.amp.autocast():  # validation sees what training sees
+        val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
+            if ctx.info.is_main else {}
     keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "epoch_s"]
     # rank 0's scores and seconds on every rank: all ranks take the same stop decisions
     local = [val.get(k, 0.0) for k in keys[:-1]] + [time.perf_counter() - t0]
@@ -267,14 +260,16 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     last = run_dir / "checkpoints" / "last.pt"
     if info.is_main:
         _remove_stale_temporaries(run_dir / "checkpoints")
-    state = _resume(last, model, optimizer, sched, echo) if resume and last.exists() \
+    amp = MixedPrecision(config.precision, device.type)
+    state = _resume(last, model, optimizer, sched, amp, echo) if resume and last.exists() \
         else TrainState()
     log = EpochLog(run_dir / "log.csv")
     if info.is_main:
         log.load(upto_epoch=state.epoch)
     train_loader, val_loader, gen = _loaders(train_ds, val_ds, config, info, device)
-    ctx = _Ctx(config, model, dist_.wrap_model(model, info, device), optimizer,
-               make_loss(config.loss, config.dice_eps), train_loader, device,
+    ddp_model = dist_.wrap_model(model, info, device)
+    ctx = _Ctx(config, model, ddp_model, compile_model(ddp_model, config.compile), amp,
+               optimizer, make_loss(config.loss, config.dice_eps), train_loader, device,
                config.swap, _recompute_policy(config), run_dir, state,
                SwapLog(config.swap), info)
     stop_reason = "max_epochs"
