@@ -15,7 +15,8 @@ the step harness ``swapseg.offload.measure.measure_steps``) with forward and los
 - the process's peak RSS (VmHWM): each configuration runs in its own fresh subprocess,
   since RSS is a process-wide high-water mark.
 
-    OMP_NUM_THREADS=1 python benchmarks/precision.py --out precision.json --md precision.md
+    OMP_NUM_THREADS=1 python benchmarks/precision.py --repeats 2 --out precision.json \
+        --md precision.md
     python benchmarks/precision.py --quick                # 32^3, 1 step: a smoke run
     python benchmarks/precision.py --device cuda --sides 128 192
 """
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -93,19 +95,36 @@ def run_config(side: int, precision: str, swap: str, args: argparse.Namespace
 
 
 def run_side(side: int, args: argparse.Namespace) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for precision, swap in CONFIGS:
-        name = f"{precision}/{swap}"
-        rows[name] = r = run_config(side, precision, swap, args)
-        print(f"  {side}^3 {name:<20} {r['step_s']:.3f} s/step, peak saved "
-              f"{r['peak_device_bytes'] / 2**20:.1f} MiB, RSS "
-              f"{r['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+    """Every configuration ``--repeats`` times, in rounds (A B C D A B C D ...), so that a
+    slow spell of a shared machine hits all of them; medians over all measured steps."""
+    runs: dict[str, list[dict[str, Any]]] = {f"{p}/{s}": [] for p, s in CONFIGS}
+    for _ in range(args.repeats):
+        for precision, swap in CONFIGS:
+            name = f"{precision}/{swap}"
+            r = run_config(side, precision, swap, args)
+            runs[name].append(r)
+            print(f"  {side}^3 {name:<20} {r['step_s']:.3f} s/step, peak saved "
+                  f"{r['peak_device_bytes'] / 2**20:.1f} MiB, RSS "
+                  f"{r['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+    rows = {name: _merge(rs) for name, rs in runs.items()}
     base = rows["32/none"]
     for r in rows.values():
         r["step_ratio"] = r["step_s"] / base["step_s"]
         r["peak_device_ratio"] = r["peak_device_bytes"] / base["peak_device_bytes"]
         r["peak_rss_ratio"] = r["peak_rss_bytes"] / base["peak_rss_bytes"]
     return {"side": side, "shape": [1, 4, side, side, side], "configs": rows}
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the repeats: median step over all their steps, largest peaks."""
+    out = dict(runs[-1])
+    out["step_s_all"] = [t for r in runs for t in r["step_s_all"]]
+    out["step_s"] = statistics.median(out["step_s_all"])
+    for k in ("peak_device_bytes", "peak_rss_bytes", "cuda_peak_bytes"):
+        if k in out:
+            out[k] = max(r[k] for r in runs)
+    out["peak_rss_bytes_all"] = [r["peak_rss_bytes"] for r in runs]
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
@@ -129,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", type=int, nargs="+", default=[64, 96])
     p.add_argument("--steps", type=int, default=3, help="measured steps (median of these)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fresh processes per configuration, run in rounds")
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="32^3, 1 step")

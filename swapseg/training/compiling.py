@@ -32,9 +32,9 @@ BACKEND = "inductor"
 """torch.compile's default backend (generated C++/OpenMP kernels on a CPU, Triton on CUDA)."""
 
 
-def compile_model(model: nn.Module, enabled: bool, backend: str = BACKEND) -> nn.Module:
-    """``torch.compile(model, backend=backend)`` when ``enabled``, else ``model`` itself.
+def compile_model(model: nn.Module, enabled: bool, backend: str | None = None) -> nn.Module:
+    """``torch.compile(model, backend=backend or BACKEND)`` when ``enabled``, else ``model``.
 
     The compiled wrapper shares ``model``'s parameters; checkpoints keep saving the bare
     model's state_dict (the wrapper's keys carry an ``_orig_mod.`` prefix)."""
-    return torch.compile(model, backend=backend) if enabled else model
+    return torch.compile(model, backend=backend or BACKEND) if enabled else model
