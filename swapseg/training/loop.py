@@ -5,6 +5,8 @@ loop itself and works with any pair of datasets whose items are
 ``{"image": (4, D, H, W), "target": (3, D, H, W), ...}``. Every step runs inside the
 engine's ``swap_activations(model, policy)`` context; ``policy=None`` is its null context,
 so swapping on or off is the same code path.
+Forward and loss run under the config's precision (``training.precision``: autocast, and
+for fp16 a GradScaler), validation under the same autocast.
 
 Order of writes at the end of an epoch: log.csv, then best.pt, then last.pt, all atomic.
 A kill between them leaves last.pt one epoch behind the log; resuming drops the log rows

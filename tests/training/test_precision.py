@@ -176,3 +176,26 @@ def test_no_skips_in_normal_fp16_training(tmp_path):
     _, res = _run(tmp_path, "run", "16-mixed", None)
     assert [r["skipped_steps"] for r in read_log(tmp_path / "run" / "log.csv")] == ["0", "0"]
     assert res["global_step"] == 6
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32", None)])
+def test_prediction_runs_under_the_checkpoint_precision(tmp_path, monkeypatch, precision,
+                                                        dtype):
+    from swapseg.data.synthetic import synthesize
+    from swapseg.evaluation import inference
+
+    _run(tmp_path, "run", precision, None)
+    synthesize(tmp_path / "cases", 1, 16, seed=2)
+    seen = []
+    real = inference.predict_volume
+
+    def spy(*args, **kwargs):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_volume", spy)
+    inference.predict_cases(tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "cases",
+                            tmp_path / "pred", device="cpu", progress=False)
+    assert seen == [dtype]
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 1
