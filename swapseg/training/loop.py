@@ -5,8 +5,7 @@ loop itself and works with any pair of datasets whose items are
 ``{"image": (4, D, H, W), "target": (3, D, H, W), ...}``. Every step runs inside the
 engine's ``swap_activations(model, policy)`` context; ``policy=None`` is its null context,
 so swapping on or off is the same code path.
-Forward and loss run under the config's precision (``training.precision``: autocast, and
-for fp16 a GradScaler), validation under the same autocast.
+Forward, loss and validation run under the config's precision (``training.precision``).
 
 Order of writes at the end of an epoch: log.csv, then best.pt, then last.pt, all atomic.
 A kill between them leaves last.pt one epoch behind the log; resuming drops the log rows
@@ -15,10 +14,11 @@ that last.pt does not cover and redoes that epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from swapseg.training import distributed as dist_
 from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
+from swapseg.training.datasets import worker_error_message
 from swapseg.training.losses import make_loss
 from swapseg.training.model import build_model, model_kwargs, resolve_device
 from swapseg.training.precision import MixedPrecision
@@ -109,6 +110,13 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     return state
 
 
+@contextlib.contextmanager
+def _engine(ctx: _Ctx, trace: bool) -> Iterator[Any]:
+    with offload.swap_activations(ctx.model, ctx.policy, trace=trace) as stats, \
+            recompute(ctx.model, ctx.recompute):
+        yield stats
+
+
 def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the training loader; returns loss, timing and data-wait share.
 
@@ -125,8 +133,9 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
     batches = iter(ctx.train_loader)
     bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                unit="step")
-    with offload.swap_activations(ctx.model, ctx.policy, trace=trace_epoch) as stats, \
-            recompute(ctx.model, ctx.recompute):
+    engine = _engine(ctx, trace_epoch) if ctx.run_engine is None else \
+        contextlib.nullcontext(ctx.run_engine)
+    with engine as stats:
         for step in range(n_steps):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -181,8 +190,7 @@ class _Ctx:
     config: TrainConfig
     model: nn.Module
     ddp_model: nn.Module
-    forward_model: nn.Module
-    """``ddp_model``, or ``torch.compile(ddp_model)`` with ``config.compile``."""
+    forward_model: nn.Module  # ddp_model, or torch.compile(ddp_model) with config.compile
     amp: MixedPrecision
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
@@ -194,6 +202,7 @@ class _Ctx:
     state: TrainState
     swaplog: SwapLog
     info: dist_.DistInfo
+    run_engine: Any = None  # the run-wide engine's stats under --compile (see fit)
 
 
 def _out_of_time(state: TrainState, config: TrainConfig) -> bool:
@@ -246,6 +255,45 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
     return row
 
 
+def _epochs(ctx: _Ctx, val_loader: DataLoader, sched: Any, log: EpochLog,
+            gen: torch.Generator, progress: bool, echo: Callable[[str], None]) -> str:
+    """The epoch loop of :func:`fit`; returns why it stopped."""
+    state, config, info = ctx.state, ctx.config, ctx.info
+    stop_reason = "max_epochs"
+    start_epoch = state.epoch
+    for epoch in range(state.epoch, config.max_epochs):
+        # a resumed run that had already stopped stays stopped
+        if state.bad_epochs >= config.early_stop:
+            stop_reason = "early_stop"
+            break
+        if _out_of_time(state, config):
+            stop_reason = "time_limit"
+            break
+        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
+        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
+        # dropout and in-process augmentation (the global seed, which
+        # BratsVolumes.rng() keys on when workers=0).
+        gen.manual_seed(config.seed * 1_000_003 + epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
+        if isinstance(ctx.train_loader.sampler, DistributedSampler):
+            ctx.train_loader.sampler.set_epoch(epoch)
+        row = _run_epoch(ctx, val_loader, epoch, progress)
+        stop = _end_epoch(ctx, sched, log, row)
+        if info.is_main:
+            if epoch == start_epoch and config.swap is not None:
+                echo(first_step_line(ctx.swaplog.first_step or {}))
+            echo(epoch_line(row, config.max_epochs))
+        if stop:
+            stop_reason = "early_stop"
+            break
+        if _out_of_time(state, config):
+            stop_reason = "time_limit"
+            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
+                 f"{config.max_train_s:g} s (max_train_s)")
+            break
+    return stop_reason
+
+
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfig,
         *, resume: bool = False, progress: bool = True,
         echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -274,38 +322,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
                optimizer, make_loss(config.loss, config.dice_eps), train_loader, device,
                config.swap, _recompute_policy(config), run_dir, state,
                SwapLog(config.swap), info)
-    stop_reason = "max_epochs"
-    start_epoch = state.epoch
-    for epoch in range(state.epoch, config.max_epochs):
-        # a resumed run that had already stopped stays stopped
-        if state.bad_epochs >= config.early_stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            break
-        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
-        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
-        # dropout and in-process augmentation (the global seed, which
-        # BratsVolumes.rng() keys on when workers=0).
-        gen.manual_seed(config.seed * 1_000_003 + epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        row = _run_epoch(ctx, val_loader, epoch, progress)
-        stop = _end_epoch(ctx, sched, log, row)
-        if info.is_main:
-            if epoch == start_epoch and config.swap is not None:
-                echo(first_step_line(ctx.swaplog.first_step or {}))
-            echo(epoch_line(row, config.max_epochs))
-        if stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
-                 f"{config.max_train_s:g} s (max_train_s)")
-            break
+    # --compile: one engine context for the run, since each new context registers new
+    # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
+    run = _engine(ctx, config.trace_step is not None) if config.compile else \
+        contextlib.nullcontext(None)
+    with run as ctx.run_engine:
+        stop_reason = _epochs(ctx, val_loader, sched, log, gen, progress, echo)
     dist_.barrier(info)
     return {"epochs": state.epoch, "global_step": state.global_step,
             "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
@@ -325,20 +347,6 @@ def _auto_plan(config: TrainConfig, model: nn.Module,
                        tier="cuda" if device.type == "cuda" else "host")
     echo(f"memory plan for {config.memory_budget_bytes} bytes: {plan.to_dict()}")
     return config.replace(swap=plan.swap, plan=plan.to_dict())
-
-
-def worker_error_message(exc: BaseException) -> str:
-    """The original one-line message of an error re-raised from a DataLoader worker.
-
-    PyTorch re-raises a worker's exception as the same type with the message
-    "Caught X in DataLoader worker process N. Original Traceback ... X: <message>".
-    """
-    text = str(exc)
-    if not text.startswith("Caught ") or "Original Traceback" not in text:
-        return text
-    name = type(exc).__name__
-    last = [ln for ln in text.strip().splitlines() if f"{name}: " in ln]
-    return last[-1].split(f"{name}: ", 1)[1] if last else text.splitlines()[0]
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,

@@ -87,3 +87,17 @@ def test_compiled_inductor_under_swapping_matches_eager():
             # gradient (per-tensor relative error is meaningless for near-zero gradients,
             # such as biases followed by instance norm)
             assert (a - b).abs().max().item() <= 1e-5 * scale
+
+
+def test_compiled_model_is_compiled_once_across_epochs_with_swapping(tmp_path, monkeypatch):
+    # a swap context per epoch would register new module hooks each epoch, which fail
+    # dynamo's guards: one recompilation per epoch (and eager after the cache limit)
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    counters.clear()
+    cfg = tiny(out=str(tmp_path / "run"), max_epochs=3, compile=True,
+               swap=SwapPolicy(tier="host"))
+    res = fit(build_model(cfg), BlobVolumes(2), BlobVolumes(1, seed=1), cfg, **SILENT)
+    assert res["epochs"] == 3
+    assert counters["stats"]["unique_graphs"] == 1
