@@ -6,12 +6,15 @@ import argparse
 import sys
 from typing import Any
 
+from swapseg.cli.train_cmd import add_precision_args
+
 __all__ = ["register", "run"]
 
 EPILOG = """examples:
   swapseg demo                         # writes ./swapseg-demo/ (about 5-10 minutes on 2 cores)
   swapseg demo --out /tmp/demo --quick # a smoke test in well under a minute
   swapseg demo --cases 30 --epochs 40 --time-limit 0   # more data, no 7-minute guard
+  swapseg demo --quick --precision bf16-mixed --compile # bfloat16 autocast, compiled
 """
 
 
@@ -37,6 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny network, 32^3, 2 epochs: checks the pipeline, not the Dice")
     p.add_argument("--seed", type=int, default=0)
+    add_precision_args(p)
     p.set_defaults(func=run)
 
 
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
                        quick=args.quick, seed=args.seed, time_limit=args.time_limit,
+                       precision=args.precision or "32", compile=bool(args.compile),
                        progress=sys.stderr.isatty())
     d = summary["dice"]
     print(f"report: {args.out}/ (summary.json, boxplot.png, overlays/, log.csv, "

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from swapseg.cli.train_cmd import add_precision_args
+
 __all__ = ["register", "run"]
 
 EXAMPLES = """\
@@ -14,6 +16,9 @@ examples:
   swapseg synth --out synth --cases 9 --shape 48
   swapseg experiment full-vs-patch --data synth --out exp --folds 3 --epochs 5 \\
       --shape 48 --base-filters 8 --depth 4
+  # both arms in bfloat16 autocast (the full-volume arm swaps half the bytes)
+  swapseg experiment full-vs-patch --data synth --out exp-bf16 --folds 3 --epochs 5 \
+      --shape 48 --precision bf16-mixed
   # the paper's protocol on a GPU (days): 192^3, 128^3 patches, 5 folds, early stop 50
   swapseg experiment full-vs-patch --data BraTS2017 --out exp-paper --folds 5 \\
       --shape 192 --patch 128 --epochs 500 --swap auto
@@ -83,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--overlays", type=int, default=4,
                    help="overlays of the cases where the modes differ most (default 4)")
     q.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_precision_args(q, compile_flag=False)
     q.set_defaults(func=run)
 
 
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
              "lr_patience": "lr_patience", "shape": "shape", "zoom": "zoom",
              "memory_budget": "memory_budget_bytes", "base_filters": "base_filters",
              "depth": "depth", "workers": "workers", "device": "device", "seed": "seed",
-             "lr": "lr", "dropout": "dropout", "time_limit": "max_train_s"}
+             "lr": "lr", "dropout": "dropout", "time_limit": "max_train_s",
+             "precision": "precision"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
     base = brats_full(data=str(args.data), out=str(args.out), **changes)

@@ -28,16 +28,15 @@ from typing import Any, NamedTuple
 
 from swapseg.errors import InputError
 from swapseg.sizes import SIZE_HELP, parse_bytes
+from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "parse_precision",
+__all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "check_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
            "PRECISIONS",
            "SHAPE_HELP", "SIZE_HELP"]
 
 SHAPE_HELP = "N, DxHxW or CxDxHxW (e.g. 64, 4x192x192x192)"
 
-#: Lightning's precision names (the training loop's ``Precision`` type).
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 class Volume(NamedTuple):
@@ -70,20 +69,6 @@ def parse_shape(text: str, channels: bool = True) -> Volume:
     return Volume(dims[0], tuple(dims[1:]))
 
 
-def parse_precision(text: str) -> str:
-    if text not in PRECISIONS:
-        raise InputError(f"precision {text!r}: expected one of {', '.join(PRECISIONS)}")
-    return text
-
-
-def autocast_dtype(name: str) -> Any:
-    """The autocast dtype of a precision name: None for ``32``, bfloat16, float16."""
-    import torch
-
-    return {"32": None, "bf16-mixed": torch.bfloat16,
-            "16-mixed": torch.float16}[parse_precision(name)]
-
-
 def _argtype(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
@@ -98,7 +83,7 @@ def _argtype(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
 byte_size = _argtype(parse_bytes, "size")
 volume_shape = _argtype(parse_shape, "shape")
 spatial_shape = _argtype(lambda t: parse_shape(t, channels=False).spatial, "shape")
-precision = _argtype(parse_precision, "precision")
+precision = _argtype(check_precision, "precision")
 
 
 def add_command(subparsers: Any, name: str, help: str, description: str,

@@ -22,6 +22,8 @@ EPILOG = """examples:
       --swap-prefetch 20 --trace-step 3
   swapseg train --data brats18/ --out runs/auto --swap auto --memory-budget 16GiB
   swapseg train --out runs/full --resume          # continue after a crash or a kill
+  swapseg train --data brats18/ --out runs/bf16 --precision bf16-mixed --swap all
+  swapseg train --data brats18/ --out runs/fast --precision 16-mixed --compile
 """
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -68,8 +70,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt with OUT/config.json")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_precision_args(p)
     _add_swap_args(p)
     p.set_defaults(func=run)
+
+
+def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
+    """``--precision`` (and ``--compile``): shared by train, experiment and demo."""
+    from swapseg.training.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="32 (default), bf16-mixed (bfloat16 autocast) or 16-mixed (float16 "
+                        "autocast with a GradScaler); Lightning's names")
+    if compile_flag:
+        p.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the model for training (the first steps compile)")
 
 
 def _add_swap_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
              "max_train_s", "patches_per_volume", "tumor_fraction",
-             "memory_budget_bytes")
+             "memory_budget_bytes", "precision", "compile")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     # parsed here, not by argparse, so that bad values become one-line InputErrors
     if "shape" in changes:

@@ -157,6 +157,7 @@ def _predict_one(model: nn.Module, case: Any, settings: dict[str, Any]) -> dict[
     """Predict one case label-blind and write ``<out>/<case>.nii.gz``; its record."""
     from swapseg.data.brats import load_case
     from swapseg.data.preprocess import prepare_brain, restore
+    from swapseg.training.precision import autocast
 
     t0 = time.perf_counter()
     assert case.seg is None  # label-blind: predict_cases drops every segmentation
@@ -164,8 +165,9 @@ def _predict_one(model: nn.Module, case: Any, settings: dict[str, Any]) -> dict[
     prep = prepare_brain(loaded, settings["zoom"])
     win, facts = choose_window(model, prep.image.shape[1:], settings["inference"],
                                settings["window"])
-    probs = predict_volume(model, prep.image, window=win, overlap=settings["overlap"],
-                           tta=settings["tta"])
+    with autocast(settings["precision"], _model_device(model).type):  # as it was trained
+        probs = predict_volume(model, prep.image, window=win, overlap=settings["overlap"],
+                               tta=settings["tta"])
     labels = labels_from_probabilities(probs, settings["convention"] or case.convention)
     restored = np.asarray(restore(labels, prep.info)).astype(np.uint8)
     target = Path(settings["out"]) / f"{case.case_id}.nii.gz"
@@ -220,7 +222,8 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
         check_headers(case)
     side = (window,) * 3 if isinstance(window, int) else (window or train_window)
     settings = {"inference": inference, "window": tuple(side), "zoom": zoom,
-                "overlap": overlap, "tta": tta, "convention": convention, "out": str(out_dir)}
+                "overlap": overlap, "tta": tta, "convention": convention,
+                "precision": config.get("precision", "32"), "out": str(out_dir)}
     choose_window(model, (8, 8, 8), inference, settings["window"])  # bad settings fail now
     records = [_predict_one(model, case, settings)
                for case in track(cases, "predict", progress, label=lambda c: c.case_id)]

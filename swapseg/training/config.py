@@ -17,6 +17,7 @@ from swapseg.errors import InputError
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.record import check_fields
 from swapseg.training.losses import LOSSES
+from swapseg.training.precision import PRECISIONS, Precision
 
 __all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS"]
 
@@ -113,6 +114,15 @@ class TrainConfig:
     experiment --time-limit`` and the demo's guard; resume with a larger value to go on).
     None: no limit."""
 
+    precision: Precision = "32"
+    """``32`` (float32), ``bf16-mixed`` (bfloat16 autocast around forward and loss) or
+    ``16-mixed`` (float16 autocast plus a GradScaler); Lightning's names. Validation and
+    prediction run under the same autocast. See ``swapseg.training.precision``."""
+
+    compile: bool = False
+    """Run the training forward through ``torch.compile(model)`` (inductor). Validation
+    runs the eager model. See docs/training.md for what is swapped inside compiled graphs."""
+
     # --- engine -----------------------------------------------------------------------
     swap: SwapPolicy | None = None
     """Activation-swapping policy; None trains without swapping (the null context)."""
@@ -183,6 +193,8 @@ def _check(c: TrainConfig) -> None:
         (c.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}"),
         (c.dice_eps > 0, f"dice_eps must be > 0, got {c.dice_eps}"),
         (c.lr > 0, f"lr must be > 0, got {c.lr}"),
+        (c.precision in PRECISIONS,
+         f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}"),
         (0 < c.lr_factor < 1, f"lr_factor must be in (0, 1), got {c.lr_factor}"),
         (c.lr_patience >= 0, f"lr_patience must be >= 0, got {c.lr_patience}"),
         (c.early_stop >= 1, f"early_stop must be >= 1, got {c.early_stop}"),

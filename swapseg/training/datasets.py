@@ -10,7 +10,7 @@ from swapseg.data.brats import BratsVolumes, Case, find_cases
 from swapseg.errors import InputError
 from swapseg.training.config import TrainConfig
 
-__all__ = ["find_training_cases", "build_datasets", "cache_dir_of"]
+__all__ = ["find_training_cases", "build_datasets", "cache_dir_of", "worker_error_message"]
 
 
 def find_training_cases(data: str | Path) -> dict[str, Case]:
@@ -49,3 +49,17 @@ def build_datasets(config: TrainConfig, cases: dict[str, Case],
                          per_volume=config.patches_per_volume,
                          tumor_fraction=config.tumor_fraction, seed=config.seed)
     return train, val
+
+
+def worker_error_message(exc: BaseException) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker.
+
+    PyTorch re-raises a worker's exception as the same type with the message
+    "Caught X in DataLoader worker process N. Original Traceback ... X: <message>".
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    name = type(exc).__name__
+    last = [ln for ln in text.strip().splitlines() if f"{name}: " in ln]
+    return last[-1].split(f"{name}: ", 1)[1] if last else text.splitlines()[0]

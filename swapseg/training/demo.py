@@ -76,8 +76,10 @@ def _test_folder(out: Path, data: Path, test_ids: list[str]) -> Path:
 def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
              shape: int | None = None, epochs: int | None = None, quick: bool = False,
              seed: int = 0, time_limit: float | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the evaluation summary (with a ``demo`` entry)."""
+             echo: Callable[[str], None] = print, precision: str = "32",
+             compile: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the evaluation summary (with a ``demo`` entry).
+    ``precision`` and ``compile`` are the TrainConfig fields of the same names."""
     from swapseg.data.synthetic import synthesize
     from swapseg.evaluation.evaluate import evaluate_folders
     from swapseg.evaluation.inference import predict_cases
@@ -90,7 +92,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     out = Path(out)
     config = demo_config(out, shape, 2 if quick and epochs is None else epochs, quick,
                          time_limit)
-    config = config.replace(seed=seed)
+    config = config.replace(seed=seed, precision=precision, compile=compile)
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     data = out / "data"

@@ -5,6 +5,7 @@ loop itself and works with any pair of datasets whose items are
 ``{"image": (4, D, H, W), "target": (3, D, H, W), ...}``. Every step runs inside the
 engine's ``swap_activations(model, policy)`` context; ``policy=None`` is its null context,
 so swapping on or off is the same code path.
+Forward, loss and validation run under the config's precision (``training.precision``).
 
 Order of writes at the end of an epoch: log.csv, then best.pt, then last.pt, all atomic.
 A kill between them leaves last.pt one epoch behind the log; resuming drops the log rows
@@ -13,10 +14,11 @@ that last.pt does not cover and redoes that epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,15 @@ from swapseg import offload
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
-from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.recompute import RecomputePolicy, recompute
 from swapseg.training import distributed as dist_
 from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
+from swapseg.training.datasets import worker_error_message
 from swapseg.training.losses import make_loss
+from swapseg.training.model import build_model, model_kwargs
+from swapseg.training.precision import MixedPrecision
 from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
@@ -64,16 +69,8 @@ class TrainState:
     train_s: float = 0.0
     """Training seconds so far: the sum of the logged epoch seconds (rank 0's clock),
     across resumes. ``max_train_s`` is checked against it."""
-
-
-def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    return {"in_channels": 4, "out_channels": 3, "base_filters": config.base_filters,
-            "depth": config.depth, "dropout": config.dropout}
-
-
-def build_model(config: TrainConfig) -> Isensee3DUNet:
-    torch.manual_seed(config.seed)  # the same initial weights for every fold and rerun
-    return Isensee3DUNet(**model_kwargs(config))
+    skipped_steps: int = 0
+    """Optimizer steps the fp16 GradScaler skipped (inf/nan gradients), across resumes."""
 
 
 def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
@@ -102,15 +99,23 @@ def _remove_stale_temporaries(ckpt_dir: Path) -> None:
 
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            echo: Callable[[str], None]) -> TrainState:
+            amp: MixedPrecision, echo: Callable[[str], None]) -> TrainState:
     ck = load_checkpoint(path)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
+    amp.load_state_dict(ck.get("scaler"))
     set_rng_state(ck["rng"])
     state = TrainState(**ck["state"])
     echo(f"resuming from {path} after epoch {state.epoch} (step {state.global_step})")
     return state
+
+
+@contextlib.contextmanager
+def _engine(ctx: _Ctx, trace: bool) -> Iterator[Any]:
+    with offload.swap_activations(ctx.model, ctx.policy, trace=trace) as stats, \
+            recompute(ctx.model, ctx.recompute):
+        yield stats
 
 
 def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
@@ -121,7 +126,7 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
     would throw that away. Per-step swap figures are differences of the live counters.
     """
     ctx.ddp_model.train()
-    loss_sum, n_samples, wait_s, busy_s = 0.0, 0, 0.0, 0.0
+    loss_sum, n_samples, wait_s, busy_s, skipped = 0.0, 0, 0.0, 0.0, 0
     n_steps = len(ctx.train_loader)
     first = ctx.state.global_step
     trace_epoch = ctx.config.trace_step is not None and \
@@ -129,14 +134,16 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
     batches = iter(ctx.train_loader)
     bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                unit="step")
-    with offload.swap_activations(ctx.model, ctx.policy, trace=trace_epoch) as stats, \
-            recompute(ctx.model, ctx.recompute):
+    engine = _engine(ctx, trace_epoch) if ctx.run_engine is None else \
+        contextlib.nullcontext(ctx.run_engine)
+    with engine as stats:
         for step in range(n_steps):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
             before = stats.as_dict()
-            loss = _step(ctx, batch, epoch, step)
+            loss, stepped = _step(ctx, batch, epoch, step)
+            skipped += not stepped
             t2 = time.perf_counter()
             busy_s += t2 - t1
             wait_s += t1 - t0
@@ -151,27 +158,31 @@ def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()
+    ctx.state.skipped_steps += skipped
     return {"train_loss": loss_sum / max(n_samples, 1), "steps": n_steps,
-            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12)}
+            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12), "skipped_steps": skipped}
 
 
-def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> float:
-    """Forward, loss, backward, optimizer step; NonFiniteLoss before a bad update."""
+def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> tuple[float, bool]:
+    """Forward and loss under autocast, backward, optimizer step: (loss, stepped).
+
+    NonFiniteLoss before a bad update; ``stepped`` is False when fp16's GradScaler skipped
+    the update (inf/nan gradients, which it expects now and then and handles)."""
     image = batch["image"].to(ctx.device, non_blocking=True)  # (B, 4, D, H, W)
     target = batch["target"].to(ctx.device, non_blocking=True)  # (B, 3, D, H, W)
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss = ctx.loss_fn(ctx.ddp_model(image), target)
+    with ctx.amp.autocast():
+        loss = ctx.loss_fn(ctx.forward_model(image), target)
     if not torch.isfinite(loss):
         last = ctx.run_dir / "checkpoints" / "last.pt"
         where = f"the last good checkpoint is {last}" if last.exists() else \
             "no checkpoint was written yet"
         raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                             f"(global step {ctx.state.global_step}); stopping: {where}")
-    loss.backward()
-    ctx.optimizer.step()
+    stepped = ctx.amp.backward_step(loss, ctx.optimizer)
     if ctx.device.type == "cuda":  # so that step time is not billed to the next data wait
         torch.cuda.synchronize(ctx.device)
-    return loss.item()
+    return loss.item(), stepped
 
 
 @dataclass
@@ -180,6 +191,8 @@ class _Ctx:
     config: TrainConfig
     model: nn.Module
     ddp_model: nn.Module
+    forward_model: nn.Module  # ddp_model, or torch.compile(ddp_model) with config.compile
+    amp: MixedPrecision
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
     train_loader: DataLoader
@@ -190,6 +203,7 @@ class _Ctx:
     state: TrainState
     swaplog: SwapLog
     info: dist_.DistInfo
+    run_engine: Any = None  # the run-wide engine's stats under --compile (see fit)
 
 
 def _out_of_time(state: TrainState, config: TrainConfig) -> bool:
@@ -215,6 +229,7 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
                 "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(config),
                 "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
                 "state": asdict(state), "rng": rng_state(), "config": config.to_dict(),
+                "scaler": ctx.amp.state_dict(),
                 "val": {k: v for k, v in row.items() if k.startswith("val_")}}
         ckpt_dir = ctx.run_dir / "checkpoints"
         if improved:
@@ -230,14 +245,54 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
     t0 = time.perf_counter()
     row = _train_epoch(ctx, epoch, progress)
     window = ctx.config.patch if ctx.config.mode == "patch" else None
-    val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
-        if ctx.info.is_main else {}
+    with ctx.amp.autocast():  # validation sees what training sees
+        val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
+            if ctx.info.is_main else {}
     keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "epoch_s"]
     # rank 0's scores and seconds on every rank: all ranks take the same stop decisions
     local = [val.get(k, 0.0) for k in keys[:-1]] + [time.perf_counter() - t0]
     row.update(zip(keys, dist_.broadcast_floats(local, ctx.info), strict=True))
     row.update(lr=ctx.optimizer.param_groups[0]["lr"], **ctx.swaplog.epoch_columns(epoch))
     return row
+
+
+def _epochs(ctx: _Ctx, val_loader: DataLoader, sched: Any, log: EpochLog,
+            gen: torch.Generator, progress: bool, echo: Callable[[str], None]) -> str:
+    """The epoch loop of :func:`fit`; returns why it stopped."""
+    state, config, info = ctx.state, ctx.config, ctx.info
+    stop_reason = "max_epochs"
+    start_epoch = state.epoch
+    for epoch in range(state.epoch, config.max_epochs):
+        # a resumed run that had already stopped stays stopped
+        if state.bad_epochs >= config.early_stop:
+            stop_reason = "early_stop"
+            break
+        if _out_of_time(state, config):
+            stop_reason = "time_limit"
+            break
+        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
+        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
+        # dropout and in-process augmentation (the global seed, which
+        # BratsVolumes.rng() keys on when workers=0).
+        gen.manual_seed(config.seed * 1_000_003 + epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
+        if isinstance(ctx.train_loader.sampler, DistributedSampler):
+            ctx.train_loader.sampler.set_epoch(epoch)
+        row = _run_epoch(ctx, val_loader, epoch, progress)
+        stop = _end_epoch(ctx, sched, log, row)
+        if info.is_main:
+            if epoch == start_epoch and config.swap is not None:
+                echo(first_step_line(ctx.swaplog.first_step or {}))
+            echo(epoch_line(row, config.max_epochs))
+        if stop:
+            stop_reason = "early_stop"
+            break
+        if _out_of_time(state, config):
+            stop_reason = "time_limit"
+            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
+                 f"{config.max_train_s:g} s (max_train_s)")
+            break
+    return stop_reason
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfig,
@@ -256,48 +311,24 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     last = run_dir / "checkpoints" / "last.pt"
     if info.is_main:
         _remove_stale_temporaries(run_dir / "checkpoints")
-    state = _resume(last, model, optimizer, sched, echo) if resume and last.exists() \
+    amp = MixedPrecision(config.precision, device.type)
+    state = _resume(last, model, optimizer, sched, amp, echo) if resume and last.exists() \
         else TrainState()
     log = EpochLog(run_dir / "log.csv")
     if info.is_main:
         log.load(upto_epoch=state.epoch)
     train_loader, val_loader, gen = _loaders(train_ds, val_ds, config, info, device)
-    ctx = _Ctx(config, model, dist_.wrap_model(model, info, device), optimizer,
-               make_loss(config.loss, config.dice_eps), train_loader, device,
+    ddp_model = dist_.wrap_model(model, info, device)
+    ctx = _Ctx(config, model, ddp_model, compile_model(ddp_model, config.compile), amp,
+               optimizer, make_loss(config.loss, config.dice_eps), train_loader, device,
                config.swap, _recompute_policy(config), run_dir, state,
                SwapLog(config.swap), info)
-    stop_reason = "max_epochs"
-    start_epoch = state.epoch
-    for epoch in range(state.epoch, config.max_epochs):
-        # a resumed run that had already stopped stays stopped
-        if state.bad_epochs >= config.early_stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            break
-        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
-        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
-        # dropout and in-process augmentation (the global seed, which
-        # BratsVolumes.rng() keys on when workers=0).
-        gen.manual_seed(config.seed * 1_000_003 + epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        row = _run_epoch(ctx, val_loader, epoch, progress)
-        stop = _end_epoch(ctx, sched, log, row)
-        if info.is_main:
-            if epoch == start_epoch and config.swap is not None:
-                echo(first_step_line(ctx.swaplog.first_step or {}))
-            echo(epoch_line(row, config.max_epochs))
-        if stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
-                 f"{config.max_train_s:g} s (max_train_s)")
-            break
+    # --compile: one engine context for the run, since each new context registers new
+    # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
+    run = _engine(ctx, config.trace_step is not None) if config.compile else \
+        contextlib.nullcontext(None)
+    with run as ctx.run_engine:
+        stop_reason = _epochs(ctx, val_loader, sched, log, gen, progress, echo)
     dist_.barrier(info)
     return {"epochs": state.epoch, "global_step": state.global_step,
             "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
@@ -317,20 +348,6 @@ def _auto_plan(config: TrainConfig, model: nn.Module,
                        tier="cuda" if device.type == "cuda" else "host")
     echo(f"memory plan for {config.memory_budget_bytes} bytes: {plan.to_dict()}")
     return config.replace(swap=plan.swap, plan=plan.to_dict())
-
-
-def worker_error_message(exc: BaseException) -> str:
-    """The original one-line message of an error re-raised from a DataLoader worker.
-
-    PyTorch re-raises a worker's exception as the same type with the message
-    "Caught X in DataLoader worker process N. Original Traceback ... X: <message>".
-    """
-    text = str(exc)
-    if not text.startswith("Caught ") or "Original Traceback" not in text:
-        return text
-    name = type(exc).__name__
-    last = [ln for ln in text.strip().splitlines() if f"{name}: " in ln]
-    return last[-1].split(f"{name}: ", 1)[1] if last else text.splitlines()[0]
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,

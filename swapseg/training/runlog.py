@@ -19,7 +19,7 @@ __all__ = ["EpochLog", "LOG_COLUMNS", "epoch_line", "first_step_line", "read_log
 #: Column order of log.csv; units are in the names.
 LOG_COLUMNS = (
     "epoch", "train_loss", "val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET",
-    "lr", "epoch_s", "data_wait_share", "steps", "best",
+    "lr", "epoch_s", "data_wait_share", "steps", "skipped_steps", "best",
     "swap_swapped", "swap_bytes_out", "swap_peak_device_bytes", "swap_wait_s",
 )
 
@@ -77,6 +77,8 @@ def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
     if row.get("swap_swapped"):
         swap = (f" | swap {row['swap_swapped']} tensors "
                 f"{row['swap_bytes_out'] / 2**20:.1f} MiB/step wait {row['swap_wait_s']:.3f}s")
+    if row.get("skipped_steps"):  # fp16's GradScaler found inf/nan gradients
+        swap += f" | {row['skipped_steps']} step(s) skipped"
     return (f"epoch {row['epoch']}/{max_epochs} loss {row['train_loss']:.4f} "
             f"val {row['val_loss']:.4f} dice WT {row['val_dice_WT']:.3f} "
             f"TC {row['val_dice_TC']:.3f} ET {row['val_dice_ET']:.3f} "
