@@ -140,18 +140,16 @@ def load_model(checkpoint: str | Path,
     Accepts what ``swapseg train`` writes (``{"model": state_dict, "model_kwargs": {...},
     "config": dict}``), and without ``model_kwargs`` takes the constructor arguments from
     the top of the config or from ``config["model"]``; the other usual state-dict keys
-    work too. Checkpoints are pickles:
-    load only files you trust.
+    work too. Loaded with ``weights_only=True``: a file carrying code is refused.
     """
     from swapseg.models.unet3d import Isensee3DUNet
 
     path = Path(checkpoint)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    from swapseg.training.checkpoint import load_checkpoint
+
+    obj = load_checkpoint(path, require=None)  # weights_only: refuses pickled code
     if not isinstance(obj, dict):
         raise InputError(f"{path}: checkpoint is a {type(obj).__name__}, not a dict")
     config = obj.get("config") or {}

@@ -34,6 +34,7 @@ import random
 import re
 import signal
 import sys
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
     try:
-        with _allowing(OLD_FORMAT_GLOBALS):
+        # torch warns about pickle protocols; the verdict below is the one line to show
+        with _allowing(OLD_FORMAT_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
         refused = _refused_globals(path, exc)
@@ -146,9 +149,8 @@ def _refused_globals(path: Path, exc: Exception) -> str:
     text = str(exc)
     if "Weights only load failed" not in text:
         return ""
-    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if not names:
-        names = [n for n in _pickle_globals(path) if n not in _ALLOWED_NAMES]
+    names = [n for n in _pickle_globals(path) if n not in _ALLOWED_NAMES] or \
+        re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
     return ", ".join(dict.fromkeys(names))  # none named: a damaged file, not a refused one
 
 
