@@ -107,7 +107,8 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path, form):
     torch.load(ck, weights_only=False) if form == "torch" else pickle.loads(ck.read_bytes())
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(InputError, match=r"evil.pt: refused: it holds .*(io|builtins)\.open") as exc:
+    refused = r"evil.pt: refused: it holds .*(io|builtins)\.open"
+    with pytest.raises(InputError, match=refused) as exc:
         load_checkpoint(ck)
     assert len(str(exc.value).splitlines()) == 1
     assert not marker.exists()
