@@ -60,19 +60,19 @@ OLD_FORMAT_GLOBALS: list[Any] = [
     np.ndarray, np.dtype, *([np.dtypes.UInt32DType] if hasattr(np, "dtypes") else []),
 ]
 
-#: Test hook (fault injection): ``SWAPSEG_FAULT_KILL_IN_SAVE=N`` makes the N-th
-#: :func:`save_checkpoint` of the process SIGKILL itself halfway through writing its
-#: temporary file, so tests can kill inside a checkpoint write deterministically.
+#: Test hook (fault injection): ``SWAPSEG_FAULT_KILL_IN_SAVE=last.pt:2`` makes the 2nd
+#: :func:`save_checkpoint` to a file named ``last.pt`` in this process SIGKILL the process
+#: halfway through writing its temporary file: a kill inside a checkpoint write, on cue.
 FAULT_KILL_IN_SAVE = "SWAPSEG_FAULT_KILL_IN_SAVE"
-_saves = 0
+_saves: dict[str, int] = {}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    global _saves
-    _saves += 1
+    name = Path(path).name
+    _saves[name] = _saves.get(name, 0) + 1
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        if os.environ.get(FAULT_KILL_IN_SAVE) == str(_saves):
+        if os.environ.get(FAULT_KILL_IN_SAVE) == f"{name}:{_saves[name]}":
             _die_half_written(tmp)
 
 
