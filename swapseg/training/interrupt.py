@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["stop_signals", "after_step", "after_epoch", "ignore_stop_signals", "StopRequested",
-           "Interrupted", "FAULT_KILL_AFTER_STEP", "FAULT_SIGNAL_AFTER_STEP"]
+__all__ = ["stop_signals", "after_step", "after_epoch", "worker_signals",
+           "raise_if_worker_lost", "StopRequested", "Interrupted", "FAULT_KILL_AFTER_STEP",
+           "FAULT_SIGNAL_AFTER_STEP"]
 
 FAULT_KILL_AFTER_STEP = "SWAPSEG_FAULT_KILL_AFTER_STEP"
 FAULT_SIGNAL_AFTER_STEP = "SWAPSEG_FAULT_SIGNAL_AFTER_STEP"
@@ -96,12 +97,25 @@ def _handler(signum: int, frame: Any) -> None:
                 "writing a checkpoint (Ctrl-C again to stop at once)\n".encode())
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, and a worker
-    that died of it would fail the step the main process is finishing. Workers exit
-    with the main process anyway."""
-    for s in _SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+def worker_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``. Ctrl-C reaches the whole process group, and a worker
+    that died of it would fail the step the main process is finishing: workers ignore
+    SIGINT. SIGTERM gets its default back (a forked worker inherits the main process's
+    handler), so that a worker still dies of ``terminate()`` when the loader shuts it down.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def raise_if_worker_lost(exc: RuntimeError, checkpoint: Path) -> None:
+    """A DataLoader worker's death while a stop is requested means a SIGTERM sent to the
+    whole process group killed it, maybe mid-step: raise :class:`Interrupted`. Nothing of
+    the unfinished epoch is saved (the step may be half applied); the last epoch
+    checkpoint stands. Any other error: return (the caller re-raises it)."""
+    if _state["requested"] is not None and "DataLoader worker" in str(exc):
+        raise Interrupted(_state["requested"], checkpoint,
+                          "(a DataLoader worker died of it: the last epoch checkpoint stands)"
+                          ) from exc
 
 
 def after_step(global_step: int, progress: Any) -> None:

@@ -104,9 +104,10 @@ def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist
     pin = device.type == "cuda"
     train_loader = DataLoader(train_ds, batch_size=config.batch, sampler=sampler,
                               num_workers=config.workers, generator=gen, pin_memory=pin,
-                              worker_init_fn=interrupt.ignore_stop_signals)
+                              worker_init_fn=interrupt.worker_signals)
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False,
-                            num_workers=min(config.workers, 1), pin_memory=pin)
+                            num_workers=min(config.workers, 1), pin_memory=pin,
+                            worker_init_fn=interrupt.worker_signals)
     return train_loader, val_loader, gen
 
 
@@ -337,6 +338,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
             interrupt.after_epoch()
         except interrupt.StopRequested as req:
             raise _stopped(ctx, sched, req, last) from None
+        except RuntimeError as exc:
+            interrupt.raise_if_worker_lost(exc, last)
+            raise
         if stop:
             stop_reason = "early_stop"
             break
