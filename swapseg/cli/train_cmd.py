@@ -260,7 +260,8 @@ def _claim_out(args: argparse.Namespace) -> None:
     """Refuse to train over a run without --resume or --overwrite; clear it on --overwrite."""
     from swapseg.training.rundir import clear_run, holds_run
 
-    if args.resume or not holds_run(args.out):
+    # under torchrun only rank 0 decides: the others would see the files it just wrote
+    if args.resume or int(os.environ.get("RANK", "0")) != 0 or not holds_run(args.out):
         return
     if not args.overwrite:
         raise InputError(f"{args.out} holds a training run: continue it with --resume, or "
