@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,8 @@ from typing import Any
 from swapseg.cli.grammar import parse_bytes, parse_shape
 from swapseg.errors import InputError
 
-__all__ = ["register", "run", "parse_bytes", "config_from_args"]
+__all__ = ["register", "run", "parse_bytes", "config_from_args", "resume_command",
+           "RESUME_FLAGS"]
 
 EPILOG = """examples:
   swapseg train --data brats18/ --out runs/full                     # 192^3, the paper's arm
@@ -21,9 +24,16 @@ EPILOG = """examples:
   swapseg train --data synth/ --out runs/tuned --swap all --swap-exclude 'decoder.*' \\
       --swap-prefetch 20 --trace-step 3
   swapseg train --data brats18/ --out runs/auto --swap auto --memory-budget 16GiB
-  swapseg train --out runs/full --resume          # continue after a crash or a kill
+  swapseg train --out runs/full --resume          # continue after a crash, a kill, Ctrl-C
+  swapseg train --out runs/full --resume --epochs 600   # a finished run, trained on
+  swapseg train --data brats18/ --out runs/a --cache-dir cache/ # runs may share a cache
   swapseg train --data brats18/ --out runs/bf16 --precision bf16-mixed --swap all
   swapseg train --data brats18/ --out runs/fast --precision 16-mixed --compile
+
+With --resume the run's config.json decides; only --epochs, --time-limit, --device and
+--data (the data set moved) apply, other flags are ignored with a note. A folder that
+holds a run is never overwritten without --overwrite. SIGTERM or Ctrl-C stop after the
+current step with a checkpoint written (exit 143 or 130).
 """
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -39,8 +49,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", default="brats_full",
-                   choices=["brats_full", "brats_patch", "demo", "tiny"],
+    p.add_argument("--preset", choices=["brats_full", "brats_patch", "demo", "tiny"],
                    help="starting configuration (default brats_full)")
     p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
     p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
@@ -67,8 +76,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
+    p.add_argument("--cache-dir", dest="cache_dir", metavar="DIR",
+                   help="cache of preprocessed volumes (default OUT/cache); runs may share one")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/last.pt with OUT/config.json")
+                   help="continue from OUT/checkpoints/last.pt with OUT/config.json "
+                        "(from the beginning when there is no checkpoint yet)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (its cache/ is kept)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     add_precision_args(p)
     _add_swap_args(p)
@@ -150,16 +164,62 @@ def _swap_policy(args: argparse.Namespace, preset: Any) -> Any:
     return base.replace(**flags)
 
 
+#: Flags that apply with --resume (safe: they change when the run stops, where it runs or
+#: where its data now lives, not what an epoch computes), by config field.
+RESUME_FLAGS = {"max_epochs": "--epochs", "max_train_s": "--time-limit", "device": "--device",
+                "data": "--data"}
+_OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoom": "--zoom",
+                "patch": "--patch", "patches_per_volume": "--patches-per-volume",
+                "tumor_fraction": "--tumor-fraction", "batch_size": "--batch", "lr": "--lr",
+                "loss": "--loss", "base_filters": "--base-filters", "depth": "--depth",
+                "folds": "--folds", "seed": "--seed", "workers": "--workers",
+                "cache_dir": "--cache-dir", "swap": "--swap", "trace_step": "--trace-step",
+                "memory_budget_bytes": "--memory-budget", **{f: f"--swap-{f}".replace("_", "-")
+                                                              for f in ("n_tensors", "include",
+                                                                        "exclude", "min_bytes",
+                                                                        "prefetch", "tier",
+                                                                        "disk_dir")},
+                "swap_branches": "--swap-branches"}
+
+
+def _resumed_config(args: argparse.Namespace, saved: Path) -> Any:
+    """The run's own config, with absolute paths and the flags that apply on resume."""
+    from swapseg.training.config import TrainConfig
+    from swapseg.training.rundir import absolute_paths
+
+    try:
+        d = absolute_paths(json.loads(saved.read_text()), args.out)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{saved}: not valid JSON ({exc})") from None
+    given = {f: getattr(args, f) for f in RESUME_FLAGS if getattr(args, f) is not None}
+    if "data" in given:
+        given["data"] = os.path.abspath(given["data"])
+    ignored = [flag for f, flag in _OTHER_FLAGS.items() if getattr(args, f) is not None]
+    if args.no_augment:
+        ignored.append("--no-augment")
+    if args.fold not in (None, "all"):
+        ignored.append("--fold")
+    if ignored:
+        print(f"swapseg: --resume continues the run as {saved} says: ignoring "
+              f"{', '.join(ignored)} (only {', '.join(RESUME_FLAGS.values())} apply)",
+              file=sys.stderr)
+    d.update(given)
+    if not Path(d["data"]).is_dir():
+        raise InputError(f"{saved}: data folder {d['data']} not found; give --data DIR "
+                         "with --resume")
+    return TrainConfig.from_dict(d)
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The TrainConfig that the command line describes (or the run's own, with --resume)."""
-    from swapseg.training.config import PRESETS, TrainConfig
+    from swapseg.training.config import PRESETS
 
     saved = Path(args.out) / "config.json"
+    if args.resume and args.overwrite:
+        raise InputError("--resume continues the run in --out, --overwrite replaces it: "
+                         "give one of them")
     if args.resume and saved.is_file():
-        try:
-            return TrainConfig.from_dict(json.loads(saved.read_text()))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{saved}: not valid JSON ({exc})") from None
+        return _resumed_config(args, saved)
     if not args.data:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
@@ -179,24 +239,54 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise InputError(f"--fold {args.fold!r}: expected an integer or 'all'") from None
     if args.no_augment:
         changes["augment"] = False
-    changes["swap"] = _swap_policy(args, PRESETS[args.preset]().swap)
-    return PRESETS[args.preset](data=str(args.data), out=str(args.out), **changes)
+    if args.cache_dir is not None:
+        changes["cache_dir"] = os.path.abspath(args.cache_dir)
+    preset = PRESETS[args.preset or "brats_full"]
+    changes["swap"] = _swap_policy(args, preset().swap)
+    # absolute, so that --resume works from any directory
+    return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out), **changes)
+
+
+def _claim_out(args: argparse.Namespace) -> None:
+    """Refuse to train over a run without --resume or --overwrite; clear it on --overwrite."""
+    from swapseg.training.rundir import clear_run, holds_run
+
+    # under torchrun only rank 0 decides: the others would see the files it just wrote
+    if args.resume or int(os.environ.get("RANK", "0")) != 0 or not holds_run(args.out):
+        return
+    if not args.overwrite:
+        raise InputError(f"{args.out} holds a training run: continue it with --resume, or "
+                         "replace it with --overwrite")
+    clear_run(args.out)
+
+
+def resume_command(out: str | Path, fold_all: bool = False) -> str:
+    """The command that continues the run in ``out``."""
+    return shlex.join(["swapseg", "train", "--out", os.path.abspath(out),
+                       *(["--fold", "all"] if fold_all else []), "--resume"])
 
 
 def run(args: argparse.Namespace) -> int:
     from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
+    from swapseg.training.interrupt import Interrupted, stop_signals
     from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
 
     config = config_from_args(args)
+    _claim_out(args)
     kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar"}
     try:
-        if args.fold == "all":
-            result = train_all_folds(config, **kwargs)
-        else:
-            result = train(config, **kwargs)
+        with stop_signals(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1):
+            if args.fold == "all":
+                result = train_all_folds(config, **kwargs)
+            else:
+                result = train(config, **kwargs)
     except NonFiniteLoss as exc:
         print(f"swapseg: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"swapseg: {exc}; continue with: {resume_command(args.out, args.fold == 'all')}",
+              file=sys.stderr)
+        return exc.exit_status
     print(f"done: {result['run_dir']} ({result.get('stop_reason', 'all folds')}); "
           f"checkpoints in {result['run_dir']}/checkpoints" if "stop_reason" in result
           else f"done: {result['run_dir']}/crossval.json")

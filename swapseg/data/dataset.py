@@ -5,6 +5,14 @@ preprocessed arrays under ``cache_dir`` so that later epochs (and later runs) sk
 entry is keyed by the case id, target shape, zoom, and the path, mtime and size of every
 source file, so editing a source file or changing the shape makes a new entry.
 
+Several processes may share one cache folder (two runs, DataLoader workers, ``--fold
+all``). Every file of an entry is written to a temporary file beside it and renamed into
+place (``swapseg.io.atomic_path``), and the ``.json`` that marks the entry complete is
+written last: a reader never sees a half-written file, and two writers of the same
+entry (their content is the same: preprocessing is deterministic) replace whole files
+with whole files. A temporary left by a killed writer is removed by the next writer of
+that entry once it is an hour old (younger ones may belong to a live writer).
+
 Augmentation is seeded per DataLoader worker: each process draws from its own generator,
 seeded from ``seed`` and ``torch.initial_seed()`` (which PyTorch sets to base_seed + worker_id
 in every worker, with a fresh base_seed each epoch). So workers never repeat each other, a
@@ -13,9 +21,11 @@ run is reproducible under ``torch.manual_seed``, and no ``worker_init_fn`` is ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +62,18 @@ def cache_key(case: Case, target_shape: tuple[int, int, int], zoom: int) -> str:
 
 def _with(stem: Path, suffix: str) -> Path:
     return stem.parent / (stem.name + suffix)  # case ids may contain dots
+
+
+#: Age after which a temporary cache file is taken for a killed writer's.
+STALE_TEMPORARY_S = 3600.0
+
+
+def _remove_stale_temporaries(stem: Path) -> None:
+    now = time.time()
+    for tmp in stem.parent.glob(f".{stem.name}.*"):
+        with contextlib.suppress(OSError):  # another writer may remove it first
+            if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
 
 
 class BratsVolumes(Dataset):
@@ -92,9 +114,10 @@ class BratsVolumes(Dataset):
         if meta.is_file():
             try:
                 return self._read_cache(stem, meta)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, EOFError):
                 pass  # a damaged or partly deleted entry: rebuild it
         prep = preprocess(load_case(case), self.target_shape, self.zoom)
+        _remove_stale_temporaries(stem)
         with atomic_path(_with(stem, ".image.npy")) as tmp:
             np.save(tmp, prep.image)
         if prep.seg is not None:

@@ -34,13 +34,23 @@ from swapseg.errors import InputError
 from swapseg.io import write_json
 from swapseg.offload.recompute import RecomputePolicy, recompute
 from swapseg.training import distributed as dist_
-from swapseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swapseg.training import interrupt
+from swapseg.training.checkpoint import (
+    EpochProgress,
+    remove_stale_temporaries,
+    restore,
+    resume_line,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
 from swapseg.training.datasets import worker_error_message
 from swapseg.training.losses import make_loss
 from swapseg.training.model import build_model, model_kwargs
 from swapseg.training.precision import MixedPrecision
+from swapseg.training.rundir import nothing_to_train
 from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
@@ -79,9 +89,11 @@ def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist
     sampler = dist_.make_sampler(train_ds, info, config.seed, gen)
     pin = device.type == "cuda"
     train_loader = DataLoader(train_ds, batch_size=config.batch, sampler=sampler,
-                              num_workers=config.workers, generator=gen, pin_memory=pin)
+                              num_workers=config.workers, generator=gen, pin_memory=pin,
+                              worker_init_fn=interrupt.worker_signals)
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False,
-                            num_workers=min(config.workers, 1), pin_memory=pin)
+                            num_workers=min(config.workers, 1), pin_memory=pin,
+                            worker_init_fn=interrupt.worker_signals)
     return train_loader, val_loader, gen
 
 
@@ -91,24 +103,15 @@ def _recompute_policy(config: TrainConfig) -> RecomputePolicy | None:
     return None if rec is None else RecomputePolicy.from_dict(rec)
 
 
-def _remove_stale_temporaries(ckpt_dir: Path) -> None:
-    """Delete temporaries of atomic writes that a killed run left behind."""
-    for name in ("best.pt", "last.pt"):
-        for tmp in ckpt_dir.glob(f".{name}.*"):
-            tmp.unlink(missing_ok=True)
-
-
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            amp: MixedPrecision, echo: Callable[[str], None]) -> TrainState:
-    ck = load_checkpoint(path)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
+            amp: MixedPrecision, echo: Callable[[str], None]
+            ) -> tuple[TrainState, dict[str, Any] | None]:
+    """State from ``path``, and the mid-epoch resume point (progress and RNGs) if any."""
+    ck = restore(path, model, opt, sched)
     amp.load_state_dict(ck.get("scaler"))
-    set_rng_state(ck["rng"])
-    state = TrainState(**ck["state"])
-    echo(f"resuming from {path} after epoch {state.epoch} (step {state.global_step})")
-    return state
+    echo(resume_line(path, ck))
+    partial = ck.get("partial")
+    return TrainState(**ck["state"]), partial and {"progress": partial, "rng": ck["rng"]}
 
 
 @contextlib.contextmanager
@@ -118,49 +121,61 @@ def _engine(ctx: _Ctx, trace: bool) -> Iterator[Any]:
         yield stats
 
 
-def _train_epoch(ctx: _Ctx, epoch: int, progress: bool) -> dict[str, float]:
+def _train_epoch(ctx: _Ctx, epoch: int, progress: bool,
+                 partial: dict[str, Any] | None = None) -> dict[str, float]:
     """One pass over the training loader; returns loss, timing and data-wait share.
+
+    ``partial`` resumes an epoch that stopped mid-way: the batches of the steps it took
+    are loaded again and dropped (which replays the data RNGs exactly), then the RNG
+    states saved after its last step are restored.
 
     The whole epoch runs in one swap context (and recompute context): the engine learns
     the unpack order in one step and prefetches by it in the next, so a context per step
     would throw that away. Per-step swap figures are differences of the live counters.
     """
     ctx.ddp_model.train()
-    loss_sum, n_samples, wait_s, busy_s, skipped = 0.0, 0, 0.0, 0.0, 0
+    prog = EpochProgress(**partial["progress"]) if partial else EpochProgress()
+    skipped = 0
     n_steps = len(ctx.train_loader)
-    first = ctx.state.global_step
+    first = ctx.state.global_step - prog.steps
     trace_epoch = ctx.config.trace_step is not None and \
         first <= ctx.config.trace_step < first + n_steps
     batches = iter(ctx.train_loader)
+    for _ in range(prog.steps):
+        next(batches)
+    if partial:
+        set_rng_state(partial["rng"])
+    resumed_s = prog.elapsed_s
+    t_start = time.perf_counter() - resumed_s
     bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                unit="step")
     engine = _engine(ctx, trace_epoch) if ctx.run_engine is None else \
         contextlib.nullcontext(ctx.run_engine)
     with engine as stats:
-        for step in range(n_steps):
+        for step in range(prog.steps, n_steps):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
             before = stats.as_dict()
             loss, stepped = _step(ctx, batch, epoch, step)
             skipped += not stepped
+            ctx.state.skipped_steps += not stepped  # a mid-epoch checkpoint counts it too
             t2 = time.perf_counter()
-            busy_s += t2 - t1
-            wait_s += t1 - t0
             ctx.swaplog.add_step(before, stats.as_dict(), epoch)
             if trace_epoch and ctx.state.global_step == ctx.config.trace_step \
                     and ctx.info.is_main:
                 write_trace(stats, (t1 - stats.t0, t2 - stats.t0), ctx.run_dir,
                             ctx.state.global_step)
             ctx.state.global_step += 1
-            loss_sum += loss * batch["image"].shape[0]
-            n_samples += batch["image"].shape[0]
+            prog.add(loss, batch["image"].shape[0], t1 - t0, t2 - t1)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
+            prog.elapsed_s = time.perf_counter() - t_start
+            interrupt.after_step(ctx.state.global_step, prog)
     bar.close()
-    ctx.state.skipped_steps += skipped
-    return {"train_loss": loss_sum / max(n_samples, 1), "steps": n_steps,
-            "data_wait_share": wait_s / max(wait_s + busy_s, 1e-12), "skipped_steps": skipped}
+    return {"train_loss": prog.loss_sum / max(prog.samples, 1), "steps": n_steps,
+            "data_wait_share": prog.wait_s / max(prog.wait_s + prog.busy_s, 1e-12),
+            "skipped_steps": skipped, "resumed_s": resumed_s}
 
 
 def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> tuple[float, bool]:
@@ -225,12 +240,7 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
     row.update(epoch=state.epoch, best=int(improved))
     if ctx.info.is_main:
         log.append(row)
-        ckpt = {"epoch": state.epoch, "global_step": state.global_step,
-                "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(config),
-                "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
-                "state": asdict(state), "rng": rng_state(), "config": config.to_dict(),
-                "scaler": ctx.amp.state_dict(),
-                "val": {k: v for k, v in row.items() if k.startswith("val_")}}
+        ckpt = _checkpoint(ctx, sched, val={k: v for k, v in row.items() if k.startswith("val_")})
         ckpt_dir = ctx.run_dir / "checkpoints"
         if improved:
             save_checkpoint(ckpt_dir / "best.pt", ckpt)
@@ -239,11 +249,33 @@ def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> boo
     return state.bad_epochs >= config.early_stop
 
 
-def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
-               ) -> dict[str, Any]:
+def _checkpoint(ctx: _Ctx, sched: Any, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict (see swapseg.training.checkpoint); ``extra``: val or partial."""
+    state = ctx.state
+    return {"epoch": state.epoch, "global_step": state.global_step,
+            "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(ctx.config),
+            "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
+            "state": asdict(state), "rng": rng_state(), "config": ctx.config.to_dict(),
+            "scaler": ctx.amp.state_dict(), **extra}
+
+
+def _stopped(ctx: _Ctx, sched: Any, req: interrupt.StopRequested,
+             last: Path) -> interrupt.Interrupted:
+    """Write the mid-epoch checkpoint of a stop request; the exception that ends the run."""
+    where = f"after epoch {ctx.state.epoch}"
+    if req.progress is not None:
+        where = f"at epoch {ctx.state.epoch + 1}, step {req.progress.steps}"
+        if ctx.info.is_main:
+            save_checkpoint(last, _checkpoint(ctx, sched, partial=req.progress.to_dict()))
+    return interrupt.Interrupted(req.signum, last, where)
+
+
+def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool,
+               partial: dict[str, Any] | None) -> dict[str, Any]:
     """Train one epoch, validate (rank 0, shared with the others): the epoch's log row."""
     t0 = time.perf_counter()
-    row = _train_epoch(ctx, epoch, progress)
+    row = _train_epoch(ctx, epoch, progress, partial)
+    t0 -= row.pop("resumed_s")  # an epoch resumed mid-way counts its time before the stop
     window = ctx.config.patch if ctx.config.mode == "patch" else None
     with ctx.amp.autocast():  # validation sees what training sees
         val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
@@ -257,7 +289,8 @@ def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool
 
 
 def _epochs(ctx: _Ctx, val_loader: DataLoader, sched: Any, log: EpochLog,
-            gen: torch.Generator, progress: bool, echo: Callable[[str], None]) -> str:
+            gen: torch.Generator, progress: bool, echo: Callable[[str], None],
+            partial: dict[str, Any] | None, last: Path) -> str:
     """The epoch loop of :func:`fit`; returns why it stopped."""
     state, config, info = ctx.state, ctx.config, ctx.info
     stop_reason = "max_epochs"
@@ -278,12 +311,20 @@ def _epochs(ctx: _Ctx, val_loader: DataLoader, sched: Any, log: EpochLog,
         torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
         if isinstance(ctx.train_loader.sampler, DistributedSampler):
             ctx.train_loader.sampler.set_epoch(epoch)
-        row = _run_epoch(ctx, val_loader, epoch, progress)
-        stop = _end_epoch(ctx, sched, log, row)
-        if info.is_main:
-            if epoch == start_epoch and config.swap is not None:
-                echo(first_step_line(ctx.swaplog.first_step or {}))
-            echo(epoch_line(row, config.max_epochs))
+        try:
+            row = _run_epoch(ctx, val_loader, epoch, progress, partial)
+            partial = None
+            stop = _end_epoch(ctx, sched, log, row)
+            if info.is_main:
+                if epoch == start_epoch and config.swap is not None:
+                    echo(first_step_line(ctx.swaplog.first_step or {}))
+                echo(epoch_line(row, config.max_epochs))
+            interrupt.after_epoch()
+        except interrupt.StopRequested as req:
+            raise _stopped(ctx, sched, req, last) from None
+        except RuntimeError as exc:
+            interrupt.raise_if_worker_lost(exc, last)
+            raise
         if stop:
             stop_reason = "early_stop"
             break
@@ -310,10 +351,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         optimizer, mode="min", factor=config.lr_factor, patience=max(config.lr_patience - 1, 0))
     last = run_dir / "checkpoints" / "last.pt"
     if info.is_main:
-        _remove_stale_temporaries(run_dir / "checkpoints")
+        remove_stale_temporaries(run_dir / "checkpoints")
     amp = MixedPrecision(config.precision, device.type)
-    state = _resume(last, model, optimizer, sched, amp, echo) if resume and last.exists() \
-        else TrainState()
+    state, partial = _resume(last, model, optimizer, sched, amp, echo) \
+        if resume and last.exists() else (TrainState(), None)
+    if resume and not last.exists():
+        echo(f"--resume: no checkpoint yet ({last} does not exist); starting from the beginning")
     log = EpochLog(run_dir / "log.csv")
     if info.is_main:
         log.load(upto_epoch=state.epoch)
@@ -327,8 +370,11 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
     run = _engine(ctx, config.trace_step is not None) if config.compile else \
         contextlib.nullcontext(None)
+    start_epoch = state.epoch
     with run as ctx.run_engine:
-        stop_reason = _epochs(ctx, val_loader, sched, log, gen, progress, echo)
+        stop_reason = _epochs(ctx, val_loader, sched, log, gen, progress, echo, partial, last)
+    if resume and state.epoch == start_epoch and info.is_main:
+        echo(nothing_to_train(state.epoch, config, stop_reason))
     dist_.barrier(info)
     return {"epochs": state.epoch, "global_step": state.global_step,
             "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
