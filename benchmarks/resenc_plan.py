@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from swapseg.integrations._plan import parse_size, plan_search
+from swapseg.training.precision import PRECISIONS, autocast_dtype
 
 SAMPLE = Path(os.environ.get("SWAPSEG_BRATS_SAMPLE") or Path(__file__).resolve().parents[2]
               / "shared" / "data" / "brats18-sample")
@@ -80,6 +81,8 @@ def main() -> None:
     ap.add_argument("--budget", default="12GiB")
     ap.add_argument("--device", default="a100-pcie4", help="planner device profile")
     ap.add_argument("--batch", type=int, help="batch size (default: ResEnc L's plan)")
+    ap.add_argument("--precision", default="32", choices=PRECISIONS,
+                    help="trace under this autocast (nnU-Net trains 16-mixed on a GPU)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     budget = parse_size(args.budget, "--budget")
@@ -89,7 +92,7 @@ def main() -> None:
         for k in ("raw", "preprocessed", "results"):
             os.environ[f"nnUNet_{k}"] = str(root / k)
         write_dataset(root, shapes, spacings)
-        result = plan_resenc(root, budget, args.device, args.batch)
+        result = plan_resenc(root, budget, args.device, args.batch, args.precision)
     result["fingerprint"] = {"cases": len(shapes), "source": str(args.sample),
                              "shapes_after_crop": shapes}
     text = json.dumps(result, indent=2)
@@ -101,6 +104,7 @@ def main() -> None:
 
 def summary(r: dict) -> str:
     head = (f"PREDICTED {r['network'].rsplit('.', 1)[-1]} input {r['input_shape']} "
+            f"precision {r.get('precision', '32')} "
             f"budget {r['budget_bytes'] / 2**30:.1f} GiB on {r['device_profile']}: keep-all "
             f"peak {r['keep_all']['peak_bytes'] / 2**30:.2f} GiB")
     c = r["chosen"]
@@ -111,7 +115,8 @@ def summary(r: dict) -> str:
             f"(x{c['step_s'] / r['keep_all']['step_s']:.3f})")
 
 
-def plan_resenc(root: Path, budget: int, device: str, batch: int | None) -> dict:
+def plan_resenc(root: Path, budget: int, device: str, batch: int | None,
+                precision: str = "32") -> dict:
     from nnunetv2.experiment_planning.experiment_planners.residual_unets.\
         residual_encoder_unet_planners import nnUNetPlannerResEncL
 
@@ -131,10 +136,12 @@ def plan_resenc(root: Path, budget: int, device: str, batch: int | None) -> dict
         trainer.batch_size = batch
     shape = trainer.swap_input_shape()
     res = plan_search(trainer._planning_network(), shape, device, budget_bytes=budget,
-                      loss_fn=trainer._trace_loss, require_fit=False)
+                      loss_fn=trainer._trace_loss, autocast_dtype=autocast_dtype(precision),
+                      require_fit=False)
     d = res.as_dict()
     return {"predicted": True,
             "what": "swapseg planner prediction (simulator on a device profile); no GPU run",
+            "precision": precision,
             "network": conf["architecture"]["network_class_name"],
             "arch_kwargs": conf["architecture"]["arch_kwargs"],
             "nnunet_patch_size": conf["patch_size"], "nnunet_batch_size": conf["batch_size"],
