@@ -164,7 +164,7 @@ def test_small_synthetic_setting_end_to_end(tmp_path: Path) -> None:
 def test_saved_configs_from_older_versions_still_match() -> None:
     from swapseg.experiments.full_vs_patch import _same_config
 
-    config = tiny(data="d", out="o", swap=None).to_dict()
+    config = tiny(data="d", out="o", plan=None).to_dict()
     older = {k: v for k, v in config.items() if k != "augment"}  # a field added later
     assert _same_config(older, config)
     assert not _same_config({**config, "max_epochs": 3}, config)
