@@ -136,8 +136,8 @@ def _check_fits(config: TrainConfig, echo: Callable[[str], None]) -> None:
     avail, source = planning.available_memory(device)
     if pred.peak_bytes > avail:
         planning.check_fits(config, pred, device, 1, echo)  # raises with the one line
-    echo(f"{config.mode}: one step predicted to peak at {planning.gib(pred.peak_bytes)} of "
-         f"{planning.gib(avail)} {source}")
+    echo(f"{config.mode}: one step predicted to peak at {planning.human_bytes(pred.peak_bytes)} of "
+         f"{planning.human_bytes(avail)} {source}")
 
 
 def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:

@@ -48,7 +48,7 @@ from swapseg.training.precision import autocast_dtype
 
 __all__ = ["PLAN_FILE", "AVAILABLE_ENV", "Prediction", "input_shape", "predict",
            "resolve_auto", "check_fits", "check_disk", "available_memory", "plan_line",
-           "measured_peak", "record_measured", "gib"]
+           "measured_peak", "record_measured", "human_bytes"]
 
 PLAN_FILE = "plan.json"
 AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
@@ -56,8 +56,12 @@ AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
 SLOW_EPOCH_S = 600.0
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n < 2**40 else f"{n / 2**40:.2f} TiB"
+def human_bytes(n: float) -> str:
+    """``7.40 GiB``, ``512.00 MiB``: binary units, two decimals."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
@@ -198,14 +202,14 @@ def plan_line(plan: MemoryPlan, pred: Prediction, budget_bytes: int | None) -> s
             where.append("except " + ", ".join(s.exclude))
         if s.include:
             where.append("only " + ", ".join(s.include))
-        parts.append(f"swap {pred.swapped_tensors} tensors, {gib(pred.swapped_bytes)} "
+        parts.append(f"swap {pred.swapped_tensors} tensors, {human_bytes(pred.swapped_bytes)} "
                      f"({', '.join(where)})")
     if plan.recompute is not None:
         parts.append(f"recompute {', '.join(plan.recompute.scopes)} ({plan.recompute.mode})")
     what = "; ".join(parts) or "keep everything on the device"
-    of = f" of {gib(budget_bytes)} budget" if budget_bytes else ""
+    of = f" of {human_bytes(budget_bytes)} budget" if budget_bytes else ""
     slow = pred.step_s / pred.baseline_step_s - 1 if pred.baseline_step_s else 0.0
-    return (f"plan: {plan.name or 'given'} — {what}; predicted peak {gib(pred.peak_bytes)}"
+    return (f"plan: {plan.name or 'given'} — {what}; predicted peak {human_bytes(pred.peak_bytes)}"
             f"{of}, {slow:+.0%} step time")
 
 
@@ -236,17 +240,17 @@ def check_fits(config: TrainConfig, pred: Prediction, device: torch.device,
         raise InputError(
             f"one training step at {shape} ({config.precision}, plan "
             f"{config.plan.name if config.plan else 'none'}) is predicted to peak at "
-            f"{gib(pred.peak_bytes)} ({pred.peak_bytes} bytes), more than the "
-            f"{gib(avail)} {source}; ways out: a smaller --shape, --zoom 2 or 3, or "
+            f"{human_bytes(pred.peak_bytes)} ({pred.peak_bytes} bytes), more than the "
+            f"{human_bytes(avail)} {source}; ways out: a smaller --shape, --zoom 2 or 3, or "
             "--swap auto --memory-budget SIZE")
     if device.type != "cpu":
         return
     epoch_s = pred.step_s * steps_per_epoch
     warn = "warning: " if epoch_s > SLOW_EPOCH_S else ""
-    echo(f"{warn}predicted on this CPU: peak {gib(pred.peak_bytes)} of {gib(avail)} "
-         f"available, {pred.step_s:.1f} s per step, {_duration(epoch_s)} per epoch of "
-         f"{steps_per_epoch} steps (training only; {pred.profile}; a lower bound, CPU 3D "
-         "convolutions run slower than the probe's matmul)")
+    echo(f"{warn}predicted on this CPU: peak {human_bytes(pred.peak_bytes)} of "
+         f"{human_bytes(avail)} available, {pred.step_s:.3g} s per step, "
+         f"{_duration(epoch_s)} per epoch of {steps_per_epoch} steps (training only; "
+         f"{pred.profile}; a lower bound: CPU 3D convolutions run slower than a matmul)")
 
 
 def _duration(s: float) -> str:
@@ -268,9 +272,10 @@ def check_disk(plan: MemoryPlan | None, pred: Prediction,
         folder = folder.parent
     short = disk_shortfall(str(folder), pred.swapped_bytes)
     if short:
-        echo(f"warning: the disk tier's folder {folder} has {gib(pred.swapped_bytes - short)} "
-             f"free, {gib(short)} ({short} bytes) less than the {gib(pred.swapped_bytes)} a "
-             "step writes there; give --swap-disk-dir on a larger disk")
+        need = pred.swapped_bytes
+        echo(f"warning: the disk tier's folder {folder} has {human_bytes(need - short)} "
+             f"free, {human_bytes(short)} ({short} bytes) less than the {human_bytes(need)} "
+             "a step writes there; give --swap-disk-dir on a larger disk")
     return short
 
 
@@ -282,7 +287,7 @@ def measured_peak(stats: dict[str, Any], device: torch.device) -> dict[str, Any]
         source = "torch.cuda.max_memory_allocated"
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        source = "peak RSS of the process (ru_maxrss)"
+        source = "ru_maxrss, the process's peak RSS"
     return {"engine_peak_saved_bytes": int(stats.get("peak_device_bytes", 0)),
             "engine_swapped_tensors": int(stats.get("swapped", 0)),
             "peak_bytes": peak, "peak_source": source}
@@ -299,13 +304,13 @@ def record_measured(path: Path | None, measured: dict[str, Any]) -> str:
             measured = {**measured, "within_budget": measured["peak_bytes"] <= budget}
         rec.setdefault("measured", []).append(measured)
         write_json(path, rec)
-    line = (f"measured after the first step: peak {gib(measured['peak_bytes'])} "
+    line = (f"measured after the first step: peak {human_bytes(measured['peak_bytes'])} "
             f"({measured['peak_source']})")
     if budget:
-        line += f" of {gib(budget)} budget"
+        line += f" of {human_bytes(budget)} budget"
     if predicted:
-        line += f", predicted {gib(predicted['peak_bytes'])}"
-    line += f"; engine: {gib(measured['engine_peak_saved_bytes'])} saved tensors resident"
+        line += f", predicted {human_bytes(predicted['peak_bytes'])}"
+    line += f"; engine: {human_bytes(measured['engine_peak_saved_bytes'])} saved tensors resident"
     if predicted:
-        line += f" at its peak (predicted {gib(predicted['peak_saved_bytes'])})"
+        line += f" at its peak (predicted {human_bytes(predicted['peak_saved_bytes'])})"
     return line
