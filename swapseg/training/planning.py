@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import resource
 import tempfile
@@ -47,8 +48,8 @@ from swapseg.training.losses import make_loss
 from swapseg.training.precision import autocast_dtype
 
 __all__ = ["PLAN_FILE", "AVAILABLE_ENV", "Prediction", "input_shape", "predict",
-           "resolve_auto", "check_fits", "check_disk", "available_memory", "plan_line",
-           "measured_peak", "record_measured", "human_bytes"]
+           "resolve_auto", "check_fits", "data_bytes", "check_disk", "available_memory",
+           "plan_line", "measured_peak", "record_measured", "human_bytes"]
 
 PLAN_FILE = "plan.json"
 AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
@@ -230,27 +231,46 @@ def available_memory(device: torch.device) -> tuple[int, str]:
         return int(total), "physical RAM (sysconf)"
 
 
+def data_bytes(config: TrainConfig) -> int:
+    """Host memory the input pipeline holds while a step runs: the batches the DataLoader
+    prefetches (2 per worker, PyTorch's default, or the one being used without workers),
+    each ``batch`` samples of 4 image and 3 target channels in float32 at the volume's
+    shape (a patch is cut from the whole volume inside the worker)."""
+    batches = 2 * config.workers if config.workers else 1
+    return batches * config.batch * 7 * 4 * math.prod(config.shape)
+
+
 def check_fits(config: TrainConfig, pred: Prediction, device: torch.device,
                steps_per_epoch: int, echo: Callable[[str], None] = print) -> None:
     """Stop with one line when the predicted peak cannot fit; on a CPU, say how long
-    an epoch is predicted to take."""
+    an epoch is predicted to take.
+
+    The step's predicted peak (plus, on a CPU, the input pipeline's ``data_bytes``) must
+    fit in what the device has free minus the planner's safety margin (allocator
+    fragmentation, library workspaces and the interpreter are not in the trace)."""
+    from swapseg.planner.search import DEFAULT_MARGIN
+
     avail, source = available_memory(device)
+    data = data_bytes(config) if device.type == "cpu" else 0
+    need, usable = pred.peak_bytes + data, int(avail * (1 - DEFAULT_MARGIN))
     shape = "x".join(map(str, pred.input_shape))
-    if pred.peak_bytes > avail:
+    if need > usable:
         raise InputError(
             f"one training step at {shape} ({config.precision}, plan "
-            f"{config.plan.name if config.plan else 'none'}) is predicted to peak at "
-            f"{human_bytes(pred.peak_bytes)} ({pred.peak_bytes} bytes), more than the "
-            f"{human_bytes(avail)} {source}; ways out: a smaller --shape, --zoom 2 or 3, or "
-            "--swap auto --memory-budget SIZE")
+            f"{config.plan.name or 'given' if config.plan else 'none'}) is predicted to "
+            f"peak at {human_bytes(need)} ({need} bytes"
+            + (f", of which {human_bytes(data)} input batches" if data else "")
+            + f"), more than {human_bytes(usable)} ({DEFAULT_MARGIN:.0%} kept free of the "
+            f"{human_bytes(avail)} {source}); ways out: a smaller --shape, --zoom 2 or 3, "
+            "or --swap auto --memory-budget SIZE")
     if device.type != "cpu":
         return
     epoch_s = pred.step_s * steps_per_epoch
     warn = "warning: " if epoch_s > SLOW_EPOCH_S else ""
-    echo(f"{warn}predicted on this CPU: peak {human_bytes(pred.peak_bytes)} of "
-         f"{human_bytes(avail)} available, {pred.step_s:.3g} s per step, "
-         f"{_duration(epoch_s)} per epoch of {steps_per_epoch} steps (training only; "
-         f"{pred.profile}; a lower bound: CPU 3D convolutions run slower than a matmul)")
+    echo(f"{warn}predicted on this CPU: peak {human_bytes(need)} of {human_bytes(avail)} "
+         f"available, {pred.step_s:.3g} s per step, {_duration(epoch_s)} per epoch of "
+         f"{steps_per_epoch} steps (training only; {pred.profile}; a lower bound: CPU 3D "
+         "convolutions run slower than a matmul)")
 
 
 def _duration(s: float) -> str:
