@@ -53,6 +53,8 @@ __all__ = ["PLAN_FILE", "AVAILABLE_ENV", "Prediction", "input_shape", "predict",
 
 PLAN_FILE = "plan.json"
 AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
+#: How a prediction from the quick profile names its source.
+QUICK = "quick probes (matmul FLOP/s, memory bandwidth)"
 #: Predicted epochs longer than this on a CPU are announced as a warning.
 SLOW_EPOCH_S = 600.0
 
@@ -132,8 +134,7 @@ def predict(config: TrainConfig, model: nn.Module, plan: MemoryPlan | None,
     plan = plan or MemoryPlan()
     r = simulate(tr, prof, plan.swap, plan.recompute)
     base = simulate(tr, prof) if plan.swap or plan.recompute else r
-    source = "calibrated local profile" if profile is not None else \
-        "quick probes (matmul FLOP/s, memory bandwidth)"
+    source = "calibrated local profile" if profile is not None else QUICK
     return Prediction(r.peak_bytes, r.peak_saved_bytes, r.step_s, base.step_s,
                       r.swapped_tensors, r.swapped_bytes, r.recomputed_tensors, shape,
                       f"{prof.name}: {source}")
@@ -269,8 +270,9 @@ def check_fits(config: TrainConfig, pred: Prediction, device: torch.device,
     warn = "warning: " if epoch_s > SLOW_EPOCH_S else ""
     echo(f"{warn}predicted on this CPU: peak {human_bytes(need)} of {human_bytes(avail)} "
          f"available, {pred.step_s:.3g} s per step, {_duration(epoch_s)} per epoch of "
-         f"{steps_per_epoch} steps (training only; {pred.profile}; a lower bound: CPU 3D "
-         "convolutions run slower than a matmul)")
+         f"{steps_per_epoch} steps (training only; {pred.profile}"
+         + ("; a lower bound: CPU 3D convolutions run slower than a matmul)"
+            if pred.profile.endswith(QUICK) else ")"))
 
 
 def _duration(s: float) -> str:
@@ -330,7 +332,10 @@ def record_measured(path: Path | None, measured: dict[str, Any]) -> str:
         line += f" of {human_bytes(budget)} budget"
     if predicted:
         line += f", predicted {human_bytes(predicted['peak_bytes'])}"
-    line += f"; engine: {human_bytes(measured['engine_peak_saved_bytes'])} saved tensors resident"
+    if not measured["engine_swapped_tensors"] and not measured["engine_peak_saved_bytes"]:
+        return line + "; engine: not counting (the plan swaps nothing)"
+    line += (f"; engine: {human_bytes(measured['engine_peak_saved_bytes'])} saved tensors "
+             "resident at its peak")
     if predicted:
-        line += f" at its peak (predicted {human_bytes(predicted['peak_saved_bytes'])})"
+        line += f" (predicted {human_bytes(predicted['peak_saved_bytes'])})"
     return line

@@ -150,6 +150,10 @@ def test_swap_auto_plans_once_into_plan_json(tmp_path, synth, capsys):
     again = json.loads((run / "plan.json").read_text())
     assert again["plan"] == rec["plan"] and len(again["measured"]) == 2
     assert json.loads((run / "config.json").read_text())["plan"] == rec["plan"]
+    # --overwrite replaces the plan too: another budget is planned afresh
+    assert _train(synth, run, "--epochs", "1", "--swap", "auto", "--memory-budget", "1GiB",
+                  "--overwrite") == 0
+    assert json.loads((run / "plan.json").read_text())["budget_bytes"] == 2**30
 
 
 def test_swap_auto_for_all_folds_plans_once(tmp_path, synth, monkeypatch):
