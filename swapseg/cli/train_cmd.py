@@ -139,7 +139,8 @@ def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
     from the preset's plan ``preset``. ``--swap FILE`` reads a SwapPolicy or a MemoryPlan
     JSON (``swapseg plan --out`` writes memory_plan.json); ``--swap-*`` flags change the
     plan's swap policy."""
-    from swapseg.offload.policy import MemoryPlan, SwapPolicy, read_plan
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+    from swapseg.training.planning import read_plan_file
 
     if args.swap is None:
         args.swap = "none" if preset is None else "preset"
@@ -165,7 +166,7 @@ def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
         path = Path(args.swap)
         if not path.is_file():
             raise InputError(f"--swap {args.swap}: not none, all, auto or an existing JSON file")
-        base = read_plan(path.read_text(), f"--swap {args.swap}")
+        base = read_plan_file(path, f"--swap {args.swap}")
     if not flags:
         return base
     if base.swap is None:

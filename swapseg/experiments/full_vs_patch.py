@@ -68,7 +68,8 @@ def full_plan(swap: str, budget: int | None, device: str) -> tuple[Any, int | No
     experiment (``run_full_vs_patch`` writes it to OUT/plan.json)."""
     import torch
 
-    from swapseg.offload.policy import MemoryPlan, SwapPolicy, read_plan
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+    from swapseg.training.planning import read_plan_file
 
     if swap not in SWAP_CHOICES:
         path = Path(swap)
@@ -77,7 +78,7 @@ def full_plan(swap: str, budget: int | None, device: str) -> tuple[Any, int | No
                              "SwapPolicy or MemoryPlan JSON file")
         if budget is not None:
             raise InputError("--memory-budget is only used with --swap auto")
-        return read_plan(path.read_text(), f"--swap {swap}"), None
+        return read_plan_file(path, f"--swap {swap}"), None
     if swap != "auto" and budget is not None:
         raise InputError("--memory-budget is only used with --swap auto")
     if swap == "none":

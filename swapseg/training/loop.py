@@ -146,7 +146,7 @@ def _plan_and_check(config: TrainConfig, model: nn.Module, n_train: int,
                     echo: Callable[[str], None]) -> TrainConfig:
     """Resolve ``--swap auto`` (once: plan.json), then predict the step's peak and stop
     when it cannot fit; plan.json is written only once the plan is known to fit."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     pred = record = None
     if memory_budget is not None and config.plan is None:
         config, pred, record = plans.resolve_auto(config, memory_budget, plan_path, echo,

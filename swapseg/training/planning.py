@@ -48,8 +48,9 @@ from swapseg.training.losses import make_loss
 from swapseg.training.precision import autocast_dtype
 
 __all__ = ["PLAN_FILE", "AVAILABLE_ENV", "Prediction", "input_shape", "predict",
-           "resolve_auto", "check_fits", "data_bytes", "check_disk", "available_memory",
-           "plan_line", "measured_peak", "record_measured", "human_bytes"]
+           "resolve_auto", "read_plan_file", "check_fits", "data_bytes", "check_disk",
+           "available_memory", "plan_line", "measured_peak", "record_measured",
+           "human_bytes"]
 
 PLAN_FILE = "plan.json"
 AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
@@ -138,6 +139,21 @@ def predict(config: TrainConfig, model: nn.Module, plan: MemoryPlan | None,
     return Prediction(r.peak_bytes, r.peak_saved_bytes, r.step_s, base.step_s,
                       r.swapped_tensors, r.swapped_bytes, r.recomputed_tensors, shape,
                       f"{prof.name}: {source}")
+
+
+def read_plan_file(path: str | Path, what: str) -> MemoryPlan:
+    """The plan in a JSON file: a ``MemoryPlan`` (``swapseg plan``'s memory_plan.json), a
+    bare ``SwapPolicy``, ``swapseg plan``'s plan.json report (its ``memory_plan``), or a
+    run's plan.json record (its ``plan``). ``what`` names the file in errors."""
+    from swapseg.offload.policy import read_plan
+    from swapseg.offload.record import json_object
+
+    text = Path(path).read_text()
+    d = json_object(text, what)
+    for key in ("memory_plan", "plan"):  # a report or a run's record around the plan
+        if isinstance(d.get(key), dict) and "swap" not in d:
+            return MemoryPlan.from_dict(d[key])
+    return read_plan(text, what)
 
 
 def _record(path: Path) -> dict[str, Any]:
