@@ -74,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="patches per volume per epoch (default: ceil(volume / patch^3))")
     q.add_argument("--swap", default="auto", metavar="auto|all|none|FILE.json",
                    help="full-volume swapping: auto = planner for --memory-budget (or the "
-                        "GPU's memory; host swapping on a CPU), all, none, or a SwapPolicy "
-                        "JSON file (default auto)")
+                        "GPU's memory; host swapping on a CPU), chosen once into "
+                        "OUT/plan.json for every fold; all, none, or a SwapPolicy or "
+                        "MemoryPlan JSON file (default auto)")
     q.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
                    help="memory budget of the planner with --swap auto, e.g. 16GiB")
     q.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = {"folds": "folds", "epochs": "max_epochs", "early_stop": "early_stop",
              "lr_patience": "lr_patience", "shape": "shape", "zoom": "zoom",
-             "memory_budget": "memory_budget_bytes", "base_filters": "base_filters",
+             "base_filters": "base_filters",
              "depth": "depth", "workers": "workers", "device": "device", "seed": "seed",
              "lr": "lr", "dropout": "dropout", "time_limit": "max_train_s",
              "precision": "precision"}
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
     summary = run_full_vs_patch(
         base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
-        swap=args.swap, run_folds=args.run_folds, overlays=args.overlays,
+        swap=args.swap, memory_budget=args.memory_budget, run_folds=args.run_folds,
+        overlays=args.overlays,
         command="swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
         progress=cli_progress(args.no_progress) == "bar")
     d = summary["modes"]

@@ -104,8 +104,10 @@ def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) ->
 def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("activation swapping")
     g.add_argument("--swap",
-                   help="none, all, auto (with --memory-budget) or a SwapPolicy JSON file "
-                        "(default: the preset's, which is none except for the demo)")
+                   help="none, all, auto (with --memory-budget: planned once into "
+                        "OUT/plan.json) or a JSON file: a SwapPolicy, or the MemoryPlan that "
+                        "`swapseg plan --out` writes (default: the preset's, none except "
+                        "for the demo)")
     g.add_argument("--swap-n-tensors", type=int, dest="n_tensors", metavar="N",
                    help="swap the first N saved tensors (-1: all)")
     g.add_argument("--swap-include", action="append", dest="include", metavar="GLOB",
@@ -132,36 +134,44 @@ _POLICY_FIELDS = ("n_tensors", "include", "exclude", "min_bytes", "prefetch",
                   "swap_branches", "tier", "disk_dir")
 
 
-def _swap_policy(args: argparse.Namespace, preset: Any) -> Any:
-    """The policy the flags describe, starting from the preset's policy ``preset``."""
-    from swapseg.offload.policy import SwapPolicy
+def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
+    """The MemoryPlan the flags describe (None: none, or auto, resolved by train), starting
+    from the preset's plan ``preset``. ``--swap FILE`` reads a SwapPolicy or a MemoryPlan
+    JSON (``swapseg plan --out`` writes memory_plan.json); ``--swap-*`` flags change the
+    plan's swap policy."""
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+    from swapseg.training.planning import read_plan_file
 
     if args.swap is None:
         args.swap = "none" if preset is None else "preset"
     flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
+    first = next(iter(flags), "").replace("_", "-")
     if args.swap == "auto":
         if args.memory_budget_bytes is None:
             raise InputError("--swap auto needs --memory-budget (e.g. 16GiB)")
         if flags:
-            raise InputError(f"--swap auto chooses the policy; drop --swap-{next(iter(flags))}")
+            raise InputError(f"--swap auto chooses the plan; drop --swap-{first}")
         return None
     if args.memory_budget_bytes is not None:
         raise InputError("--memory-budget is only used with --swap auto")
     if args.swap == "none":
         if flags:
-            raise InputError(f"--swap-{next(iter(flags)).replace('_', '-')} needs --swap all "
-                             "or --swap FILE.json")
+            raise InputError(f"--swap-{first} needs --swap all or --swap FILE.json")
         return None
     if args.swap == "all":
-        base = SwapPolicy()
+        base = MemoryPlan(swap=SwapPolicy(), name="swap-all")
     elif args.swap == "preset":
         base = preset
     else:
         path = Path(args.swap)
         if not path.is_file():
             raise InputError(f"--swap {args.swap}: not none, all, auto or an existing JSON file")
-        base = SwapPolicy.from_json(path.read_text())
-    return base.replace(**flags)
+        base = read_plan_file(path, f"--swap {args.swap}")
+    if not flags:
+        return base
+    if base.swap is None:
+        raise InputError(f"--swap-{first}: the plan in --swap {args.swap} swaps nothing")
+    return base.replace(swap=base.swap.replace(**flags))
 
 
 #: Flags that apply with --resume (safe: they change when the run stops, where it runs or
@@ -225,13 +235,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
              "max_train_s", "patches_per_volume", "tumor_fraction",
-             "memory_budget_bytes", "precision", "compile")
+             "precision", "compile")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     # parsed here, not by argparse, so that bad values become one-line InputErrors
     if "shape" in changes:
         changes["shape"] = _shape(changes["shape"])
-    if "memory_budget_bytes" in changes:
-        changes["memory_budget_bytes"] = parse_bytes(changes["memory_budget_bytes"])
     if args.fold not in (None, "all"):
         try:
             changes["fold"] = int(args.fold)
@@ -242,9 +250,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.cache_dir is not None:
         changes["cache_dir"] = os.path.abspath(args.cache_dir)
     preset = PRESETS[args.preset or "brats_full"]
-    changes["swap"] = _swap_policy(args, preset().swap)
+    changes["plan"] = _swap_plan(args, preset().plan)
     # absolute, so that --resume works from any directory
     return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out), **changes)
+
+
+def memory_budget(args: argparse.Namespace) -> int | None:
+    """``--memory-budget`` in bytes for ``--swap auto`` (None otherwise, and on --resume:
+    the run's config.json holds the plan already chosen)."""
+    if args.resume or args.memory_budget_bytes is None or args.swap != "auto":
+        return None
+    return parse_bytes(args.memory_budget_bytes, "--memory-budget")
 
 
 def _claim_out(args: argparse.Namespace) -> None:
@@ -272,8 +288,10 @@ def run(args: argparse.Namespace) -> int:
     from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
 
     config = config_from_args(args)
+    budget = memory_budget(args)  # a bad size fails before --overwrite clears anything
     _claim_out(args)
-    kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar"}
+    kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar",
+              "memory_budget": budget}
     try:
         with stop_signals(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1):
             if args.fold == "all":

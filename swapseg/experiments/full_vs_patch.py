@@ -61,48 +61,84 @@ def default_patches_per_volume(shape: tuple[int, ...], patch: int) -> int:
     return max(1, math.ceil(math.prod(shape) / patch**3))
 
 
-def _swap_settings(swap: str, budget: int | None, device: str) -> dict[str, Any]:
-    """TrainConfig fields of the full-volume arm for ``--swap``: auto, all, none, or the
-    path of a SwapPolicy JSON file (as ``swapseg train --swap FILE``)."""
+def full_plan(swap: str, budget: int | None, device: str) -> tuple[Any, int | None]:
+    """(plan, budget to plan for) of the full-volume arm for ``--swap``: ``auto``, ``all``,
+    ``none``, or a SwapPolicy / MemoryPlan JSON file (as ``swapseg train --swap FILE``).
+    A budget back means ``auto``: the planner chooses the plan once for the whole
+    experiment (``run_full_vs_patch`` writes it to OUT/plan.json)."""
     import torch
 
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+    from swapseg.training.planning import read_plan_file
 
     if swap not in SWAP_CHOICES:
         path = Path(swap)
         if not path.is_file():
             raise InputError(f"--swap {swap}: not {', '.join(SWAP_CHOICES)} or an existing "
-                             "SwapPolicy JSON file")
+                             "SwapPolicy or MemoryPlan JSON file")
         if budget is not None:
             raise InputError("--memory-budget is only used with --swap auto")
-        return {"swap": SwapPolicy.from_json(path.read_text()), "memory_budget_bytes": None}
+        return read_plan_file(path, f"--swap {swap}"), None
+    if swap != "auto" and budget is not None:
+        raise InputError("--memory-budget is only used with --swap auto")
     if swap == "none":
-        return {"swap": None, "memory_budget_bytes": None}
+        return None, None
     if swap == "all":
-        return {"swap": SwapPolicy(), "memory_budget_bytes": None}
+        return MemoryPlan(swap=SwapPolicy(), name="swap-all"), None
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if budget is None and on_gpu:
         budget = int(torch.cuda.get_device_properties(0).total_memory)
     if budget is not None:  # the planner picks swap/recompute to fit
-        return {"swap": None, "memory_budget_bytes": budget}
+        return None, budget
     # a CPU with no budget: swap everything to the host tier, as `swapseg demo` does; the
     # copies cost time and save nothing there, so full-volume times are pessimistic
-    return {"swap": SwapPolicy(tier="host"), "memory_budget_bytes": None}
+    return MemoryPlan(swap=SwapPolicy(tier="host"), name="swap-all-host"), None
 
 
 def mode_configs(base: TrainConfig, out: Path, fold: int, *, patch: int | None = None,
-                 patches_per_volume: int | None = None, swap: str = "auto"
+                 patches_per_volume: int | None = None, plan: Any = None
                  ) -> dict[str, TrainConfig]:
-    """The two training configs of one fold; everything but the mode's own fields shared."""
+    """The two training configs of one fold; everything but the mode's own fields shared.
+    ``plan`` is the full-volume arm's memory plan (see :func:`full_plan`); patches fit
+    without one, as in the paper."""
     patch = patch or default_patch(base.shape, base.depth)
     ppv = patches_per_volume or default_patches_per_volume(base.shape, patch)
-    common = {"fold": fold, "cache_dir": str(out / "cache"), "batch_size": None, "plan": None}
-    full = base.replace(mode="full", out=str(out / "full" / f"fold{fold}"), **common,
-                        **_swap_settings(swap, base.memory_budget_bytes, base.device))
-    patched = base.replace(mode="patch", patch=patch, patches_per_volume=ppv, swap=None,
-                           memory_budget_bytes=None, out=str(out / "patch" / f"fold{fold}"),
-                           **common)
+    common = {"fold": fold, "cache_dir": str(out / "cache"), "batch_size": None}
+    full = base.replace(mode="full", out=str(out / "full" / f"fold{fold}"), plan=plan,
+                        **common)
+    patched = base.replace(mode="patch", patch=patch, patches_per_volume=ppv, plan=None,
+                           out=str(out / "patch" / f"fold{fold}"), **common)
     return {"full": full, "patch": patched}
+
+
+def _resolve_full_plan(base: TrainConfig, out: Path, swap: str, budget: int | None,
+                       echo: Callable[[str], None]) -> Any:
+    """The full arm's plan, chosen once for every fold (OUT/plan.json, reused on reruns)."""
+    from swapseg.training import planning
+
+    plan, budget = full_plan(swap, budget, base.device)
+    if budget is None:
+        return plan
+    arm = mode_configs(base, out, 0)["full"]
+    arm, _, record = planning.resolve_auto(arm, budget, out / planning.PLAN_FILE, echo)
+    if record is not None:
+        write_json(out / planning.PLAN_FILE, record)
+    return arm.plan
+
+
+def _check_fits(config: TrainConfig, echo: Callable[[str], None]) -> None:
+    """Stop before any training when one arm's step is predicted not to fit."""
+    from swapseg.devices import resolve_device
+    from swapseg.training import planning
+    from swapseg.training.model import build_model
+
+    device = resolve_device(config.device)
+    pred = planning.predict(config, build_model(config), config.plan, device)
+    avail, source = planning.available_memory(device)
+    if pred.peak_bytes > avail:
+        planning.check_fits(config, pred, device, 1, echo)  # raises with the one line
+    echo(f"{config.mode}: one step predicted to peak at {planning.human_bytes(pred.peak_bytes)} of "
+         f"{planning.human_bytes(avail)} {source}")
 
 
 def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
@@ -153,8 +189,10 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
         raise InputError(f"{run_dir} holds a run with other settings; use another --out")
     write_json(saved, requested)
     t0 = time.perf_counter()
+    from swapseg.training.planning import PLAN_FILE
+
     result = train(config, resume=resume, progress=progress, echo=echo,
-                   splits_path=out / "splits.json")
+                   splits_path=out / "splits.json", plan_path=out / PLAN_FILE)
     train_wall_s = time.perf_counter() - t0
     fold = config.fold
     test = _test_folder(out, Path(config.data), fold, result["split"]["test"])
@@ -184,6 +222,7 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
 
 def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None = None,
                       patches_per_volume: int | None = None, swap: str = "auto",
+                      memory_budget: int | None = None,
                       run_folds: int | None = None, overlays: int = 4,
                       command: str = "", progress: bool = True,
                       echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -191,6 +230,8 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
 
     ``base`` carries the shared protocol (data, shape, zoom, folds, epochs, early stopping,
     model size, device, seed); ``run_folds`` limits the run to the first folds.
+    ``swap`` and ``memory_budget`` set the full arm's plan (:func:`full_plan`); with
+    ``auto`` it is chosen once, into ``out/plan.json``, for every fold.
     """
     from swapseg.experiments import stats
 
@@ -204,8 +245,12 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
     n_cases = len(find_training_cases(base.data))
     if n_cases < base.folds:
         raise InputError(f"{base.data}: {n_cases} cases cannot be split into {base.folds} folds")
+    full_plan(swap, memory_budget, base.device)  # bad values fail before any work
+    plan = _resolve_full_plan(base, out, swap, memory_budget, echo)
     first = mode_configs(base, out, 0, patch=patch, patches_per_volume=patches_per_volume,
-                         swap=swap)
+                         plan=plan)
+    for arm in first.values():  # both arms must fit before the first fold trains
+        _check_fits(arm, echo)
     echo(f"full-vs-patch: {n_folds} of {base.folds} folds, shape {list(base.shape)} "
          f"zoom {base.zoom}, patch {first['patch'].patch} x{first['patch'].patches_per_volume}"
          f"/volume, max {base.max_epochs} epochs, early stop {base.early_stop}"
@@ -214,7 +259,7 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
     records: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for fold in range(n_folds):
         configs = mode_configs(base, out, fold, patch=patch,
-                               patches_per_volume=patches_per_volume, swap=swap)
+                               patches_per_volume=patches_per_volume, plan=plan)
         for mode in MODES:
             echo(f"--- fold {fold}, {mode} ---")
             records[mode].append(_run_mode(configs[mode], out, mode, progress, echo))
@@ -222,9 +267,9 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
                 "shape": list(base.shape), "zoom": base.zoom,
                 "patch": first["patch"].patch,
                 "patches_per_volume": first["patch"].patches_per_volume,
-                "swap": swap, "full_swap_policy": (None if first["full"].swap is None
-                                                   else first["full"].swap.to_dict()),
-                "memory_budget_bytes": first["full"].memory_budget_bytes,
+                "swap": swap, "full_plan": (None if first["full"].plan is None
+                                            else first["full"].plan.to_dict()),
+                "memory_budget_bytes": memory_budget,
                 "max_epochs": base.max_epochs, "early_stop": base.early_stop,
                 "lr_patience": base.lr_patience, "max_train_s": base.max_train_s,
                 "base_filters": base.base_filters,

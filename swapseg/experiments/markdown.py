@@ -81,7 +81,7 @@ def report_md(s: dict[str, Any]) -> str:
         + (f" or {st['max_train_s']:.0f} s of training" if st.get("max_train_s") else "")
         + f", early stop {st['early_stop']}, LR patience "
         f"{st['lr_patience']}, seed {st['seed']}; full-volume swapping: "
-        f"{st['swap']} -> {st['full_swap_policy'] or 'planner / none'}.", "",
+        f"{st['swap']} -> {_plan_name(st)}.", "",
         f"## Quality on {n} test cases (each tested once, in its fold)", "",
         *_quality(s), "",
         "Specificity is computed over the whole image grid (see docs/evaluation.md); the "
@@ -95,3 +95,9 @@ def report_md(s: dict[str, Any]) -> str:
         lines += ["Cases where the two modes differ most (truth | full | patches):", ""]
         lines += [f"![{c}](overlays/{c}.png)" for c in s["overlays"]]
     return "\n".join(lines) + "\n"
+
+
+def _plan_name(settings: dict) -> str:
+    """The full arm's memory plan by name (older summaries kept only its swap policy)."""
+    plan = settings.get("full_plan") or {}
+    return plan.get("name") or str(settings.get("full_swap_policy") or "none")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swapseg.errors import InputError
-from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.policy import MemoryPlan, SwapPolicy
 from swapseg.offload.record import check_fields
 from swapseg.training.losses import LOSSES
 from swapseg.training.precision import PRECISIONS, Precision
@@ -124,14 +124,11 @@ class TrainConfig:
     runs the eager model. See docs/training.md for what is swapped inside compiled graphs."""
 
     # --- engine -----------------------------------------------------------------------
-    swap: SwapPolicy | None = None
-    """Activation-swapping policy; None trains without swapping (the null context)."""
-
-    memory_budget_bytes: int | None = None
-    """With ``--swap auto``: the planner picks swap/recompute to fit this many bytes."""
-
-    plan: dict[str, Any] | None = None
-    """The resolved memory plan chosen for ``memory_budget_bytes`` (written by train)."""
+    plan: MemoryPlan | None = None
+    """What each step does with the tensors autograd saves: which it swaps (and where),
+    which scopes it recomputes. None keeps everything on the device (the null context).
+    ``--swap auto --memory-budget`` resolves to a plan once per run (RUN/plan.json,
+    ``swapseg.training.planning``); config.json holds the plan that ran."""
 
     trace_step: int | None = None
     """Global training step (0-based) whose swap timeline goes to timeline.png/json."""
@@ -141,9 +138,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # JSON gives lists
-        if isinstance(self.swap, dict):
-            self.swap = SwapPolicy.from_dict(self.swap)
+        if isinstance(self.plan, dict):
+            self.plan = MemoryPlan.from_dict(self.plan)
         _check(self)
+
+    @property
+    def swap(self) -> SwapPolicy | None:
+        """The swap half of ``plan`` (None without a plan or when it swaps nothing)."""
+        return None if self.plan is None else self.plan.swap
 
     @property
     def batch(self) -> int:
@@ -156,11 +158,12 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
         d["batch_size"] = self.batch  # resolved, so config.json says what ran
-        d["swap"] = None if self.swap is None else self.swap.to_dict()
+        d["plan"] = None if self.plan is None else self.plan.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = _legacy_plan(dict(d))
         check_fields(cls, d, "training config")
         return cls(**d)
 
@@ -201,18 +204,33 @@ def _check(c: TrainConfig) -> None:
         (c.max_epochs >= 1, f"max_epochs must be >= 1, got {c.max_epochs}"),
         (c.max_train_s is None or c.max_train_s > 0,
          f"max_train_s must be > 0, got {c.max_train_s}"),
-        (c.memory_budget_bytes is None or c.memory_budget_bytes > 0,
-         f"memory budget must be > 0 bytes, got {c.memory_budget_bytes}"),
         (c.trace_step is None or c.trace_step >= 0,
          f"trace_step must be >= 0, got {c.trace_step}"),
-        (c.trace_step is None or c.swap is not None or c.memory_budget_bytes is not None,
-         "--trace-step traces the swap engine: give a swap policy (--swap all|FILE|auto)"),
+        (c.plan is None or isinstance(c.plan, MemoryPlan),
+         f"plan must be a MemoryPlan, got {type(c.plan).__name__}"),
+        (c.trace_step is None or c.swap is not None,
+         "--trace-step traces the swap engine: give a plan that swaps (--swap all|FILE|auto)"),
         (c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise InputError(msg)
+
+
+def _legacy_plan(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of an older run: its ``swap`` policy, ``memory_budget_bytes`` and
+    ``plan`` dict become the one ``plan`` (the budget itself lives in RUN/plan.json now)."""
+    if "swap" not in d and "memory_budget_bytes" not in d:
+        return d
+    swap = d.pop("swap", None)
+    d.pop("memory_budget_bytes", None)
+    plan = d.get("plan")
+    if isinstance(plan, dict):  # an auto plan: its swap half was also copied to "swap"
+        d["plan"] = MemoryPlan.from_dict(plan)
+    elif swap is not None:
+        d["plan"] = MemoryPlan(swap=SwapPolicy.from_dict(swap), name="policy")
+    return d
 
 
 # --- presets ------------------------------------------------------------------------------
@@ -234,7 +252,8 @@ def demo(**changes: Any) -> TrainConfig:
     at most 25 epochs or the first epoch ending past 7 minutes of training."""
     base = TrainConfig(mode="full", shape=(48, 48, 48), dropout=0.1, lr=2e-3, max_epochs=25,
                        lr_patience=5, early_stop=15, max_train_s=420.0, workers=1,
-                       swap=SwapPolicy(tier="host"), device="cpu")
+                       plan=MemoryPlan(swap=SwapPolicy(tier="host"), name="swap-all-host"),
+                       device="cpu")
     return base.replace(**changes)
 
 

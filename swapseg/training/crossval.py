@@ -18,7 +18,7 @@ from typing import Any
 from swapseg.errors import InputError
 from swapseg.io import write_json
 
-__all__ = ["make_splits", "load_or_make_splits", "fold_split"]
+__all__ = ["make_splits", "read_splits", "load_or_make_splits", "fold_split"]
 
 
 def make_splits(case_ids: list[str], folds: int, seed: int) -> dict[str, Any]:
@@ -45,23 +45,29 @@ def make_splits(case_ids: list[str], folds: int, seed: int) -> dict[str, Any]:
     return {"seed": seed, "folds": folds, "cases": ids, "splits": splits}
 
 
+def read_splits(path: str | Path, case_ids: list[str], folds: int) -> dict[str, Any]:
+    """The splits in ``path``; InputError unless they list ``case_ids`` in ``folds`` folds."""
+    path = Path(path)
+    try:
+        splits = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read splits: {exc}") from None
+    if not isinstance(splits, dict) or "splits" not in splits:
+        raise InputError(f"{path}: not a splits file (no 'splits' key)")
+    if sorted(splits.get("cases", [])) != sorted(case_ids):
+        raise InputError(f"{path} lists other cases than the data set; "
+                         "delete it or use another --out")
+    if splits.get("folds") != folds:
+        raise InputError(f"{path} has {splits.get('folds')} folds, not {folds}")
+    return splits
+
+
 def load_or_make_splits(path: str | Path, case_ids: list[str], folds: int,
                         seed: int) -> dict[str, Any]:
     """Read ``path`` if it exists and matches the cases and fold count; else write it."""
     path = Path(path)
     if path.exists():
-        try:
-            splits = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: cannot read splits: {exc}") from None
-        if not isinstance(splits, dict) or "splits" not in splits:
-            raise InputError(f"{path}: not a splits file (no 'splits' key)")
-        if sorted(splits.get("cases", [])) != sorted(case_ids):
-            raise InputError(f"{path} lists other cases than the data set; "
-                             "delete it or use another --out")
-        if splits.get("folds") != folds:
-            raise InputError(f"{path} has {splits.get('folds')} folds, not {folds}")
-        return splits
+        return read_splits(path, case_ids, folds)
     splits = make_splits(case_ids, folds, seed)
     write_json(path, splits)
     return splits

@@ -1,15 +1,15 @@
-"""The training loop: epochs, Adam, LR drop on plateau, early stopping, checkpoints, resume.
+"""Training: one fold (:func:`train`), every fold (:func:`train_all_folds`), the loop (:func:`fit`).
 
-:func:`train` runs one fold of a data set from a :class:`TrainConfig`; :func:`fit` is the
-loop itself and works with any pair of datasets whose items are
-``{"image": (4, D, H, W), "target": (3, D, H, W), ...}``. Every step runs inside the
-engine's ``swap_activations(model, policy)`` context; ``policy=None`` is its null context,
-so swapping on or off is the same code path.
-Forward, loss and validation run under the config's precision (``training.precision``).
+:func:`train` runs one fold of a data set from a :class:`TrainConfig`; :func:`fit` works
+with any pair of datasets whose items are ``{"image": (4, D, H, W), "target": (3, D, H,
+W), ...}``; the epochs themselves are ``training.epochs``. Forward, loss and validation
+run under the config's precision (``training.precision``), every step under the config's
+memory plan.
 
-Order of writes at the end of an epoch: log.csv, then best.pt, then last.pt, all atomic.
-A kill between them leaves last.pt one epoch behind the log; resuming drops the log rows
-that last.pt does not cover and redoes that epoch.
+Before the first step :func:`train` resolves ``--swap auto`` into RUN/plan.json (once:
+a resume, and every fold of ``train_all_folds``, reuse it), predicts the step's peak
+memory with the planner and stops with one line when it cannot fit; after the first
+step it reports the measured peak (``training.planning``).
 """
 
 from __future__ import annotations
@@ -17,70 +17,33 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from swapseg import offload
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
-from swapseg.offload.recompute import RecomputePolicy, recompute
 from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
-from swapseg.training.checkpoint import (
-    EpochProgress,
-    remove_stale_temporaries,
-    restore,
-    resume_line,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from swapseg.training import planning as plans
+from swapseg.training.checkpoint import remove_stale_temporaries, restore, resume_line
 from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
 from swapseg.training.datasets import worker_error_message
+from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, engine, run_epochs
 from swapseg.training.losses import make_loss
 from swapseg.training.model import build_model, model_kwargs
 from swapseg.training.precision import MixedPrecision
 from swapseg.training.rundir import nothing_to_train
-from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
-from swapseg.training.swaplog import SwapLog, write_trace
-from swapseg.training.validation import validate
+from swapseg.training.swaplog import SwapLog
 
 __all__ = ["train", "train_all_folds", "fit", "worker_error_message", "build_model",
            "model_kwargs", "resolve_device", "NonFiniteLoss", "TrainState"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the message names the epoch and step."""
-
-
-@dataclass
-class TrainState:
-    """Progress and early-stopping state, saved in every checkpoint."""
-    epoch: int = 0
-    """Epochs completed."""
-    global_step: int = 0
-    """Optimizer steps taken."""
-    best_val_loss: float = math.inf
-    """Lowest validation loss so far."""
-    best_epoch: int = -1
-    """Epoch (1-based) of the lowest validation loss."""
-    bad_epochs: int = 0
-    """Epochs since the validation loss last improved."""
-    train_s: float = 0.0
-    """Training seconds so far: the sum of the logged epoch seconds (rank 0's clock),
-    across resumes. ``max_train_s`` is checked against it."""
-    skipped_steps: int = 0
-    """Optimizer steps the fp16 GradScaler skipped (inf/nan gradients), across resumes."""
 
 
 def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist_.DistInfo,
@@ -97,12 +60,6 @@ def _loaders(train_ds: Dataset, val_ds: Dataset, config: TrainConfig, info: dist
     return train_loader, val_loader, gen
 
 
-def _recompute_policy(config: TrainConfig) -> RecomputePolicy | None:
-    """The recompute half of an auto-chosen memory plan (None without one)."""
-    rec = (config.plan or {}).get("recompute")
-    return None if rec is None else RecomputePolicy.from_dict(rec)
-
-
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
             amp: MixedPrecision, echo: Callable[[str], None]
             ) -> tuple[TrainState, dict[str, Any] | None]:
@@ -114,232 +71,11 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     return TrainState(**ck["state"]), partial and {"progress": partial, "rng": ck["rng"]}
 
 
-@contextlib.contextmanager
-def _engine(ctx: _Ctx, trace: bool) -> Iterator[Any]:
-    with offload.swap_activations(ctx.model, ctx.policy, trace=trace) as stats, \
-            recompute(ctx.model, ctx.recompute):
-        yield stats
-
-
-def _train_epoch(ctx: _Ctx, epoch: int, progress: bool,
-                 partial: dict[str, Any] | None = None) -> dict[str, float]:
-    """One pass over the training loader; returns loss, timing and data-wait share.
-
-    ``partial`` resumes an epoch that stopped mid-way: the batches of the steps it took
-    are loaded again and dropped (which replays the data RNGs exactly), then the RNG
-    states saved after its last step are restored.
-
-    The whole epoch runs in one swap context (and recompute context): the engine learns
-    the unpack order in one step and prefetches by it in the next, so a context per step
-    would throw that away. Per-step swap figures are differences of the live counters.
-    """
-    ctx.ddp_model.train()
-    prog = EpochProgress(**partial["progress"]) if partial else EpochProgress()
-    skipped = 0
-    n_steps = len(ctx.train_loader)
-    first = ctx.state.global_step - prog.steps
-    trace_epoch = ctx.config.trace_step is not None and \
-        first <= ctx.config.trace_step < first + n_steps
-    batches = iter(ctx.train_loader)
-    for _ in range(prog.steps):
-        next(batches)
-    if partial:
-        set_rng_state(partial["rng"])
-    resumed_s = prog.elapsed_s
-    t_start = time.perf_counter() - resumed_s
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-               unit="step")
-    engine = _engine(ctx, trace_epoch) if ctx.run_engine is None else \
-        contextlib.nullcontext(ctx.run_engine)
-    with engine as stats:
-        for step in range(prog.steps, n_steps):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            before = stats.as_dict()
-            loss, stepped = _step(ctx, batch, epoch, step)
-            skipped += not stepped
-            ctx.state.skipped_steps += not stepped  # a mid-epoch checkpoint counts it too
-            t2 = time.perf_counter()
-            ctx.swaplog.add_step(before, stats.as_dict(), epoch)
-            if trace_epoch and ctx.state.global_step == ctx.config.trace_step \
-                    and ctx.info.is_main:
-                write_trace(stats, (t1 - stats.t0, t2 - stats.t0), ctx.run_dir,
-                            ctx.state.global_step)
-            ctx.state.global_step += 1
-            prog.add(loss, batch["image"].shape[0], t1 - t0, t2 - t1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            prog.elapsed_s = time.perf_counter() - t_start
-            interrupt.after_step(ctx.state.global_step, prog)
-    bar.close()
-    return {"train_loss": prog.loss_sum / max(prog.samples, 1), "steps": n_steps,
-            "data_wait_share": prog.wait_s / max(prog.wait_s + prog.busy_s, 1e-12),
-            "skipped_steps": skipped, "resumed_s": resumed_s}
-
-
-def _step(ctx: _Ctx, batch: dict[str, Any], epoch: int, step: int) -> tuple[float, bool]:
-    """Forward and loss under autocast, backward, optimizer step: (loss, stepped).
-
-    NonFiniteLoss before a bad update; ``stepped`` is False when fp16's GradScaler skipped
-    the update (inf/nan gradients, which it expects now and then and handles)."""
-    image = batch["image"].to(ctx.device, non_blocking=True)  # (B, 4, D, H, W)
-    target = batch["target"].to(ctx.device, non_blocking=True)  # (B, 3, D, H, W)
-    ctx.optimizer.zero_grad(set_to_none=True)
-    with ctx.amp.autocast():
-        loss = ctx.loss_fn(ctx.forward_model(image), target)
-    if not torch.isfinite(loss):
-        last = ctx.run_dir / "checkpoints" / "last.pt"
-        where = f"the last good checkpoint is {last}" if last.exists() else \
-            "no checkpoint was written yet"
-        raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                            f"(global step {ctx.state.global_step}); stopping: {where}")
-    stepped = ctx.amp.backward_step(loss, ctx.optimizer)
-    if ctx.device.type == "cuda":  # so that step time is not billed to the next data wait
-        torch.cuda.synchronize(ctx.device)
-    return loss.item(), stepped
-
-
-@dataclass
-class _Ctx:
-    """Everything one epoch needs (keeps function signatures short)."""
-    config: TrainConfig
-    model: nn.Module
-    ddp_model: nn.Module
-    forward_model: nn.Module  # ddp_model, or torch.compile(ddp_model) with config.compile
-    amp: MixedPrecision
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    train_loader: DataLoader
-    device: torch.device
-    policy: Any
-    recompute: Any
-    run_dir: Path
-    state: TrainState
-    swaplog: SwapLog
-    info: dist_.DistInfo
-    run_engine: Any = None  # the run-wide engine's stats under --compile (see fit)
-
-
-def _out_of_time(state: TrainState, config: TrainConfig) -> bool:
-    return config.max_train_s is not None and state.train_s > config.max_train_s
-
-
-def _end_epoch(ctx: _Ctx, sched: Any, log: EpochLog, row: dict[str, Any]) -> bool:
-    """Scheduler, early stopping, log row and checkpoints; True when training should stop."""
-    state, config = ctx.state, ctx.config
-    val_loss = row["val_loss"]
-    sched.step(val_loss)
-    improved = math.isfinite(val_loss) and val_loss < state.best_val_loss
-    state.epoch += 1
-    state.train_s += row["epoch_s"]
-    if improved:
-        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
-    else:
-        state.bad_epochs += 1
-    row.update(epoch=state.epoch, best=int(improved))
-    if ctx.info.is_main:
-        log.append(row)
-        ckpt = _checkpoint(ctx, sched, val={k: v for k, v in row.items() if k.startswith("val_")})
-        ckpt_dir = ctx.run_dir / "checkpoints"
-        if improved:
-            save_checkpoint(ckpt_dir / "best.pt", ckpt)
-        save_checkpoint(ckpt_dir / "last.pt", ckpt)
-        ctx.swaplog.write(ctx.run_dir / "swap_stats.json")
-    return state.bad_epochs >= config.early_stop
-
-
-def _checkpoint(ctx: _Ctx, sched: Any, **extra: Any) -> dict[str, Any]:
-    """The checkpoint dict (see swapseg.training.checkpoint); ``extra``: val or partial."""
-    state = ctx.state
-    return {"epoch": state.epoch, "global_step": state.global_step,
-            "model": ctx.model.state_dict(), "model_kwargs": model_kwargs(ctx.config),
-            "optimizer": ctx.optimizer.state_dict(), "scheduler": sched.state_dict(),
-            "state": asdict(state), "rng": rng_state(), "config": ctx.config.to_dict(),
-            "scaler": ctx.amp.state_dict(), **extra}
-
-
-def _stopped(ctx: _Ctx, sched: Any, req: interrupt.StopRequested,
-             last: Path) -> interrupt.Interrupted:
-    """Write the mid-epoch checkpoint of a stop request; the exception that ends the run."""
-    where = f"after epoch {ctx.state.epoch}"
-    if req.progress is not None:
-        where = f"at epoch {ctx.state.epoch + 1}, step {req.progress.steps}"
-        if ctx.info.is_main:
-            save_checkpoint(last, _checkpoint(ctx, sched, partial=req.progress.to_dict()))
-    return interrupt.Interrupted(req.signum, last, where)
-
-
-def _run_epoch(ctx: _Ctx, val_loader: DataLoader, epoch: int, progress: bool,
-               partial: dict[str, Any] | None) -> dict[str, Any]:
-    """Train one epoch, validate (rank 0, shared with the others): the epoch's log row."""
-    t0 = time.perf_counter()
-    row = _train_epoch(ctx, epoch, progress, partial)
-    t0 -= row.pop("resumed_s")  # an epoch resumed mid-way counts its time before the stop
-    window = ctx.config.patch if ctx.config.mode == "patch" else None
-    with ctx.amp.autocast():  # validation sees what training sees
-        val = validate(ctx.model, val_loader, ctx.loss_fn, ctx.device, window) \
-            if ctx.info.is_main else {}
-    keys = ["val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "epoch_s"]
-    # rank 0's scores and seconds on every rank: all ranks take the same stop decisions
-    local = [val.get(k, 0.0) for k in keys[:-1]] + [time.perf_counter() - t0]
-    row.update(zip(keys, dist_.broadcast_floats(local, ctx.info), strict=True))
-    row.update(lr=ctx.optimizer.param_groups[0]["lr"], **ctx.swaplog.epoch_columns(epoch))
-    return row
-
-
-def _epochs(ctx: _Ctx, val_loader: DataLoader, sched: Any, log: EpochLog,
-            gen: torch.Generator, progress: bool, echo: Callable[[str], None],
-            partial: dict[str, Any] | None, last: Path) -> str:
-    """The epoch loop of :func:`fit`; returns why it stopped."""
-    state, config, info = ctx.state, ctx.config, ctx.info
-    stop_reason = "max_epochs"
-    start_epoch = state.epoch
-    for epoch in range(state.epoch, config.max_epochs):
-        # a resumed run that had already stopped stays stopped
-        if state.bad_epochs >= config.early_stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            break
-        # Every random stream of an epoch derives from (seed, epoch), so a resumed run
-        # repeats the uninterrupted one: sampling order and worker seeds (gen), and
-        # dropout and in-process augmentation (the global seed, which
-        # BratsVolumes.rng() keys on when workers=0).
-        gen.manual_seed(config.seed * 1_000_003 + epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch + 500_000)
-        if isinstance(ctx.train_loader.sampler, DistributedSampler):
-            ctx.train_loader.sampler.set_epoch(epoch)
-        try:
-            row = _run_epoch(ctx, val_loader, epoch, progress, partial)
-            partial = None
-            stop = _end_epoch(ctx, sched, log, row)
-            if info.is_main:
-                if epoch == start_epoch and config.swap is not None:
-                    echo(first_step_line(ctx.swaplog.first_step or {}))
-                echo(epoch_line(row, config.max_epochs))
-            interrupt.after_epoch()
-        except interrupt.StopRequested as req:
-            raise _stopped(ctx, sched, req, last) from None
-        except RuntimeError as exc:
-            interrupt.raise_if_worker_lost(exc, last)
-            raise
-        if stop:
-            stop_reason = "early_stop"
-            break
-        if _out_of_time(state, config):
-            stop_reason = "time_limit"
-            echo(f"stopping: {state.train_s:.0f} s of training, past the limit of "
-                 f"{config.max_train_s:g} s (max_train_s)")
-            break
-    return stop_reason
-
-
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfig,
         *, resume: bool = False, progress: bool = True,
-        echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``model`` on ``train_ds``, validating on ``val_ds`` each epoch; see module doc."""
+        echo: Callable[[str], None] = print, plan_path: Path | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``train_ds``, validating on ``val_ds`` each epoch; see module doc.
+    ``plan_path``: the plan record (plan.json) that the measured first step is added to."""
     run_dir = Path(config.out)
     info = dist_.init_from_env(resolve_device(config.device))
     device = resolve_device(config.device, info.local_rank)
@@ -357,22 +93,22 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
         if resume and last.exists() else (TrainState(), None)
     if resume and not last.exists():
         echo(f"--resume: no checkpoint yet ({last} does not exist); starting from the beginning")
-    log = EpochLog(run_dir / "log.csv")
-    if info.is_main:
-        log.load(upto_epoch=state.epoch)
+    log = _epoch_log(run_dir, state, info)
     train_loader, val_loader, gen = _loaders(train_ds, val_ds, config, info, device)
     ddp_model = dist_.wrap_model(model, info, device)
-    ctx = _Ctx(config, model, ddp_model, compile_model(ddp_model, config.compile), amp,
-               optimizer, make_loss(config.loss, config.dice_eps), train_loader, device,
-               config.swap, _recompute_policy(config), run_dir, state,
-               SwapLog(config.swap), info)
+    ctx = Ctx(config, model, ddp_model, compile_model(ddp_model, config.compile), amp,
+              optimizer, make_loss(config.loss, config.dice_eps), train_loader, device,
+              run_dir, state, SwapLog(config.swap), info)
+    if config.plan is not None and info.is_main:
+        ctx.on_first_step = _first_step_report(config, device, plan_path, echo)
     # --compile: one engine context for the run, since each new context registers new
     # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
-    run = _engine(ctx, config.trace_step is not None) if config.compile else \
+    run = engine(ctx, config.trace_step is not None) if config.compile else \
         contextlib.nullcontext(None)
     start_epoch = state.epoch
     with run as ctx.run_engine:
-        stop_reason = _epochs(ctx, val_loader, sched, log, gen, progress, echo, partial, last)
+        stop_reason = run_epochs(ctx, val_loader, sched, log, gen, progress, echo, partial,
+                                 last)
     if resume and state.epoch == start_epoch and info.is_main:
         echo(nothing_to_train(state.epoch, config, stop_reason))
     dist_.barrier(info)
@@ -382,46 +118,84 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
             "last_row": log.rows[-1] if log.rows else {}}
 
 
-def _auto_plan(config: TrainConfig, model: nn.Module,
-               echo: Callable[[str], None]) -> TrainConfig:
-    """``--swap auto``: the planner's fastest plan that fits the memory budget."""
-    from swapseg.planner.choose import choose_plan
+def _epoch_log(run_dir: Path, state: TrainState, info: dist_.DistInfo) -> Any:
+    """RUN/log.csv, cut to the epochs the resumed checkpoint covers (rank 0 writes it)."""
+    from swapseg.training.runlog import EpochLog
 
-    device = resolve_device(config.device)
-    side = config.patch if config.mode == "patch" else None
-    shape = (side,) * 3 if side else config.shape
-    plan = choose_plan(model, (config.batch, 4, *shape), "local", config.memory_budget_bytes,
-                       tier="cuda" if device.type == "cuda" else "host")
-    echo(f"memory plan for {config.memory_budget_bytes} bytes: {plan.to_dict()}")
-    return config.replace(swap=plan.swap, plan=plan.to_dict())
+    log = EpochLog(run_dir / "log.csv")
+    if info.is_main:
+        log.load(upto_epoch=state.epoch)
+    return log
+
+
+def _first_step_report(config: TrainConfig, device: torch.device, plan_path: Path | None,
+                       echo: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """What runs after the first step: the measured peak, printed and added to plan.json."""
+    if device.type == "cuda":  # the peak of this run, not of the planner's probes
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def report(stats: dict[str, Any]) -> None:
+        measured = {"run_dir": config.out, "fold": config.fold,
+                    **plans.measured_peak(stats, device)}
+        echo(plans.record_measured(plan_path, measured))
+    return report
+
+
+def _plan_and_check(config: TrainConfig, model: nn.Module, n_train: int,
+                    memory_budget: int | None, plan_path: Path,
+                    echo: Callable[[str], None]) -> TrainConfig:
+    """Resolve ``--swap auto`` (once: plan.json), then predict the step's peak and stop
+    when it cannot fit; plan.json is written only once the plan is known to fit."""
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    pred = record = None
+    if memory_budget is not None and config.plan is None:
+        config, pred, record = plans.resolve_auto(config, memory_budget, plan_path, echo,
+                                                  model)
+    if pred is None:
+        pred = plans.predict(config, model, config.plan, device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plans.check_fits(config, pred, device, math.ceil(n_train / (config.batch * world)), echo)
+    plans.check_disk(config.plan, pred, echo)
+    if record is not None and int(os.environ.get("RANK", "0")) == 0:
+        write_json(plan_path, record)
+    return config
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          echo: Callable[[str], None] = print, splits_path: str | Path | None = None
+          echo: Callable[[str], None] = print, splits_path: str | Path | None = None,
+          memory_budget: int | None = None, plan_path: str | Path | None = None
           ) -> dict[str, Any]:
-    """Train one fold of ``config.data``; writes config.json, splits.json, log.csv, checkpoints."""
-    from swapseg.training.crossval import fold_split, load_or_make_splits
+    """Train one fold of ``config.data``; writes config.json, splits.json, log.csv,
+    checkpoints. With ``memory_budget`` and no ``config.plan`` the planner chooses the
+    plan (``--swap auto``) into ``plan_path`` (default RUN/plan.json), or reuses the one
+    there."""
+    from swapseg.training.crossval import fold_split, make_splits, read_splits
     from swapseg.training.datasets import build_datasets, find_training_cases
 
     run_dir = Path(config.out)
     resolve_device(config.device)  # fail before anything is written
     cases = find_training_cases(config.data)
-    splits = load_or_make_splits(splits_path or run_dir / "splits.json", sorted(cases),
-                                 config.folds, config.seed)
+    splits_path = Path(splits_path or run_dir / "splits.json")
+    ids = sorted(cases)
+    # in memory until the step is known to fit: a refused run leaves nothing behind
+    splits = read_splits(splits_path, ids, config.folds) if splits_path.exists() else \
+        make_splits(ids, config.folds, config.seed)
     split = fold_split(splits, config.fold)
     train_ds, val_ds = build_datasets(config, cases, split)
     model = build_model(config)
-    if config.memory_budget_bytes is not None and config.plan is None:
-        config = _auto_plan(config, model, echo)
+    config = _plan_and_check(config, model, len(train_ds), memory_budget,
+                             Path(plan_path or run_dir / plans.PLAN_FILE), echo)
     if int(os.environ.get("RANK", "0")) == 0:  # before init: torchrun's env
+        if not splits_path.exists():
+            write_json(splits_path, splits)
         write_json(run_dir / "config.json", config.to_dict())
     echo(f"fold {config.fold}/{config.folds}: {len(split['train'])} train, "
          f"{len(split['val'])} validation, {len(split['test'])} test cases; "
          f"mode {config.mode}, shape {list(config.shape)}, batch {config.batch}, "
-         f"swap {'off' if config.swap is None else config.swap.to_dict()}")
+         f"plan {config.plan.name or 'given' if config.plan else 'none'}")
     try:
         result = fit(model, train_ds, val_ds, config, resume=resume, progress=progress,
-                     echo=echo)
+                     echo=echo, plan_path=Path(plan_path or run_dir / plans.PLAN_FILE))
     except InputError as exc:  # a bad case found while loading: name it in one line
         raise InputError(worker_error_message(exc)) from None
     result["split"] = split
@@ -429,16 +203,24 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
 
 
 def train_all_folds(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every fold in turn: RUN/fold<k>/ per fold, one RUN/splits.json and RUN/cache."""
+                    echo: Callable[[str], None] = print, memory_budget: int | None = None
+                    ) -> dict[str, Any]:
+    """Every fold in turn: RUN/fold<k>/ per fold, one RUN/splits.json, RUN/cache and (with
+    ``memory_budget``) one RUN/plan.json that every fold trains with."""
     run_dir = Path(config.out)
     cache = config.cache_dir or str(run_dir / "cache")
     base = config.replace(cache_dir=cache)
+    plan_path = run_dir / plans.PLAN_FILE
+    if memory_budget is not None and base.plan is None:
+        base, _, record = plans.resolve_auto(base, memory_budget, plan_path, echo)
+        if record is not None:
+            write_json(plan_path, record)
     write_json(run_dir / "config.json", base.to_dict())
     folds = []
     for k in range(config.folds):
         res = train(base.replace(fold=k, out=str(run_dir / f"fold{k}")), resume=resume,
-                    progress=progress, echo=echo, splits_path=run_dir / "splits.json")
+                    progress=progress, echo=echo, splits_path=run_dir / "splits.json",
+                    plan_path=plan_path)
         folds.append({"fold": k, **{key: res[key] for key in
                                     ("epochs", "best_epoch", "best_val_loss", "stop_reason")},
                       "last_row": res["last_row"]})

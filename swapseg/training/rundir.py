@@ -19,8 +19,8 @@ __all__ = ["RUN_FILES", "holds_run", "clear_run", "absolute_paths", "nothing_to_
 
 #: What ``swapseg train`` writes into a run folder (``cache/`` is kept by ``--overwrite``:
 #: its entries are keyed by their sources and shape, so a new run may reuse them).
-RUN_FILES = ("config.json", "splits.json", "log.csv", "swap_stats.json", "timeline.json",
-             "timeline.png", "crossval.json", "checkpoints")
+RUN_FILES = ("config.json", "splits.json", "plan.json", "log.csv", "swap_stats.json",
+             "timeline.json", "timeline.png", "crossval.json", "checkpoints")
 
 
 def holds_run(folder: str | Path) -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from swapseg.cli import main
-from swapseg.training import compiling, loop
+from swapseg.training import compiling, epochs
 from swapseg.training.checkpoint import load_checkpoint
 from swapseg.training.runlog import read_log
 
@@ -57,7 +57,7 @@ def test_train_swap_all_and_none_end_in_bitwise_equal_weights(tmp_path, synth, p
 def test_fp16_train_resumes_exactly_after_an_interrupt(tmp_path, synth, monkeypatch):
     args = ("--epochs", "3", "--precision", "16-mixed", "--swap", "all")
     assert _train(synth, tmp_path / "straight", *args) == 0
-    end_epoch = loop._end_epoch
+    end_epoch = epochs._end_epoch
 
     def interrupt_after_2(ctx, *a, **k):
         stop = end_epoch(ctx, *a, **k)
@@ -65,9 +65,9 @@ def test_fp16_train_resumes_exactly_after_an_interrupt(tmp_path, synth, monkeypa
             raise KeyboardInterrupt
         return stop
 
-    monkeypatch.setattr(loop, "_end_epoch", interrupt_after_2)
+    monkeypatch.setattr(epochs, "_end_epoch", interrupt_after_2)
     assert _train(synth, tmp_path / "cut", *args) == 130
-    monkeypatch.setattr(loop, "_end_epoch", end_epoch)
+    monkeypatch.setattr(epochs, "_end_epoch", end_epoch)
     assert main(["train", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")

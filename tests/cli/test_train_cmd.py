@@ -85,7 +85,7 @@ def test_train_with_swap_flags_records_resolved_policy(tmp_path, synth, capsys):
     assert _train(synth, run, "--epochs", "2", "--swap", str(policy), "--swap-tier", "host",
                   "--swap-min-bytes", "1024", *(["--trace-step", "1"] if trace else [])) == 0
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["swap"] == {"n_tensors": -1, "include": [], "exclude": ["decoder.*"],
+    assert cfg["plan"]["swap"] == {"n_tensors": -1, "include": [], "exclude": ["decoder.*"],
                            "min_bytes": 1024, "prefetch": 3, "swap_branches": False,
                            "tier": "host", "disk_dir": None}
     assert cfg["batch_size"] == 1 and cfg["trace_step"] == (1 if trace else None)
@@ -101,7 +101,8 @@ def test_train_with_swap_flags_records_resolved_policy(tmp_path, synth, capsys):
                if k.startswith("decoder."))
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "data-wait" in out and "swap" in out
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["swap"]["prefetch"] == 3
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["plan"]["swap"][
+        "prefetch"] == 3
 
 
 def test_fold_all_and_resume_of_finished_run(tmp_path, synth, capsys):
@@ -121,13 +122,107 @@ def test_fold_all_and_resume_of_finished_run(tmp_path, synth, capsys):
     assert "after epoch 1" in out and "epoch 2/" not in out
 
 
-def test_swap_auto_records_the_chosen_plan(tmp_path, synth):
+def test_swap_auto_plans_once_into_plan_json(tmp_path, synth, capsys):
     run = tmp_path / "auto"
     assert _train(synth, run, "--epochs", "1", "--swap", "auto",
                   "--memory-budget", "64MiB") == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("plan: "))
+    assert "predicted peak" in line and "of 64.00 MiB budget" in line and "{" not in line
+    assert "step time" in line
+    measured = next(ln for ln in out.splitlines() if ln.startswith("measured after"))
+    assert "ru_maxrss" in measured and "of 64.00 MiB budget" in measured
+    rec = json.loads((run / "plan.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["memory_budget_bytes"] == 64 * 2**20
-    assert cfg["plan"]["name"] and cfg["swap"] == cfg["plan"]["swap"]
+    assert "memory_budget_bytes" not in cfg and "swap" not in cfg
+    assert cfg["plan"] == rec["plan"] and rec["plan"]["name"] and rec["line"] == line
+    assert rec["budget_bytes"] == 64 * 2**20 and rec["input_shape"] == [1, 4, 16, 16, 16]
+    pred = rec["predicted"]
+    assert 0 < pred["peak_bytes"] <= 64 * 2**20 and pred["step_s"] > 0
+    assert len(rec["measured"]) == 1
+    m = rec["measured"][0]
+    assert m["peak_bytes"] > 0 and m["peak_source"].startswith("ru_maxrss")
+    assert m["within_budget"] == (m["peak_bytes"] <= 64 * 2**20)
+    # a resume reuses the plan (no planning) and adds its own measured first step
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert "plan: " not in capsys.readouterr().out
+    again = json.loads((run / "plan.json").read_text())
+    assert again["plan"] == rec["plan"] and len(again["measured"]) == 2
+    assert json.loads((run / "config.json").read_text())["plan"] == rec["plan"]
+    # --overwrite replaces the plan too: another budget is planned afresh
+    assert _train(synth, run, "--epochs", "1", "--swap", "auto", "--memory-budget", "1GiB",
+                  "--overwrite") == 0
+    assert json.loads((run / "plan.json").read_text())["budget_bytes"] == 2**30
+
+
+def test_swap_auto_for_all_folds_plans_once(tmp_path, synth, monkeypatch):
+    from swapseg.planner import choose
+
+    calls = []
+    real = choose.choose_plan
+    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = tmp_path / "cv"
+    assert _train(synth, run, "--epochs", "1", "--folds", "3", "--fold", "all",
+                  "--swap", "auto", "--memory-budget", "64MiB") == 0
+    assert calls == [1]
+    rec = json.loads((run / "plan.json").read_text())
+    for k in range(3):
+        assert json.loads((run / f"fold{k}" / "config.json").read_text())["plan"] == rec["plan"]
+        assert not (run / f"fold{k}" / "plan.json").exists()
+    assert sorted(m["fold"] for m in rec["measured"]) == [0, 1, 2]
+
+
+def test_plan_out_file_trains_with_swap_file(tmp_path, synth):
+    plan_dir = tmp_path / "plan"
+    assert main(["plan", "--shape", "4x16x16x16", "--profile", "p100-nvlink",
+                 "--memory-budget", "1500KiB", "--model-kwargs",
+                 '{"base_filters": 4, "depth": 3}', "--out", str(plan_dir)]) == 0
+    written = json.loads((plan_dir / "memory_plan.json").read_text())
+    assert written["swap"] is not None  # keep-all does not fit: a plan that swaps
+    run = tmp_path / "run"
+    assert _train(synth, run, "--epochs", "1", "--swap",
+                  str(plan_dir / "memory_plan.json")) == 0
+    assert json.loads((run / "config.json").read_text())["plan"] == written
+
+
+@pytest.mark.parametrize("extra", [[], ["--swap", "all"]])
+def test_a_step_that_cannot_fit_stops_before_anything_is_written(tmp_path, synth, capsys,
+                                                                 monkeypatch, extra):
+    monkeypatch.setenv("SWAPSEG_AVAILABLE_BYTES", "1MiB")
+    run = tmp_path / "run"
+    assert _train(synth, run, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "predicted to peak at" in err
+    assert "1.00 MiB given by SWAPSEG_AVAILABLE_BYTES" in err
+    assert "--shape" in err and "--zoom" in err and "--swap auto --memory-budget" in err
+    assert not run.exists() or not any(run.iterdir())  # no config, splits, plan
+
+
+def test_a_slow_cpu_step_prints_the_predicted_epoch_time(tmp_path, synth, capsys,
+                                                         monkeypatch):
+    from swapseg.training import planning
+
+    monkeypatch.setattr(planning, "SLOW_EPOCH_S", 0.0)
+    assert _train(synth, tmp_path / "run", "--epochs", "1") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("warning: predicted on this CPU"))
+    assert "per epoch of 3 steps" in line and "s per step" in line
+
+
+def test_disk_tier_short_of_space_warns_in_one_line(tmp_path, synth, capsys, monkeypatch):
+    from swapseg.offload.transport import disk
+
+    seen = []
+    monkeypatch.setattr(disk, "disk_shortfall",
+                        lambda folder, nbytes: seen.append((folder, nbytes)) or 12345)
+    disk_dir = tmp_path / "swapdisk"
+    assert _train(synth, tmp_path / "run", "--epochs", "1", "--swap", "all", "--swap-tier",
+                  "disk", "--swap-disk-dir", str(disk_dir)) == 0
+    warn = [ln for ln in capsys.readouterr().out.splitlines() if "disk tier's folder" in ln]
+    assert len(warn) == 1 and "12345 bytes" in warn[0] and "--swap-disk-dir" in warn[0]
+    (folder, nbytes), = seen
+    assert Path(folder) in (disk_dir, tmp_path) and nbytes > 0
 
 
 def test_patch_mode_trains_on_patches_and_validates_whole_volumes(tmp_path, synth, capsys):

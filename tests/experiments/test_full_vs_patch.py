@@ -52,31 +52,65 @@ def test_paired_statistics_by_hand() -> None:
 
 
 def test_mode_configs_share_the_protocol(tmp_path: Path) -> None:
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+
     base = brats_full(data="d", out="o", shape=(64, 64, 64), max_epochs=7, early_stop=3,
                       device="cpu")
-    c = mode_configs(base, tmp_path, 2, swap="all")
+    c = mode_configs(base, tmp_path, 2, plan=MemoryPlan(swap=SwapPolicy()))
     full, patch = c["full"].to_dict(), c["patch"].to_dict()
     differ = {k for k in full if full[k] != patch[k]}
-    assert differ == {"mode", "out", "patch", "patches_per_volume", "batch_size", "swap"}
+    assert differ == {"mode", "out", "patch", "patches_per_volume", "batch_size", "plan"}
     assert c["full"].batch == 1 and c["patch"].batch == 2
     assert c["patch"].patch == 32 and c["patch"].patches_per_volume == 8
-    assert c["full"].fold == c["patch"].fold == 2 and c["patch"].swap is None
-    assert c["full"].swap is not None
-    assert mode_configs(base, tmp_path, 0, swap="none")["full"].swap is None
-    cpu_auto = mode_configs(base, tmp_path, 0, swap="auto")["full"]
-    assert cpu_auto.swap is not None and cpu_auto.swap.tier == "host"
-    budget = mode_configs(base.replace(memory_budget_bytes=2**30), tmp_path, 0)["full"]
-    assert budget.swap is None and budget.memory_budget_bytes == 2**30
+    assert c["full"].fold == c["patch"].fold == 2 and c["patch"].plan is None
+    assert c["full"].swap == SwapPolicy()
+
+
+def test_full_plan_of_each_swap_choice(tmp_path: Path) -> None:
+    from swapseg.experiments.full_vs_patch import full_plan
+    from swapseg.offload.policy import SwapPolicy
+
+    assert full_plan("all", None, "cpu")[0].swap == SwapPolicy()
+    assert full_plan("none", None, "cpu") == (None, None)
+    cpu_auto, budget = full_plan("auto", None, "cpu")
+    assert cpu_auto.swap.tier == "host" and budget is None
+    assert full_plan("auto", 2**30, "cpu") == (None, 2**30)  # planned once by the caller
+    with pytest.raises(InputError, match="only used with --swap auto"):
+        full_plan("all", 2**30, "cpu")
     with pytest.raises(InputError, match="--swap some: not auto, all, none or an existing"):
-        mode_configs(base, tmp_path, 0, swap="some")
-    # a policy file, as `swapseg train --swap FILE`
+        full_plan("some", None, "cpu")
+    # a policy file, as `swapseg train --swap FILE`, or a MemoryPlan as `swapseg plan` writes
     policy = tmp_path / "policy.json"
     policy.write_text('{"exclude": ["decoder.*"], "prefetch": 20}')
-    given = mode_configs(base, tmp_path, 0, swap=str(policy))["full"].swap
+    given = full_plan(str(policy), None, "cpu")[0].swap
     assert tuple(given.exclude) == ("decoder.*",) and given.prefetch == 20
+    policy.write_text('{"name": "p", "swap": null, "recompute": {"scopes": ["decoder"]}}')
+    assert full_plan(str(policy), None, "cpu")[0].recompute.scopes == ("decoder",)
     policy.write_text('{"prefetch": 20, "typo": 1}')
     with pytest.raises(InputError, match="unknown SwapPolicy field"):
-        mode_configs(base, tmp_path, 0, swap=str(policy))
+        full_plan(str(policy), None, "cpu")
+
+
+def test_swap_auto_is_planned_once_for_every_fold(tmp_path: Path, monkeypatch) -> None:
+    from swapseg.experiments.full_vs_patch import run_full_vs_patch
+    from swapseg.planner import choose
+
+    calls = []
+    real = choose.choose_plan
+    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = _synth(tmp_path / "data", 4, 16)
+    base = tiny(data=str(data), out=str(tmp_path / "exp"), folds=3, max_epochs=1)
+    run_full_vs_patch(base, tmp_path / "exp", swap="auto", memory_budget=64 * 2**20,
+                      run_folds=2, overlays=0, progress=False, echo=lambda _: None)
+    assert calls == [1]
+    rec = json.loads((tmp_path / "exp" / "plan.json").read_text())
+    for fold in (0, 1):
+        cfg = json.loads((tmp_path / "exp" / "full" / f"fold{fold}" / "config.json").read_text())
+        assert cfg["plan"] == rec["plan"]
+        patch = json.loads((tmp_path / "exp" / "patch" / f"fold{fold}" / "config.json"
+                            ).read_text())
+        assert patch["plan"] is None
+    assert sorted(m["fold"] for m in rec["measured"]) == [0, 1]  # the full arm's first steps
 
 
 def _synth(root: Path, n: int, side: int) -> Path:
@@ -164,7 +198,7 @@ def test_small_synthetic_setting_end_to_end(tmp_path: Path) -> None:
 def test_saved_configs_from_older_versions_still_match() -> None:
     from swapseg.experiments.full_vs_patch import _same_config
 
-    config = tiny(data="d", out="o", swap=None).to_dict()
+    config = tiny(data="d", out="o", plan=None).to_dict()
     older = {k: v for k, v in config.items() if k != "augment"}  # a field added later
     assert _same_config(older, config)
     assert not _same_config({**config, "max_epochs": 3}, config)

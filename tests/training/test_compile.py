@@ -12,7 +12,7 @@ import torch
 from _train_helpers import BlobVolumes
 
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload import SwapPolicy, swap_activations
+from swapseg.offload import MemoryPlan, SwapPolicy, swap_activations
 from swapseg.training import compiling
 from swapseg.training.config import tiny
 from swapseg.training.loop import build_model, fit
@@ -62,7 +62,8 @@ def test_fit_with_compile_and_swap_all_equals_compile_without(tmp_path, monkeypa
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     weights = []
     for name, swap in (("none", None), ("swap", SwapPolicy(tier="host"))):
-        cfg = tiny(out=str(tmp_path / name), max_epochs=2, compile=True, swap=swap,
+        cfg = tiny(out=str(tmp_path / name), max_epochs=2, compile=True,
+                   plan=swap and MemoryPlan(swap=swap),
                    precision=precision)
         model = build_model(cfg)
         res = fit(model, BlobVolumes(3), BlobVolumes(2, seed=1), cfg, **SILENT)
@@ -97,7 +98,7 @@ def test_compiled_model_is_compiled_once_across_epochs_with_swapping(tmp_path, m
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     counters.clear()
     cfg = tiny(out=str(tmp_path / "run"), max_epochs=3, compile=True,
-               swap=SwapPolicy(tier="host"))
+               plan=MemoryPlan(swap=SwapPolicy(tier="host")))
     res = fit(build_model(cfg), BlobVolumes(2), BlobVolumes(1, seed=1), cfg, **SILENT)
     assert res["epochs"] == 3
     assert counters["stats"]["unique_graphs"] == 1

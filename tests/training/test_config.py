@@ -3,7 +3,7 @@ import json
 import pytest
 
 from swapseg.errors import InputError
-from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
 from swapseg.training.config import PRESETS, TrainConfig, brats_full, brats_patch, demo, tiny
 
 
@@ -20,13 +20,39 @@ def test_batch_follows_mode_unless_given():
     assert TrainConfig(mode="patch", patch=64, batch_size=3).batch == 3
 
 
-def test_json_round_trip_with_policy():
-    c = tiny(swap=SwapPolicy(tier="host", exclude=("decoder.*",)), trace_step=3)
+def test_json_round_trip_with_plan():
+    plan = MemoryPlan(swap=SwapPolicy(tier="host", exclude=("decoder.*",)),
+                      recompute=RecomputePolicy(scopes=("encoder.*",), mode="speed"),
+                      name="hybrid")
+    c = tiny(plan=plan, trace_step=3)
     d = json.loads(json.dumps(c.to_dict()))
-    assert d["swap"]["exclude"] == ["decoder.*"] and d["batch_size"] == 1
+    assert d["plan"]["swap"]["exclude"] == ["decoder.*"] and d["batch_size"] == 1
+    assert "swap" not in d and "memory_budget_bytes" not in d  # one plan, nothing beside it
     back = TrainConfig.from_dict(d)
     assert back == c.replace(batch_size=1)
-    assert isinstance(back.swap, SwapPolicy) and back.shape == (16, 16, 16)
+    assert back.plan == plan and back.swap == plan.swap and back.shape == (16, 16, 16)
+
+
+def test_old_config_json_translates_to_one_plan():
+    new = tiny().to_dict()
+    del new["plan"]
+    # a run saved with a swap policy only
+    old = {**new, "swap": {"tier": "disk", "prefetch": 4}, "memory_budget_bytes": None,
+           "plan": None}
+    back = TrainConfig.from_dict(old)
+    assert back.plan == MemoryPlan(swap=SwapPolicy(tier="disk", prefetch=4), name="policy")
+    # a --swap auto run: the plan dict (whose swap half was copied to "swap") wins
+    auto = {"name": "hybrid-x", "swap": {"exclude": ["decoder.*"]},
+            "recompute": {"scopes": ["decoder"], "mode": "speed"}}
+    back = TrainConfig.from_dict({**new, "swap": auto["swap"], "memory_budget_bytes": 2**26,
+                                  "plan": auto})
+    assert back.plan.name == "hybrid-x" and back.plan.recompute.mode == "speed"
+    assert back.swap == SwapPolicy(exclude=("decoder.*",))
+    # no swapping at all
+    assert TrainConfig.from_dict({**new, "swap": None, "memory_budget_bytes": None,
+                                  "plan": None}).plan is None
+    with pytest.raises(InputError, match="unknown SwapPolicy field"):
+        TrainConfig.from_dict({**new, "swap": {"tier": "host", "typo": 1}})
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -40,6 +66,8 @@ def test_json_round_trip_with_policy():
     ({"lr_factor": 1.0}, "lr_factor"),
     ({"device": "tpu"}, "device"),
     ({"folds": 2}, "folds"),
+    ({"trace_step": 2}, "--trace-step traces the swap engine"),
+    ({"plan": MemoryPlan(recompute=RecomputePolicy()), "trace_step": 2}, "plan that swaps"),
 ])
 def test_invalid_values_name_the_value(changes, words):
     with pytest.raises(InputError, match=words):

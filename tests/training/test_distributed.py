@@ -40,14 +40,14 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, port: int, out: str) -> None:
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
     from swapseg.training.config import tiny
     from swapseg.training.loop import build_model, fit
 
     torch.set_num_threads(1)
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cfg = tiny(out=out, max_epochs=2, swap=SwapPolicy(tier="host"))
+    cfg = tiny(out=out, max_epochs=2, plan=MemoryPlan(swap=SwapPolicy(tier="host")))
     model = build_model(cfg)
     fit(model, BlobVolumes(4), BlobVolumes(1, seed=1), cfg, progress=False, echo=lambda s: None)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))

@@ -6,7 +6,7 @@ import torch
 from _train_helpers import BlobVolumes
 
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.training import loop
+from swapseg.training import epochs
 from swapseg.training.checkpoint import load_checkpoint
 from swapseg.training.config import tiny
 from swapseg.training.loop import NonFiniteLoss, build_model, fit
@@ -83,7 +83,7 @@ def test_plateau_halves_lr_and_early_stop(tmp_path, monkeypatch):
         return {"val_loss": next(losses), "val_dice_WT": 0.5, "val_dice_TC": 0.5,
                 "val_dice_ET": 0.5}
 
-    monkeypatch.setattr(loop, "validate", fake_validate)
+    monkeypatch.setattr(epochs, "validate", fake_validate)
     cfg = tiny(out=str(tmp_path / "r"), max_epochs=8, lr_patience=2, early_stop=4, lr=1e-3)
     res = fit(build_model(cfg), BlobVolumes(1), BlobVolumes(1), cfg, **SILENT)
     rows = _rows(tmp_path / "r")
@@ -121,11 +121,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_swapping_changes_nothing_but_the_stats(tmp_path):
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
     data, val = BlobVolumes(2), BlobVolumes(1, seed=1)
     plain = tiny(out=str(tmp_path / "plain"), max_epochs=2)
-    swapped = plain.replace(out=str(tmp_path / "swap"), swap=SwapPolicy(tier="host"))
+    swapped = plain.replace(out=str(tmp_path / "swap"),
+                            plan=MemoryPlan(swap=SwapPolicy(tier="host")))
     m_plain, m_swap = build_model(plain), build_model(swapped)
     fit(m_plain, data, val, plain, **SILENT)
     fit(m_swap, data, val, swapped, **SILENT)
@@ -145,9 +146,9 @@ def test_swapping_changes_nothing_but_the_stats(tmp_path):
 
 def test_trace_step_writes_timeline(tmp_path):
     pytest.importorskip("swapseg.offload.timeline")
-    from swapseg.offload.policy import SwapPolicy
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
-    cfg = tiny(out=str(tmp_path / "t"), max_epochs=2, swap=SwapPolicy(tier="host"),
+    cfg = tiny(out=str(tmp_path / "t"), max_epochs=2, plan=MemoryPlan(swap=SwapPolicy()),
                trace_step=3)
     fit(build_model(cfg), BlobVolumes(2), BlobVolumes(1), cfg, **SILENT)
     tl = __import__("json").loads((tmp_path / "t" / "timeline.json").read_text())

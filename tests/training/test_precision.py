@@ -10,8 +10,8 @@ from _train_helpers import BlobVolumes
 
 from swapseg.errors import InputError
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload import SwapPolicy, swap_activations
-from swapseg.training import loop
+from swapseg.offload import MemoryPlan, SwapPolicy, swap_activations
+from swapseg.training import epochs, loop
 from swapseg.training.checkpoint import load_checkpoint
 from swapseg.training.config import TrainConfig, tiny
 from swapseg.training.loop import build_model, fit
@@ -56,7 +56,8 @@ def test_config_validates_and_round_trips_precision():
 
 
 def _run(tmp_path, name, precision, swap, **changes):
-    cfg = tiny(out=str(tmp_path / name), max_epochs=2, precision=precision, swap=swap,
+    cfg = tiny(out=str(tmp_path / name), max_epochs=2, precision=precision,
+               plan=swap and MemoryPlan(swap=swap),
                **changes)
     model = build_model(cfg)
     res = fit(model, BlobVolumes(3), BlobVolumes(2, seed=1), cfg, **SILENT)
@@ -105,7 +106,7 @@ def test_validation_runs_under_the_training_autocast(tmp_path, monkeypatch):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return {"val_loss": 0.5, "val_dice_WT": 0.0, "val_dice_TC": 0.0, "val_dice_ET": 0.0}
 
-    monkeypatch.setattr(loop, "validate", spy)
+    monkeypatch.setattr(epochs, "validate", spy)
     _run(tmp_path, "bf16", "bf16-mixed", None)
     assert seen == [(True, torch.bfloat16)] * 2
     seen.clear()

@@ -1,0 +1,108 @@
+"""The run's memory plan: prediction, the fit check, the disk check, the plan line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from swapseg.errors import InputError
+from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
+from swapseg.training import planning
+from swapseg.training.config import tiny
+from swapseg.training.model import build_model
+
+CPU = torch.device("cpu")
+
+
+def _pred(**changes) -> planning.Prediction:
+    base = dict(peak_bytes=3 * 2**20, peak_saved_bytes=2**20, step_s=2.0, baseline_step_s=1.6,
+                swapped_tensors=12, swapped_bytes=5 * 2**20, recomputed_tensors=0,
+                input_shape=(1, 4, 16, 16, 16), profile="test")
+    return planning.Prediction(**{**base, **changes})
+
+
+def test_prediction_follows_the_plan():
+    cfg = tiny()
+    model = build_model(cfg)
+    keep = planning.predict(cfg, model, None, CPU)
+    swap = planning.predict(cfg, model, MemoryPlan(swap=SwapPolicy()), CPU)
+    assert keep.input_shape == (1, 4, 16, 16, 16) and keep.swapped_tensors == 0
+    assert swap.swapped_tensors > 0 and swap.peak_saved_bytes < keep.peak_saved_bytes
+    assert keep.step_s == keep.baseline_step_s == swap.baseline_step_s
+    bf16 = planning.predict(cfg.replace(precision="bf16-mixed"), model, None, CPU)
+    assert bf16.peak_saved_bytes < keep.peak_saved_bytes  # 16-bit activations
+    patch = cfg.replace(mode="patch", patch=8)
+    assert planning.predict(patch, model, None, CPU).input_shape == (2, 4, 8, 8, 8)
+
+
+def test_fit_check_refuses_in_one_line_and_names_the_ways_out(monkeypatch):
+    monkeypatch.setenv(planning.AVAILABLE_ENV, "3MiB")
+    cfg = tiny(workers=0)
+    data = planning.data_bytes(cfg)
+    assert data == 7 * 4 * 16**3  # one batch of 4 + 3 float32 channels
+    with pytest.raises(InputError) as err:
+        planning.check_fits(cfg, _pred(), CPU, 3, echo=print)
+    msg = str(err.value)
+    assert "\n" not in msg and str(3 * 2**20 + data) in msg
+    assert "--shape" in msg and "--zoom" in msg and "--swap auto --memory-budget" in msg
+    # 10% of what is free stays free: a peak just under 90% of it fits
+    monkeypatch.setenv(planning.AVAILABLE_ENV, str(int((3 * 2**20 + data) / 0.9) + 1))
+    lines = []
+    planning.check_fits(cfg, _pred(), CPU, 3, echo=lines.append)
+    assert lines and "6 s per epoch of 3 steps" in lines[0]
+    assert not lines[0].startswith("warning")
+
+
+def test_slow_epochs_are_a_warning():
+    lines = []
+    planning.check_fits(tiny(), _pred(step_s=700.0), CPU, 1, echo=lines.append)
+    assert lines[0].startswith("warning: predicted on this CPU") and "12 min per epoch" in lines[0]
+
+
+def test_disk_check_warns_when_the_folder_is_short(tmp_path):
+    plan = MemoryPlan(swap=SwapPolicy(tier="disk", disk_dir=str(tmp_path / "new")))
+    lines = []
+    assert planning.check_disk(plan, _pred(), echo=lines.append) == 0 and not lines
+    huge = _pred(swapped_bytes=2**62)  # more than any disk here
+    short = planning.check_disk(plan, huge, echo=lines.append)
+    assert short > 0 and len(lines) == 1 and str(tmp_path) in lines[0]
+    assert f"{short} bytes" in lines[0]
+    host = MemoryPlan(swap=SwapPolicy(tier="host"))
+    assert planning.check_disk(host, huge, echo=lines.append) == 0 and len(lines) == 1
+
+
+def test_plan_line_is_one_readable_line():
+    plan = MemoryPlan(swap=SwapPolicy(tier="host", prefetch=20, exclude=("decoder.*",)),
+                      recompute=RecomputePolicy(scopes=("decoder.0",), mode="speed"),
+                      name="hybrid-x")
+    line = planning.plan_line(plan, _pred(), 4 * 2**20)
+    assert line == ("plan: hybrid-x — swap 12 tensors, 5.00 MiB (host, prefetch 20, except "
+                    "decoder.*); recompute decoder.0 (speed); predicted peak 3.00 MiB of "
+                    "4.00 MiB budget, +25% step time")
+
+
+def test_resolve_auto_reuses_its_plan_and_refuses_another(tmp_path):
+    cfg = tiny()
+    path = tmp_path / "plan.json"
+    chosen, pred, record = planning.resolve_auto(cfg, 64 * 2**20, path, echo=lambda _: None)
+    assert chosen.plan is not None and pred is not None and record["plan"] == chosen.plan.to_dict()
+    path.write_text(json.dumps(record))
+    again, pred2, rec2 = planning.resolve_auto(cfg, 64 * 2**20, path, echo=lambda _: None)
+    assert again.plan == chosen.plan and pred2 is None and rec2 is None
+    with pytest.raises(InputError, match="holds a plan for"):
+        planning.resolve_auto(cfg, 32 * 2**20, path, echo=lambda _: None)
+
+
+def test_measured_peak_is_added_to_the_record(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"plan": {}, "budget_bytes": 2**40,
+                                "predicted": {"peak_bytes": 2**20, "peak_saved_bytes": 2**19},
+                                "measured": []}))
+    m = planning.measured_peak({"peak_device_bytes": 4096, "swapped": 3}, CPU)
+    assert m["peak_bytes"] > 0 and m["peak_source"].startswith("ru_maxrss")
+    line = planning.record_measured(path, {"fold": 0, **m})
+    rec = json.loads(path.read_text())
+    assert rec["measured"][0]["within_budget"] is True and rec["measured"][0]["fold"] == 0
+    assert "predicted 1.00 MiB" in line and "4.00 KiB saved tensors" in line
