@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from swapseg.cli import grammar as g
+
 __all__ = ["register", "run"]
 
 EPILOG = """examples:
@@ -18,15 +20,13 @@ exit status: 0 when the dataset is usable, 2 when it is not (every problem is li
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "data", help="inspect a dataset folder (swapseg data check DIR)",
-        description="Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 "
-                    "layout), decodes each one with the training loader, and prints the "
-                    "layout, case count, shapes, spacings, label sets and every problem.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = sub.add_parser("check", help="check a dataset folder", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(
+        subparsers, "data", "inspect a dataset folder (swapseg data check DIR)",
+        "Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 layout), "
+        "decodes each one with the training loader, and prints the layout, case count, "
+        "shapes, spacings, label sets and every problem.", EPILOG)
+    c = g.add_command(g.add_action(p, "data_command"), "check", "check a dataset folder",
+                      epilog=EPILOG)
     c.add_argument("dir", metavar="DIR", help="dataset folder")
     c.add_argument("--skip-bad", action="store_true",
                    help="list bad cases and leave them out; usable if any good case is left")

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from swapseg.cli.grammar import parse_bytes, parse_shape
+from swapseg.cli import grammar as g
+from swapseg.cli.grammar import parse_bytes
 from swapseg.errors import InputError
 
 __all__ = ["register", "run", "parse_bytes", "config_from_args", "resume_command",
@@ -36,44 +37,48 @@ holds a run is never overwritten without --overwrite. SIGTERM or Ctrl-C stop aft
 current step with a checkpoint written (exit 143 or 130).
 """
 
-def _shape(text: str) -> tuple[int, int, int]:
-    return parse_shape(text, channels=False).spatial  # type: ignore[return-value]
-
-
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train", help="train the 3D U-Net (full volumes or patches, k-fold)",
-        description="Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
-                    "LR x0.5 after 10 epochs without validation improvement, early stop "
-                    "after 50), optionally with activation swapping.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from swapseg.training.config import PRESETS
+
+    p = g.add_command(
+        subparsers, "train", "train the 3D U-Net (full volumes or patches, k-fold)",
+        "Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
+        "LR x0.5 after 10 epochs without validation improvement, early stop "
+        "after 50), optionally with activation swapping.", EPILOG)
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", choices=["brats_full", "brats_patch", "demo", "tiny"],
-                   help="starting configuration (default brats_full)")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="starting configuration (default brats_full; see below)")
     p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
-    p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
-    p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
-    p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
-    p.add_argument("--patches-per-volume", type=int, dest="patches_per_volume", metavar="N",
-                   help="patches drawn per training volume and epoch (default 1)")
-    p.add_argument("--tumor-fraction", type=float, dest="tumor_fraction", metavar="F",
+    p.add_argument("--shape", type=g.spatial_shape,
+                   help="volume shape after preprocessing: N or DxHxW")
+    p.add_argument("--zoom", type=g.integer(1), help="integer down-sampling after the crop")
+    p.add_argument("--patch", type=g.integer(1), help="patch side in patch mode (default 128)")
+    p.add_argument("--patches-per-volume", type=g.integer(1), dest="patches_per_volume",
+                   metavar="N", help="patches drawn per training volume and epoch (default 1)")
+    p.add_argument("--tumor-fraction", type=g.number(0, 1), dest="tumor_fraction", metavar="F",
                    help="share of patches centred on tumor (default 0: uniform)")
-    p.add_argument("--batch", type=int, dest="batch_size", metavar="N",
+    p.add_argument("--batch", type=g.integer(1), dest="batch_size", metavar="N",
                    help="batch size (default 1 full, 2 patch)")
-    p.add_argument("--epochs", type=int, dest="max_epochs", metavar="N",
+    p.add_argument("--epochs", type=g.integer(1), dest="max_epochs", metavar="N",
                    help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--early-stop", type=g.integer(1), dest="early_stop", metavar="N",
+                   help="epochs without validation improvement before stopping (default 50)")
+    p.add_argument("--lr-patience", type=g.integer(0), dest="lr_patience", metavar="N",
+                   help="epochs without improvement before the LR halves (default 10)")
     p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
                    help="stop after the epoch that passes this much training time")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
+    p.add_argument("--dropout", type=g.number(0, 1, high_open=True),
+                   help="dropout rate (default 0.3)")
     p.add_argument("--loss", choices=["dice", "dice_bce"], help="default: soft Dice")
-    p.add_argument("--base-filters", type=int, dest="base_filters", metavar="N",
+    p.add_argument("--base-filters", type=g.integer(1), dest="base_filters", metavar="N",
                    help="U-Net filters of the first level (default 16)")
-    p.add_argument("--depth", type=int, help="U-Net levels (default 5)")
-    p.add_argument("--folds", type=int, help="cross-validation folds (default 5)")
+    p.add_argument("--depth", type=g.integer(2), help="U-Net levels (default 5)")
+    p.add_argument("--folds", type=g.integer(3), help="cross-validation folds (default 5)")
     p.add_argument("--fold", default=None, help="fold index K (0-based) or 'all'")
     p.add_argument("--seed", type=int, help="split, weights, sampling (default 0)")
-    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--workers", type=g.integer(0), help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
     p.add_argument("--cache-dir", dest="cache_dir", metavar="DIR",
@@ -93,7 +98,7 @@ def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) ->
     """``--precision`` (and ``--compile``): shared by train, experiment and demo."""
     from swapseg.training.precision import PRECISIONS
 
-    p.add_argument("--precision", choices=PRECISIONS,
+    p.add_argument("--precision", type=g.precision, choices=PRECISIONS,
                    help="32 (default), bf16-mixed (bfloat16 autocast) or 16-mixed (float16 "
                         "autocast with a GradScaler); Lightning's names")
     if compile_flag:
@@ -143,13 +148,14 @@ def _swap_policy(args: argparse.Namespace, preset: Any) -> Any:
         if args.memory_budget_bytes is None:
             raise InputError("--swap auto needs --memory-budget (e.g. 16GiB)")
         if flags:
-            raise InputError(f"--swap auto chooses the policy; drop --swap-{next(iter(flags))}")
+            raise InputError("--swap auto chooses the policy; drop "
+                             f"{_OTHER_FLAGS[next(iter(flags))]}")
         return None
     if args.memory_budget_bytes is not None:
         raise InputError("--memory-budget is only used with --swap auto")
     if args.swap == "none":
         if flags:
-            raise InputError(f"--swap-{next(iter(flags)).replace('_', '-')} needs --swap all "
+            raise InputError(f"{_OTHER_FLAGS[next(iter(flags))]} needs --swap all "
                              "or --swap FILE.json")
         return None
     if args.swap == "all":
@@ -171,7 +177,9 @@ RESUME_FLAGS = {"max_epochs": "--epochs", "max_train_s": "--time-limit", "device
 _OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoom": "--zoom",
                 "patch": "--patch", "patches_per_volume": "--patches-per-volume",
                 "tumor_fraction": "--tumor-fraction", "batch_size": "--batch", "lr": "--lr",
-                "loss": "--loss", "base_filters": "--base-filters", "depth": "--depth",
+                "loss": "--loss", "dropout": "--dropout", "early_stop": "--early-stop",
+                "lr_patience": "--lr-patience", "base_filters": "--base-filters",
+                "depth": "--depth",
                 "folds": "--folds", "seed": "--seed", "workers": "--workers",
                 "cache_dir": "--cache-dir", "swap": "--swap", "trace_step": "--trace-step",
                 "memory_budget_bytes": "--memory-budget", **{f: f"--swap-{f}".replace("_", "-")
@@ -180,6 +188,10 @@ _OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoo
                                                                         "prefetch", "tier",
                                                                         "disk_dir")},
                 "swap_branches": "--swap-branches"}
+
+#: Every config field a flag sets, by field (config checks name fields; errors name flags).
+FLAGS = {**RESUME_FLAGS, **_OTHER_FLAGS, "batch": "--batch", "fold": "--fold",
+         "precision": "--precision"}
 
 
 def _resumed_config(args: argparse.Namespace, saved: Path) -> Any:
@@ -224,12 +236,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
-             "max_train_s", "patches_per_volume", "tumor_fraction",
-             "memory_budget_bytes", "precision", "compile")
+             "max_train_s", "patches_per_volume", "tumor_fraction", "dropout", "early_stop",
+             "lr_patience", "memory_budget_bytes", "precision", "compile")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    # parsed here, not by argparse, so that bad values become one-line InputErrors
-    if "shape" in changes:
-        changes["shape"] = _shape(changes["shape"])
     if "memory_budget_bytes" in changes:
         changes["memory_budget_bytes"] = parse_bytes(changes["memory_budget_bytes"])
     if args.fold not in (None, "all"):
@@ -242,9 +251,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.cache_dir is not None:
         changes["cache_dir"] = os.path.abspath(args.cache_dir)
     preset = PRESETS[args.preset or "brats_full"]
-    changes["swap"] = _swap_policy(args, preset().swap)
-    # absolute, so that --resume works from any directory
-    return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out), **changes)
+    with g.fields_as_flags(FLAGS):
+        changes["swap"] = _swap_policy(args, preset().swap)
+        # absolute, so that --resume works from any directory
+        return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out),
+                      **changes)
 
 
 def _claim_out(args: argparse.Namespace) -> None:
