@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         "activation swapping (host tier on a CPU), predict and score the held-out cases, "
         "and write a report folder.", EPILOG)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
-    p.add_argument("--cases", type=g.integer(5), default=DEFAULT_CASES,
+    p.add_argument("--cases", type=int, default=DEFAULT_CASES,
                    help=f"synthetic cases, split 60/20/20 (default {DEFAULT_CASES})")
     p.add_argument("--shape", type=g.integer(1),
                    help="cube side of the phantoms (default 48; a multiple of 16, of 4 with "

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         "contrasts and a BraTS segmentation (labels 0/1/2/4), as "
         "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.", EPILOG)
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--cases", type=g.integer(1), default=10, help="number of cases (default 10)")
+    p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--shape", type=g.spatial_shape, default=(64, 64, 64),
                    help="volume size: N or DxHxW (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
