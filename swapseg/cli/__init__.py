@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _run_stopped(exc):
             raise
         return _one_line(exc)
+    except OSError as exc:  # a path of the user's that cannot be written or read
+        if exc.filename is None:
+            raise
+        print(f"swapseg: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("swapseg: interrupted", file=sys.stderr)
         return 130

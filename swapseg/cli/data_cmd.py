@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
                    help="list bad cases and leave them out; usable if any good case is left")
     c.add_argument("--quick", action="store_true",
                    help="read headers only (fast; misses corrupt data, NaNs, bad labels)")
-    c.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    c.add_argument("--json", type=g.output_path, metavar="PATH",
+                   help="also write the report as JSON")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress bar or per-case lines")
     c.set_defaults(func=run)

@@ -40,7 +40,7 @@ from swapseg.errors import InputError
 from swapseg.sizes import SIZE_HELP, parse_bytes
 from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number",
+__all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number", "output_path",
            "flags_for_fields", "fields_as_flags", "parse_shape", "parse_bytes", "check_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
            "PRECISIONS",
@@ -160,6 +160,22 @@ def number(low: float, high: float, high_open: bool = False) -> Callable[[str], 
                 f"must be in [{low:g}, {high:g}{')' if high_open else ']'}, got {text}")
         return value
     return convert
+
+
+def output_path(text: str) -> str:
+    """An argparse ``type=`` for a file or folder to be written: nothing in the way.
+
+    Checked before any work, so a typo costs nothing (a folder under a file would fail
+    only at the first write, after the work)."""
+    from pathlib import Path
+
+    path = Path(text)
+    for above in (path, *path.parents):
+        if above.exists():
+            if above != path and not above.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder")
+            break
+    return text
 
 
 #: argparse ``type=`` callables.

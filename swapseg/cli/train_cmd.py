@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
         "LR x0.5 after 10 epochs without validation improvement, early stop "
         "after 50), optionally with activation swapping.", EPILOG)
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", type=g.output_path, required=True, help="run directory")
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="starting configuration (default brats_full; see below)")
     p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
@@ -166,7 +166,10 @@ def _swap_policy(args: argparse.Namespace, preset: Any) -> Any:
         path = Path(args.swap)
         if not path.is_file():
             raise InputError(f"--swap {args.swap}: not none, all, auto or an existing JSON file")
-        base = SwapPolicy.from_json(path.read_text())
+        try:
+            base = SwapPolicy.from_json(path.read_text())
+        except InputError as exc:
+            raise InputError(f"--swap {args.swap}: {exc}") from None
     return base.replace(**flags)
 
 
