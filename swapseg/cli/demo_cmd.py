@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
         "Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes with "
         "activation swapping (host tier on a CPU), predict and score the held-out cases, "
         "and write a report folder.", EPILOG)
-    p.add_argument("--out", type=g.output_path, default=DEFAULT_OUT,
+    p.add_argument("--out", type=g.output_dir, default=DEFAULT_OUT,
                    help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES,
                    help=f"synthetic cases, split 60/20/20 (default {DEFAULT_CASES})")

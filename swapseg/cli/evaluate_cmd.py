@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
     p.add_argument("--truth", required=True,
                    help="dataset folder with segmentations, or a folder of label files")
-    p.add_argument("--out", type=g.output_path, required=True, help="report folder")
+    p.add_argument("--out", type=g.output_dir, required=True, help="report folder")
     p.add_argument("--empty", choices=("one", "nan"), default="one",
                    help="empty-region convention (default: one, as BraTS)")
     p.add_argument("--overlays", type=g.integer(0), default=None, metavar="N",

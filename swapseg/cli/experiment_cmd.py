@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "Train full-volume and patch models per fold with the same protocol, "
                       "and compare quality and time.", EXAMPLES)
     q.add_argument("--data", required=True, help="dataset folder with segmentations")
-    q.add_argument("--out", type=g.output_path, required=True, help="experiment folder")
+    q.add_argument("--out", type=g.output_dir, required=True, help="experiment folder")
     q.add_argument("--folds", type=g.integer(3), default=5, help="folds of the split (default 5)")
     q.add_argument("--run-folds", type=g.integer(1), default=None, metavar="N",
                    help="run only the first N folds (default: all)")

@@ -41,6 +41,7 @@ from swapseg.sizes import SIZE_HELP, parse_bytes
 from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
 __all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number", "output_path",
+           "output_dir",
            "flags_for_fields", "fields_as_flags", "parse_shape", "parse_bytes", "check_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
            "PRECISIONS",
@@ -176,6 +177,15 @@ def output_path(text: str) -> str:
                 raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder")
             break
     return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse ``type=`` for a folder to be written: not a file, nothing in the way."""
+    from pathlib import Path
+
+    if Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return output_path(text)
 
 
 #: argparse ``type=`` callables.

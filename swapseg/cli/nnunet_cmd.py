@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--shape", type=g.spatial_shape, default=(40, 36, 32),
                    help="N or DxHxW (default 40x36x32)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--raw", type=g.output_path, help="nnUNet_raw folder (default: $nnUNet_raw)")
+    s.add_argument("--raw", type=g.output_dir, help="nnUNet_raw folder (default: $nnUNet_raw)")
     s.set_defaults(func=run)
 
 

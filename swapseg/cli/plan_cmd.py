@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="32 (default), bf16-mixed or 16-mixed: trace under that autocast")
     p.add_argument("--margin", type=float, default=0.10,
                    help="fraction of the budget kept free (default 0.10)")
-    p.add_argument("--out", type=g.output_path,
+    p.add_argument("--out", type=g.output_dir,
                    help="output folder for plan.json, memory_plan.json, timeline.png")
     p.set_defaults(func=run)
 

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=g.integer(0), help="the fold of --run")
     p.add_argument("--input", help="dataset folder (any layout swapseg reads); with --run, "
                                    "default: the run's --data")
-    p.add_argument("--out", type=g.output_path, required=True,
+    p.add_argument("--out", type=g.output_dir, required=True,
                    help="output folder for <case>.nii.gz")
     p.add_argument("--inference", choices=INFERENCE_MODES, default="auto",
                    help="one-pass, windows, or auto (default; see below)")

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "Write phantoms with brain tissue, edema, enhancing rim and necrotic core in four MRI "
         "contrasts and a BraTS segmentation (labels 0/1/2/4), as "
         "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.", EPILOG)
-    p.add_argument("--out", type=g.output_path, required=True, help="output folder (created)")
+    p.add_argument("--out", type=g.output_dir, required=True, help="output folder (created)")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--shape", type=g.spatial_shape, default=(64, 64, 64),
                    help="volume size: N or DxHxW (default 64)")

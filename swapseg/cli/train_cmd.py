@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
         "LR x0.5 after 10 epochs without validation improvement, early stop "
         "after 50), optionally with activation swapping.", EPILOG)
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
-    p.add_argument("--out", type=g.output_path, required=True, help="run directory")
+    p.add_argument("--out", type=g.output_dir, required=True, help="run directory")
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="starting configuration (default brats_full; see below)")
     p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=g.integer(0), help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
-    p.add_argument("--cache-dir", dest="cache_dir", metavar="DIR",
+    p.add_argument("--cache-dir", type=g.output_dir, dest="cache_dir", metavar="DIR",
                    help="cache of preprocessed volumes (default OUT/cache); runs may share one")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt with OUT/config.json "

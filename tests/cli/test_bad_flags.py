@@ -289,3 +289,20 @@ def test_unknown_option_shows_the_subcommands_usage(cmd, world, tmp_path, capsys
     assert code == 2 and "Traceback" not in err
     assert lines[0].startswith(f"usage: swapseg {cmd} ")
     assert lines[-1] == f"swapseg {cmd}: error: unrecognized arguments: --no-such-flag"
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["demo", "--out", "{out}", "--quick"], "swapseg.training.demo.run_demo"),
+    (["experiment", "full-vs-patch", "--data", "{data}", "--out", "{out}", "--folds", "3"],
+     "swapseg.experiments.full_vs_patch.run_full_vs_patch"),
+])
+def test_non_finite_loss_is_one_line_everywhere(argv, target, world, tmp_path, capsys,
+                                                monkeypatch):
+    from swapseg.training.loop import NonFiniteLoss
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLoss("loss is nan at epoch 0 step 1: lower --lr")
+
+    monkeypatch.setattr(target, diverge)
+    code, err = _run([a.format(**_subs(world, tmp_path / "out")) for a in argv], capsys)
+    assert (code, err) == (2, "swapseg: error: loss is nan at epoch 0 step 1: lower --lr\n")
