@@ -18,7 +18,7 @@ examples:
   swapseg experiment full-vs-patch --data synth --out exp --folds 3 --epochs 5 \\
       --shape 48 --base-filters 8 --depth 4
   # both arms in bfloat16 autocast (the full-volume arm swaps half the bytes)
-  swapseg experiment full-vs-patch --data synth --out exp-bf16 --folds 3 --epochs 5 \
+  swapseg experiment full-vs-patch --data synth --out exp-bf16 --folds 3 --epochs 5 \\
       --shape 48 --precision bf16-mixed
   # the paper's protocol on a GPU (days): 192^3, 128^3 patches, 5 folds, early stop 50
   swapseg experiment full-vs-patch --data BraTS2017 --out exp-paper --folds 5 \\

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ EPILOG = """examples:
   swapseg train --data brats18/ --out runs/full                     # 192^3, the paper's arm
   swapseg train --data brats18/ --out runs/cpu --shape 64 --zoom 3  # real cases on a CPU
   swapseg train --data brats18/ --out runs/patch --mode patch --patch 128 --fold all
-  swapseg train --data synth/ --out runs/tiny --preset tiny --epochs 5 --swap all
+  swapseg train --data synth/ --out runs/tiny --preset tiny --zoom 4 --epochs 5 --swap all
   swapseg train --data synth/ --out runs/tuned --swap all --swap-exclude 'decoder.*' \\
       --swap-prefetch 20 --trace-step 3
   swapseg train --data brats18/ --out runs/auto --swap auto --memory-budget 16GiB
@@ -44,7 +46,11 @@ def register(subparsers: Any) -> None:
         subparsers, "train", "train the 3D U-Net (full volumes or patches, k-fold)",
         "Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
         "LR x0.5 after 10 epochs without validation improvement, early stop "
-        "after 50), optionally with activation swapping.", EPILOG)
+        "after 50), optionally with activation swapping.",
+        EPILOG + "\npresets, as the flags each one sets (a flag given overrides its value):\n"
+        + "".join(textwrap.fill(flags, 92, initial_indent=f"  {name:12s}",
+                                subsequent_indent=" " * 14) + "\n"
+                  for name, flags in preset_flags().items()))
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
     p.add_argument("--out", type=g.output_dir, required=True, help="run directory")
     p.add_argument("--preset", choices=tuple(PRESETS),
@@ -92,6 +98,34 @@ def register(subparsers: Any) -> None:
     add_precision_args(p)
     _add_swap_args(p)
     p.set_defaults(func=run)
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, tuple) and len(set(value)) == 1 and len(value) == 3:
+        return str(value[0])  # a cube: the shape grammar's N
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def preset_flags() -> dict[str, str]:
+    """Each preset as the command-line flags it sets over ``TrainConfig``'s defaults."""
+    from swapseg.offload.policy import SwapPolicy
+    from swapseg.training.config import PRESETS, TrainConfig
+
+    base, out = TrainConfig(), {}
+    for name, preset in PRESETS.items():
+        c = preset()
+        flags = [f"{FLAGS.get(f.name, f.name)} {_flag_value(getattr(c, f.name))}"
+                 for f in dataclasses.fields(c)
+                 if f.name != "swap" and getattr(c, f.name) != getattr(base, f.name)]
+        if c.swap is not None:
+            flags.append("--swap all")
+            flags += [f"{FLAGS[f.name]} {_flag_value(getattr(c.swap, f.name))}"
+                      for f in dataclasses.fields(c.swap)
+                      if getattr(c.swap, f.name) != getattr(SwapPolicy(), f.name)]
+        out[name] = " ".join(flags) or "(none: the paper's full-volume protocol)"
+    return out
 
 
 def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
@@ -280,6 +314,17 @@ def resume_command(out: str | Path, fold_all: bool = False) -> str:
                        *(["--fold", "all"] if fold_all else []), "--resume"])
 
 
+def _what(config: Any, args: argparse.Namespace) -> str:
+    """One line saying what trains, so that a preset's shape is never a surprise."""
+    unit = f"{config.patch}^3 patches of " if config.mode == "patch" else ""
+    swap = "no swapping" if config.swap is None and config.memory_budget_bytes is None \
+        else "swapping"
+    return (f"train: {'resumed run' if args.resume else 'preset ' + (args.preset or 'brats_full')}"
+            f": {unit}{'x'.join(map(str, config.shape))} volumes (zoom {config.zoom}), "
+            f"U-Net base {config.base_filters} depth {config.depth}, up to {config.max_epochs} "
+            f"epochs, {swap}, precision {config.precision}, device {config.device}")
+
+
 def run(args: argparse.Namespace) -> int:
     from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
     from swapseg.training.interrupt import Interrupted, stop_signals
@@ -287,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     _claim_out(args)
+    print(_what(config, args))
     kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar"}
     try:
         with stop_signals(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1):
