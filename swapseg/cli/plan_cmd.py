@@ -14,6 +14,7 @@ EXAMPLES = """examples:
                        "init_filters": 16}' \\
       --shape 4x192x192x192 --profile a100-pcie4 --memory-budget 6GiB --out segresnet
   swapseg plan --shape 4x96x96x96 --profile local --memory-budget 2GiB --out plan-local
+  swapseg plan --shape 4x32x32x32 --memory-budget 200MiB --out plan32  # seconds on a CPU
 
 Writes OUT/plan.json (every candidate with swapped_tensors, swapped_bytes,
 recomputed_tensors, peak_bytes, step_s, fits; and the chosen one), OUT/memory_plan.json
