@@ -10,6 +10,7 @@ from swapseg.cli import grammar as g
 
 __all__ = ["register", "run"]
 
+HELP = "inspect a dataset folder (swapseg data check DIR)"
 EPILOG = """examples:
   swapseg data check ../shared/data/brats18-sample
   swapseg data check /data/MICCAI_BraTS_2018_Data_Training --skip-bad --json check.json
@@ -18,13 +19,13 @@ EPILOG = """examples:
 exit status: 0 when the dataset is usable, 2 when it is not (every problem is listed).
 """
 
+DESCRIPTION = ("Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 layout), "
+               "decodes each one with the training loader, and prints the layout, case count, "
+               "shapes, spacings, label sets and every problem.")
+
 
 def register(subparsers: Any) -> None:
-    p = g.add_command(
-        subparsers, "data", "inspect a dataset folder (swapseg data check DIR)",
-        "Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 layout), "
-        "decodes each one with the training loader, and prints the layout, case count, "
-        "shapes, spacings, label sets and every problem.", EPILOG)
+    p = g.add_command(subparsers, "data", HELP, DESCRIPTION, EPILOG)
     c = g.add_command(g.add_action(p, "data_command"), "check", "check a dataset folder",
                       epilog=EPILOG)
     c.add_argument("dir", metavar="DIR", help="dataset folder")

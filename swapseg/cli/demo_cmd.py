@@ -11,6 +11,7 @@ from swapseg.cli.train_cmd import add_precision_args
 
 __all__ = ["register", "run"]
 
+HELP = "synthetic data -> train with swapping -> evaluate -> report"
 EPILOG = """examples:
   swapseg demo                         # writes ./swapseg-demo/ (about 5-10 minutes on 2 cores)
   swapseg demo --out /tmp/demo --quick # a smoke test in well under a minute
@@ -18,15 +19,15 @@ EPILOG = """examples:
   swapseg demo --quick --precision bf16-mixed --compile # bfloat16 autocast, compiled
 """
 
+DESCRIPTION = ("Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes with "
+               "activation swapping (host tier on a CPU), predict and score the held-out cases, "
+               "and write a report folder.")
+
 
 def register(subparsers: Any) -> None:
     from swapseg.training.demo import DEFAULT_CASES, DEFAULT_OUT
 
-    p = g.add_command(
-        subparsers, "demo", "synthetic data -> train with swapping -> evaluate -> report",
-        "Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes with "
-        "activation swapping (host tier on a CPU), predict and score the held-out cases, "
-        "and write a report folder.", EPILOG)
+    p = g.add_command(subparsers, "demo", HELP, DESCRIPTION, EPILOG)
     p.add_argument("--out", type=g.output_dir, default=DEFAULT_OUT,
                    help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES,

@@ -10,19 +10,20 @@ from swapseg.errors import InputError
 
 __all__ = ["register", "run"]
 
+HELP = "write synthetic BraTS-like cases"
 EPILOG = """examples:
   swapseg synth --out synth --cases 20 --shape 64 --seed 0
   swapseg synth --out synth-small --cases 4 --shape 48x48x40
   swapseg data check synth          # they load like real BraTS cases
 """
 
+DESCRIPTION = ("Write phantoms with brain tissue, edema, enhancing rim and necrotic core in four"
+               " MRI contrasts and a BraTS segmentation (labels 0/1/2/4), as "
+               "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.")
+
 
 def register(subparsers: Any) -> None:
-    p = g.add_command(
-        subparsers, "synth", "write synthetic BraTS-like cases",
-        "Write phantoms with brain tissue, edema, enhancing rim and necrotic core in four MRI "
-        "contrasts and a BraTS segmentation (labels 0/1/2/4), as "
-        "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.", EPILOG)
+    p = g.add_command(subparsers, "synth", HELP, DESCRIPTION, EPILOG)
     p.add_argument("--out", type=g.output_dir, required=True, help="output folder (created)")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--shape", type=g.spatial_shape, default=(64, 64, 64),
