@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--convention", choices=tuple(CONVENTIONS), default=None,
                    help="label numbering of the output (default: the input's)")
+    p.add_argument("--precision", type=g.precision, choices=g.PRECISIONS, default=None,
+                   help="autocast of the forward passes: 32, bf16-mixed or 16-mixed "
+                        "(default: the checkpoint's training precision)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar or per-case lines")
     p.set_defaults(func=run)
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict_cases(checkpoint, data, args.out, inference=args.inference,
                            window=args.window, overlap=args.overlap, tta=args.tta,
                            device=args.device, convention=args.convention, case_ids=ids,
-                           progress=cli_progress(args.no_progress))
+                           progress=cli_progress(args.no_progress), precision=args.precision)
     modes = sorted({r["inference"] for r in result["cases"]})
     print(f"wrote {result['n_cases']} predictions to {args.out} ({'/'.join(modes) or '-'}, "
           f"{result['total_s']:.1f} s, {args.out}/predictions.json)")

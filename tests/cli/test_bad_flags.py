@@ -114,6 +114,7 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--window": bad("--window", NOT_INT, "0"), "--overlap": bad("--overlap", "lots", "1"),
         "--tta": SWITCH, "--device": bad("--device", "gpu"),
         "--convention": bad("--convention", "brats1999"), "--no-progress": SWITCH,
+        "--precision": bad("--precision", "fp16"),
     },
     "evaluate": {
         "--pred": bad("--pred", *PATHS), "--truth": bad("--truth", *PATHS),
@@ -306,3 +307,12 @@ def test_non_finite_loss_is_one_line_everywhere(argv, target, world, tmp_path, c
     monkeypatch.setattr(target, diverge)
     code, err = _run([a.format(**_subs(world, tmp_path / "out")) for a in argv], capsys)
     assert (code, err) == (2, "swapseg: error: loss is nan at epoch 0 step 1: lower --lr\n")
+
+
+def test_predict_precision_overrides_the_checkpoints(world, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(world["ckpt"]), "--input", str(world["data"]),
+                 "--out", str(out), "--precision", "bf16-mixed", "--no-progress"]) == 0
+    assert json.loads((out / "predictions.json").read_text())["precision"] == "bf16-mixed"

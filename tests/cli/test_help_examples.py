@@ -145,3 +145,14 @@ def test_help_example_runs_as_written(example, made, tmp_path, monkeypatch, caps
     finally:
         torch.set_num_threads(n)
     assert code == 0, capsys.readouterr().err
+
+
+def test_docs_presets_table_is_the_presets():
+    from swapseg.cli.train_cmd import preset_flags
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    for name, flags in preset_flags().items():
+        cell = flags if flags.startswith("(") else f"`{flags}`"
+        assert f"| `{name}` | {cell} |" in docs, name
+    assert "presets, as the flags each one sets" in build_parser()._subparsers._group_actions[
+        0].choices["train"].epilog
