@@ -100,15 +100,23 @@ def run(args: argparse.Namespace) -> int:
              "precision": "precision"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
-    base = brats_full(data=str(args.data), out=str(args.out), **changes)
+    with g.fields_as_flags({f: "--" + a.replace("_", "-") for a, f in names.items()}):
+        base = brats_full(data=str(args.data), out=str(args.out), **changes)
     from swapseg.devices import resolve_device
+    from swapseg.training.interrupt import Interrupted, stop_signals
 
     resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
-    summary = run_full_vs_patch(
-        base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
-        swap=args.swap, run_folds=args.run_folds, overlays=args.overlays,
-        command="swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
-        progress=cli_progress(args.no_progress) == "bar")
+    command = "swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
+    try:
+        with stop_signals():
+            summary = run_full_vs_patch(
+                base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
+                swap=args.swap, run_folds=args.run_folds, overlays=args.overlays,
+                command=command, progress=cli_progress(args.no_progress) == "bar")
+    except Interrupted as exc:  # finished folds are kept; the same command goes on
+        print(f"swapseg: {exc}; continue with the same command"
+              + (f": {command}" if command else ""), file=sys.stderr)
+        return exc.exit_status
     d = summary["modes"]
     r = summary["time"]["ratios"]
     for mode in ("full", "patch"):

@@ -316,3 +316,22 @@ def test_predict_precision_overrides_the_checkpoints(world, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(world["ckpt"]), "--input", str(world["data"]),
                  "--out", str(out), "--precision", "bf16-mixed", "--no-progress"]) == 0
     assert json.loads((out / "predictions.json").read_text())["precision"] == "bf16-mixed"
+
+
+def test_experiment_interrupted_says_how_to_continue(world, tmp_path, capsys, monkeypatch):
+    import signal
+    import sys
+
+    from swapseg.training.interrupt import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(signal.SIGINT, Path("exp/full/fold_0/last.pt"))
+
+    monkeypatch.setattr("swapseg.experiments.full_vs_patch.run_full_vs_patch", interrupted)
+    argv = ["experiment", "full-vs-patch", "--data", str(world["data"]), "--out",
+            str(tmp_path / "exp"), "--folds", "3"]
+    monkeypatch.setattr(sys, "argv", ["swapseg", *argv])
+    code, err = _run(argv, capsys)
+    assert code == 128 + signal.SIGINT
+    assert err.endswith("; continue with the same command: swapseg experiment full-vs-patch "
+                        f"--data {world['data']} --out {tmp_path / 'exp'} --folds 3\n")
