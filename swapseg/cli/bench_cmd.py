@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true",
                    help="32^3, 2 steps, no profiler, coarse side search")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=g.output_dir, required=True, help="output folder")
     p.set_defaults(func=run)
 
 

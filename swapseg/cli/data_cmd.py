@@ -6,8 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from swapseg.cli import grammar as g
+
 __all__ = ["register", "run"]
 
+HELP = "inspect a dataset folder (swapseg data check DIR)"
 EPILOG = """examples:
   swapseg data check ../shared/data/brats18-sample
   swapseg data check /data/MICCAI_BraTS_2018_Data_Training --skip-bad --json check.json
@@ -16,23 +19,22 @@ EPILOG = """examples:
 exit status: 0 when the dataset is usable, 2 when it is not (every problem is listed).
 """
 
+DESCRIPTION = ("Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 layout), "
+               "decodes each one with the training loader, and prints the layout, case count, "
+               "shapes, spacings, label sets and every problem.")
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "data", help="inspect a dataset folder (swapseg data check DIR)",
-        description="Dataset tools. 'check' finds the cases (BraTS 2017-2023 or MSD Task01 "
-                    "layout), decodes each one with the training loader, and prints the "
-                    "layout, case count, shapes, spacings, label sets and every problem.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = sub.add_parser("check", help="check a dataset folder", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(subparsers, "data", HELP, DESCRIPTION, EPILOG)
+    c = g.add_command(g.add_action(p, "data_command"), "check", "check a dataset folder",
+                      epilog=EPILOG)
     c.add_argument("dir", metavar="DIR", help="dataset folder")
     c.add_argument("--skip-bad", action="store_true",
                    help="list bad cases and leave them out; usable if any good case is left")
     c.add_argument("--quick", action="store_true",
                    help="read headers only (fast; misses corrupt data, NaNs, bad labels)")
-    c.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    c.add_argument("--json", type=g.output_path, metavar="PATH",
+                   help="also write the report as JSON")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress bar or per-case lines")
     c.set_defaults(func=run)

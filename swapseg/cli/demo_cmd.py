@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from swapseg.cli import grammar as g
 from swapseg.cli.train_cmd import add_precision_args
 
 __all__ = ["register", "run"]
 
+HELP = "synthetic data -> train with swapping -> evaluate -> report"
 EPILOG = """examples:
   swapseg demo                         # writes ./swapseg-demo/ (about 5-10 minutes on 2 cores)
   swapseg demo --out /tmp/demo --quick # a smoke test in well under a minute
@@ -17,29 +19,30 @@ EPILOG = """examples:
   swapseg demo --quick --precision bf16-mixed --compile # bfloat16 autocast, compiled
 """
 
+DESCRIPTION = ("Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes with "
+               "activation swapping (host tier on a CPU), predict and score the held-out cases, "
+               "and write a report folder.")
+
 
 def register(subparsers: Any) -> None:
     from swapseg.training.demo import DEFAULT_CASES, DEFAULT_OUT
 
-    p = subparsers.add_parser(
-        "demo", help="synthetic data -> train with swapping -> evaluate -> report",
-        description="Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes "
-                    "with activation swapping (host tier on a CPU), predict and score the "
-                    "held-out cases, and write a report folder.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
+    p = g.add_command(subparsers, "demo", HELP, DESCRIPTION, EPILOG)
+    p.add_argument("--out", type=g.output_dir, default=DEFAULT_OUT,
+                   help=f"report folder (default {DEFAULT_OUT})")
     p.add_argument("--cases", type=int, default=DEFAULT_CASES,
                    help=f"synthetic cases, split 60/20/20 (default {DEFAULT_CASES})")
-    p.add_argument("--shape", type=int,
+    p.add_argument("--shape", type=g.integer(1),
                    help="cube side of the phantoms (default 48; a multiple of 16, of 4 with "
                         "--quick)")
-    p.add_argument("--epochs", type=int, help="maximum training epochs (default 25)")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+    p.add_argument("--epochs", type=g.integer(1), help="maximum training epochs (default 25)")
+    p.add_argument("--time-limit", type=g.number(0, float("inf")), metavar="SECONDS",
                    help="stop training after the epoch that passes this (default 420; "
                         "0: no limit)")
     p.add_argument("--quick", action="store_true",
                    help="tiny network, 32^3, 2 epochs: checks the pipeline, not the Dice")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     add_precision_args(p)
     p.set_defaults(func=run)
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
                        quick=args.quick, seed=args.seed, time_limit=args.time_limit,
                        precision=args.precision or "32", compile=bool(args.compile),
-                       progress=sys.stderr.isatty())
+                       progress=not args.no_progress and sys.stderr.isatty())
     d = summary["dice"]
     print(f"report: {args.out}/ (summary.json, boxplot.png, overlays/, log.csv, "
           f"swap_stats.json)")

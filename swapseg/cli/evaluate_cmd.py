@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from swapseg.cli import grammar as g
+
 __all__ = ["register", "run"]
 
 EXAMPLES = """\
@@ -28,32 +30,20 @@ Dice 1 and HD95 0, and exactly one empty gives HD95 = the image diagonal in mm; 
 """
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--overlays must be an integer, got {text!r}"
-                                         ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--overlays must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from swapseg.data.labels import CONVENTIONS
 
-    p = subparsers.add_parser(
-        "evaluate", help="Dice, sensitivity, specificity and HD95 of a prediction folder",
-        description="Score label-map predictions against ground truth per case and region "
-                    "(WT, TC, ET).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(
+        subparsers, "evaluate", "Dice, sensitivity, specificity and HD95 of a prediction folder",
+        "Score label-map predictions against ground truth per case and region (WT, TC, ET).",
+        EXAMPLES)
     p.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
     p.add_argument("--truth", required=True,
                    help="dataset folder with segmentations, or a folder of label files")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", type=g.output_dir, required=True, help="report folder")
     p.add_argument("--empty", choices=("one", "nan"), default="one",
                    help="empty-region convention (default: one, as BraTS)")
-    p.add_argument("--overlays", type=_count, default=None, metavar="N",
+    p.add_argument("--overlays", type=g.integer(0), default=None, metavar="N",
                    help="draw overlays for the first N cases only (default: all; 0: none)")
     p.add_argument("--convention", choices=tuple(CONVENTIONS), default=None,
                    help="label numbering of truth and predictions (default: the dataset's; "

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from swapseg.cli import grammar as g
 from swapseg.cli.train_cmd import add_precision_args
 
 __all__ = ["register", "run"]
@@ -17,7 +18,7 @@ examples:
   swapseg experiment full-vs-patch --data synth --out exp --folds 3 --epochs 5 \\
       --shape 48 --base-filters 8 --depth 4
   # both arms in bfloat16 autocast (the full-volume arm swaps half the bytes)
-  swapseg experiment full-vs-patch --data synth --out exp-bf16 --folds 3 --epochs 5 \
+  swapseg experiment full-vs-patch --data synth --out exp-bf16 --folds 3 --epochs 5 \\
       --shape 48 --precision bf16-mixed
   # the paper's protocol on a GPU (days): 192^3, 128^3 patches, 5 folds, early stop 50
   swapseg experiment full-vs-patch --data BraTS2017 --out exp-paper --folds 5 \\
@@ -30,12 +31,6 @@ reuses finished folds and resumes an interrupted one.
 """
 
 
-def _shape(text: str) -> tuple[int, int, int]:
-    from swapseg.cli.grammar import parse_shape
-
-    return parse_shape(text, channels=False).spatial  # type: ignore[return-value]
-
-
 def _bytes(text: str) -> int:
     from swapseg.cli.grammar import parse_bytes
 
@@ -43,34 +38,32 @@ def _bytes(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "experiment", help="rerun the paper's comparisons (full-vs-patch)",
-        description="Reproduce the paper's experiments on your data and hardware.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    q = sub.add_parser("full-vs-patch", help="full volumes (swapping) vs patches, per fold",
-                       description="Train full-volume and patch models per fold with the same "
-                                   "protocol, and compare quality and time.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(subparsers, "experiment", "rerun the paper's comparisons (full-vs-patch)",
+                      "Reproduce the paper's experiments on your data and hardware.", EXAMPLES)
+    q = g.add_command(g.add_action(p, "experiment"), "full-vs-patch",
+                      "full volumes (swapping) vs patches, per fold",
+                      "Train full-volume and patch models per fold with the same protocol, "
+                      "and compare quality and time.", EXAMPLES)
     q.add_argument("--data", required=True, help="dataset folder with segmentations")
-    q.add_argument("--out", required=True, help="experiment folder")
-    q.add_argument("--folds", type=int, default=5, help="folds of the split (default 5)")
-    q.add_argument("--run-folds", type=int, default=None, metavar="N",
+    q.add_argument("--out", type=g.output_dir, required=True, help="experiment folder")
+    q.add_argument("--folds", type=g.integer(3), default=5, help="folds of the split (default 5)")
+    q.add_argument("--run-folds", type=g.integer(1), default=None, metavar="N",
                    help="run only the first N folds (default: all)")
-    q.add_argument("--epochs", type=int, default=None, help="maximum epochs per run")
-    q.add_argument("--early-stop", type=int, default=None,
+    q.add_argument("--epochs", type=g.integer(1), default=None, help="maximum epochs per run")
+    q.add_argument("--early-stop", type=g.integer(1), default=None, metavar="N",
                    help="epochs without validation improvement before stopping (default 50)")
-    q.add_argument("--lr-patience", type=int, default=None,
+    q.add_argument("--lr-patience", type=g.integer(0), default=None, metavar="N",
                    help="epochs without improvement before the LR halves (default 10)")
     q.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop each training run after the first epoch ending past this many "
                         "seconds (a CPU budget per run; default: none)")
-    q.add_argument("--shape", type=_shape, default=None, help="volume shape N or DxHxW "
+    q.add_argument("--shape", type=g.spatial_shape, default=None, help="volume shape N or DxHxW "
                    "(default 192)")
-    q.add_argument("--zoom", type=int, default=None, help="integer down-sampling (default 1)")
-    q.add_argument("--patch", type=int, default=None,
+    q.add_argument("--zoom", type=g.integer(1), default=None,
+                   help="integer down-sampling (default 1)")
+    q.add_argument("--patch", type=g.integer(1), default=None,
                    help="patch side (default: 2/3 of the volume side, the paper's 128/192)")
-    q.add_argument("--patches-per-volume", type=int, default=None,
+    q.add_argument("--patches-per-volume", type=g.integer(1), metavar="N", default=None,
                    help="patches per volume per epoch (default: ceil(volume / patch^3))")
     q.add_argument("--swap", default="auto", metavar="auto|all|none|FILE.json",
                    help="full-volume swapping: auto = planner for --memory-budget (or the "
@@ -80,13 +73,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
                    help="memory budget of the planner with --swap auto, e.g. 16GiB")
     q.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
-    q.add_argument("--dropout", type=float, default=None, help="dropout rate (default 0.3)")
-    q.add_argument("--base-filters", type=int, default=None)
-    q.add_argument("--depth", type=int, default=None)
-    q.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    q.add_argument("--dropout", type=g.number(0, 1, high_open=True), default=None,
+                   help="dropout rate (default 0.3)")
+    q.add_argument("--base-filters", type=g.integer(1), default=None, metavar="N",
+                   help="U-Net filters of the first level (default 16)")
+    q.add_argument("--depth", type=g.integer(2), default=None, help="U-Net levels (default 5)")
+    q.add_argument("--workers", type=g.integer(0), default=None, help="DataLoader workers")
     q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--overlays", type=int, default=4,
+    q.add_argument("--overlays", type=g.integer(0), default=4,
                    help="overlays of the cases where the modes differ most (default 4)")
     q.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     add_precision_args(q, compile_flag=False)
@@ -106,16 +101,24 @@ def run(args: argparse.Namespace) -> int:
              "precision": "precision"}
     changes = {field: getattr(args, arg) for arg, field in names.items()
                if getattr(args, arg) is not None}
-    base = brats_full(data=str(args.data), out=str(args.out), **changes)
+    with g.fields_as_flags({f: "--" + a.replace("_", "-") for a, f in names.items()}):
+        base = brats_full(data=str(args.data), out=str(args.out), **changes)
     from swapseg.devices import resolve_device
+    from swapseg.training.interrupt import Interrupted, stop_signals
 
     resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
-    summary = run_full_vs_patch(
-        base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
-        swap=args.swap, memory_budget=args.memory_budget, run_folds=args.run_folds,
-        overlays=args.overlays,
-        command="swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
-        progress=cli_progress(args.no_progress) == "bar")
+    command = "swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
+    try:
+        with stop_signals():
+            summary = run_full_vs_patch(
+                base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
+                swap=args.swap, memory_budget=args.memory_budget, run_folds=args.run_folds,
+                overlays=args.overlays, command=command,
+                progress=cli_progress(args.no_progress) == "bar")
+    except Interrupted as exc:  # finished folds are kept; the same command goes on
+        print(f"swapseg: {exc}; continue with the same command"
+              + (f": {command}" if command else ""), file=sys.stderr)
+        return exc.exit_status
     d = summary["modes"]
     r = summary["time"]["ratios"]
     for mode in ("full", "patch"):

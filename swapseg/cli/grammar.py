@@ -16,27 +16,84 @@ Units: B; K, M, G, T and KB, MB, GB, TB (powers of 1000); KiB, MiB, GiB, TiB (po
 of 1024). Case-insensitive. A plain number is bytes.
 
 Each grammar comes twice: ``parse_*`` raises :class:`InputError` (library and config
-use), the argparse ``type=`` callables raise ``argparse.ArgumentTypeError`` so that
-argparse prints the subcommand's usage and one line, exit status 2.
+use), the argparse ``type=`` callables raise ``argparse.ArgumentTypeError``.
+
+Errors (every subcommand parser is a :class:`Parser`)::
+
+    bad value      swapseg train: error: argument --shape: shape 'abc': expected ...
+    usage error    the subcommand's usage, then  swapseg train: error: unrecognized ...
+    bad input      swapseg: error: <file or value>: <what is wrong>   (an InputError)
+
+A bad value (a type, a choice) is one line naming the flag; an unknown option, a missing
+required argument or a missing action prints the SUBCOMMAND's usage first. All exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple, NoReturn
 
 from swapseg.errors import InputError
 from swapseg.sizes import SIZE_HELP, parse_bytes
 from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["add_command", "Volume", "parse_shape", "parse_bytes", "check_precision",
+__all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number", "output_path",
+           "output_dir",
+           "flags_for_fields", "fields_as_flags", "parse_shape", "parse_bytes", "check_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
            "PRECISIONS",
            "SHAPE_HELP", "SIZE_HELP"]
 
 SHAPE_HELP = "N, DxHxW or CxDxHxW (e.g. 64, 4x192x192x192)"
 
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors follow the one format above.
+
+    Subparsers inherit the class, so each subcommand reports its own unknown options
+    (argparse would hand them up to the top-level parser, which prints its own usage).
+    """
+
+    def __init__(self, *args: Any, top: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._top = top
+
+    def error(self, message: str) -> NoReturn:
+        if not message.startswith("argument "):  # not a bad value: how to call it helps
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not self._top:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        # a type= callable of the library may raise InputError: the same one line
+        try:
+            return super()._get_value(action, arg_string)
+        except InputError as exc:
+            raise argparse.ArgumentError(action, str(exc)) from None
+
+
+def flags_for_fields(message: str, flags: Mapping[str, str]) -> str:
+    """``'max_epochs must be >= 1'`` -> ``'--epochs must be >= 1'``: config checks name
+    fields, a command line user knows flags."""
+    head, sep, rest = message.partition(" ")
+    return f"{flags[head]}{sep}{rest}" if head in flags else message
+
+
+@contextlib.contextmanager
+def fields_as_flags(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise an :class:`InputError` that starts with a config field as its flag."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(flags_for_fields(str(exc), flags)) from None
 
 
 class Volume(NamedTuple):
@@ -79,6 +136,58 @@ def _argtype(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     return convert
 
 
+def integer(minimum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer, at least ``minimum``."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return convert
+
+
+def number(low: float, high: float, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=``: a number in ``[low, high]`` (``[low, high)`` if high_open)."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low <= value < high if high_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"must be in [{low:g}, {high:g}{')' if high_open else ']'}, got {text}")
+        return value
+    return convert
+
+
+def output_path(text: str) -> str:
+    """An argparse ``type=`` for a file or folder to be written: nothing in the way.
+
+    Checked before any work, so a typo costs nothing (a folder under a file would fail
+    only at the first write, after the work)."""
+    from pathlib import Path
+
+    path = Path(text)
+    for above in (path, *path.parents):
+        if above.exists():
+            if above != path and not above.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder")
+            break
+    return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse ``type=`` for a folder to be written: not a file, nothing in the way."""
+    from pathlib import Path
+
+    if Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return output_path(text)
+
+
 #: argparse ``type=`` callables.
 byte_size = _argtype(parse_bytes, "size")
 volume_shape = _argtype(parse_shape, "shape")
@@ -86,8 +195,13 @@ spatial_shape = _argtype(lambda t: parse_shape(t, channels=False).spatial, "shap
 precision = _argtype(check_precision, "precision")
 
 
-def add_command(subparsers: Any, name: str, help: str, description: str,
-                epilog: str) -> argparse.ArgumentParser:
+def add_command(subparsers: Any, name: str, help: str, description: str | None = None,
+                epilog: str | None = None) -> argparse.ArgumentParser:
     """A subcommand's parser, its examples printed as written under ``--help``."""
     return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_action(parent: argparse.ArgumentParser, dest: str) -> Any:
+    """The sub-actions of a command (``data check``, ``nnunet train``): one required."""
+    return parent.add_subparsers(dest=dest, required=True, metavar="ACTION")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from swapseg.cli.grammar import spatial_shape
+from swapseg.cli import grammar as g
 from swapseg.errors import InputError
 
 __all__ = ["register", "run"]
@@ -16,7 +16,7 @@ EPILOG = """examples:
   export nnUNet_raw=$PWD/nnUNet_raw nnUNet_preprocessed=$PWD/nnUNet_preprocessed \\
          nnUNet_results=$PWD/nnUNet_results
   export nnUNet_extTrainer=$(swapseg nnunet trainers)
-  swapseg nnunet synth 501 --cases 6 --shape 40,36,32
+  swapseg nnunet synth 501 --cases 6 --shape 40x36x32
   nnUNetv2_plan_and_preprocess -d 501 -c 3d_fullres -np 1
   swapseg nnunet train 501 3d_fullres 0 -tr nnUNetTrainerSwap_debug --device cpu
   SWAPSEG_MEMORY_BUDGET=12GiB nnUNetv2_train 501 3d_fullres 0 -tr nnUNetTrainerSwap  # GPU
@@ -24,19 +24,18 @@ EPILOG = """examples:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "nnunet", help="train nnU-Net v2 with swapping",
-        description="nnU-Net v2 trainers whose steps run under swapseg's memory plan "
-                    "(needs pip install 'swapseg[nnunet]').",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="nnunet_command", required=True, metavar="ACTION")
-    t = sub.add_parser("trainers", help="print the folder for nnUNet_extTrainer")
-    t.set_defaults(func=run)
-    tr = sub.add_parser(
-        "train", help="train like nnUNetv2_train, without its import of every trainer",
-        description="Build the trainer as nnU-Net's run_training does after its class lookup "
-                    "(nnUNetv2_train imports every trainer module, one of which needs "
-                    "torchvision, which a CPU-only torch cannot load), train, then validate.")
+    p = g.add_command(
+        subparsers, "nnunet", "train nnU-Net v2 with swapping",
+        "nnU-Net v2 trainers whose steps run under swapseg's memory plan (needs pip install "
+        "'swapseg[nnunet]').", EPILOG)
+    sub = g.add_action(p, "nnunet_command")
+    g.add_command(sub, "trainers", "print the folder for nnUNet_extTrainer").set_defaults(
+        func=run)
+    tr = g.add_command(
+        sub, "train", "train like nnUNetv2_train, without its import of every trainer",
+        "Build the trainer as nnU-Net's run_training does after its class lookup "
+        "(nnUNetv2_train imports every trainer module, one of which needs torchvision, "
+        "which a CPU-only torch cannot load), train, then validate.")
     tr.add_argument("dataset", help="dataset ID or DatasetXXX_Name")
     tr.add_argument("configuration", help="e.g. 3d_fullres")
     tr.add_argument("fold", help="0-4 or all")
@@ -47,12 +46,13 @@ def register(subparsers: Any) -> None:
                     help="continue from the fold's latest checkpoint")
     tr.add_argument("--npz", action="store_true", help="also save validation probabilities")
     tr.set_defaults(func=run)
-    s = sub.add_parser("synth", help="write a BraTS-like dataset in nnU-Net's raw format")
-    s.add_argument("dataset_id", type=int, help="nnU-Net dataset ID (1-999)")
-    s.add_argument("--cases", type=int, default=6, help="number of cases (default 6)")
-    s.add_argument("--shape", type=spatial_shape, default=(40, 36, 32), help="DxHxW, e.g. 40x36x32")
+    s = g.add_command(sub, "synth", "write a BraTS-like dataset in nnU-Net's raw format")
+    s.add_argument("dataset_id", type=g.integer(1), help="nnU-Net dataset ID (1-999)")
+    s.add_argument("--cases", type=g.integer(1), default=6, help="number of cases (default 6)")
+    s.add_argument("--shape", type=g.spatial_shape, default=(40, 36, 32),
+                   help="N or DxHxW (default 40x36x32)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
+    s.add_argument("--raw", type=g.output_dir, help="nnUNet_raw folder (default: $nnUNet_raw)")
     s.set_defaults(func=run)
 
 

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
                        "init_filters": 16}' \\
       --shape 4x192x192x192 --profile a100-pcie4 --memory-budget 6GiB --out segresnet
   swapseg plan --shape 4x96x96x96 --profile local --memory-budget 2GiB --out plan-local
+  swapseg plan --shape 4x32x32x32 --memory-budget 200MiB --out plan32  # seconds on a CPU
 
 Writes OUT/plan.json (every candidate with swapped_tensors, swapped_bytes,
 recomputed_tensors, peak_bytes, step_s, fits; and the chosen one), OUT/memory_plan.json
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="32 (default), bf16-mixed or 16-mixed: trace under that autocast")
     p.add_argument("--margin", type=float, default=0.10,
                    help="fraction of the budget kept free (default 0.10)")
-    p.add_argument("--out", help="output folder for plan.json, memory_plan.json, timeline.png")
+    p.add_argument("--out", type=g.output_dir,
+                   help="output folder for plan.json, memory_plan.json, timeline.png")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from swapseg.cli import grammar as g
+
 __all__ = ["register", "run"]
 
 EXAMPLES = """\
@@ -26,57 +28,37 @@ on the original grid with the original affine and header) and PRED/predictions.j
 """
 
 
-def _int(flag: str, minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}"
-                                             ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--overlap must be a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"--overlap must be in [0, 1), got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from swapseg.data.labels import CONVENTIONS
     from swapseg.evaluation.predictor import INFERENCE_MODES
 
-    p = subparsers.add_parser(
-        "predict", help="segment a folder of cases with a checkpoint",
-        description="Predict WT/TC/ET for every case under --input and write label maps "
-                    "in the original space.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = g.add_command(
+        subparsers, "predict", "segment a folder of cases with a checkpoint",
+        "Predict WT/TC/ET for every case under --input and write label maps in the "
+        "original space.", EXAMPLES)
     p.add_argument("--checkpoint", help="a checkpoint written by swapseg train")
     p.add_argument("--run", help="a swapseg train/experiment run folder (with --fold): "
                                  "predict that fold's test cases with its best.pt")
-    p.add_argument("--fold", type=_int("--fold", 0), help="the fold of --run")
+    p.add_argument("--fold", type=g.integer(0), help="the fold of --run")
     p.add_argument("--input", help="dataset folder (any layout swapseg reads); with --run, "
                                    "default: the run's --data")
-    p.add_argument("--out", required=True, help="output folder for <case>.nii.gz")
+    p.add_argument("--out", type=g.output_dir, required=True,
+                   help="output folder for <case>.nii.gz")
     p.add_argument("--inference", choices=INFERENCE_MODES, default="auto",
                    help="one-pass, windows, or auto (default; see below)")
-    p.add_argument("--window", type=_int("--window", 1), default=None, metavar="N",
+    p.add_argument("--window", type=g.integer(1), default=None, metavar="N",
                    help="windows of N^3 voxels (a multiple of the U-Net divisor; implies "
                         "--inference windows); default: the training window")
-    p.add_argument("--overlap", type=_fraction, default=0.5,
+    p.add_argument("--overlap", type=g.number(0, 1, high_open=True), default=0.5,
                    help="overlap of neighbouring windows (default 0.5)")
     p.add_argument("--tta", action="store_true",
                    help="average the logits over the 8 flips of the three axes")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--convention", choices=tuple(CONVENTIONS), default=None,
                    help="label numbering of the output (default: the input's)")
+    p.add_argument("--precision", type=g.precision, choices=g.PRECISIONS, default=None,
+                   help="autocast of the forward passes: 32, bf16-mixed or 16-mixed "
+                        "(default: the checkpoint's training precision)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar or per-case lines")
     p.set_defaults(func=run)
@@ -113,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict_cases(checkpoint, data, args.out, inference=args.inference,
                            window=args.window, overlap=args.overlap, tta=args.tta,
                            device=args.device, convention=args.convention, case_ids=ids,
-                           progress=cli_progress(args.no_progress))
+                           progress=cli_progress(args.no_progress), precision=args.precision)
     modes = sorted({r["inference"] for r in result["cases"]})
     print(f"wrote {result['n_cases']} predictions to {args.out} ({'/'.join(modes) or '-'}, "
           f"{result['total_s']:.1f} s, {args.out}/predictions.json)")

@@ -10,25 +10,26 @@ from swapseg.errors import InputError
 
 __all__ = ["register", "run"]
 
+HELP = "write synthetic BraTS-like cases"
 EPILOG = """examples:
   swapseg synth --out synth --cases 20 --shape 64 --seed 0
   swapseg synth --out synth-small --cases 4 --shape 48x48x40
   swapseg data check synth          # they load like real BraTS cases
 """
 
+DESCRIPTION = ("Write phantoms with brain tissue, edema, enhancing rim and necrotic core in four"
+               " MRI contrasts and a BraTS segmentation (labels 0/1/2/4), as "
+               "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.")
+
 
 def register(subparsers: Any) -> None:
-    p = g.add_command(
-        subparsers, "synth", "write synthetic BraTS-like cases",
-        "Write phantoms with brain tissue, edema, enhancing rim and necrotic core in four MRI "
-        "contrasts and a BraTS segmentation (labels 0/1/2/4), as "
-        "<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz. Deterministic for a seed.", EPILOG)
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p = g.add_command(subparsers, "synth", HELP, DESCRIPTION, EPILOG)
+    p.add_argument("--out", type=g.output_dir, required=True, help="output folder (created)")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--shape", type=g.spatial_shape, default=(64, 64, 64),
                    help="volume size: N or DxHxW (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--json", metavar="PATH",
+    p.add_argument("--json", type=g.output_path, metavar="PATH",
                    help="also write a summary (case names, shape, seed) as JSON")
     p.set_defaults(func=run)
 

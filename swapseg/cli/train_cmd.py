@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from swapseg.cli.grammar import parse_bytes, parse_shape
+from swapseg.cli import grammar as g
+from swapseg.cli.grammar import parse_bytes
 from swapseg.errors import InputError
 
 __all__ = ["register", "run", "parse_bytes", "config_from_args", "resume_command",
@@ -20,7 +23,7 @@ EPILOG = """examples:
   swapseg train --data brats18/ --out runs/full                     # 192^3, the paper's arm
   swapseg train --data brats18/ --out runs/cpu --shape 64 --zoom 3  # real cases on a CPU
   swapseg train --data brats18/ --out runs/patch --mode patch --patch 128 --fold all
-  swapseg train --data synth/ --out runs/tiny --preset tiny --epochs 5 --swap all
+  swapseg train --data synth/ --out runs/tiny --preset tiny --zoom 4 --epochs 5 --swap all
   swapseg train --data synth/ --out runs/tuned --swap all --swap-exclude 'decoder.*' \\
       --swap-prefetch 20 --trace-step 3
   swapseg train --data brats18/ --out runs/auto --swap auto --memory-budget 16GiB
@@ -36,47 +39,55 @@ holds a run is never overwritten without --overwrite. SIGTERM or Ctrl-C stop aft
 current step with a checkpoint written (exit 143 or 130).
 """
 
-def _shape(text: str) -> tuple[int, int, int]:
-    return parse_shape(text, channels=False).spatial  # type: ignore[return-value]
-
-
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train", help="train the 3D U-Net (full volumes or patches, k-fold)",
-        description="Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
-                    "LR x0.5 after 10 epochs without validation improvement, early stop "
-                    "after 50), optionally with activation swapping.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from swapseg.training.config import PRESETS
+
+    p = g.add_command(
+        subparsers, "train", "train the 3D U-Net (full volumes or patches, k-fold)",
+        "Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
+        "LR x0.5 after 10 epochs without validation improvement, early stop "
+        "after 50), optionally with activation swapping.",
+        EPILOG + "\npresets, as the flags each one sets (a flag given overrides its value):\n"
+        + "".join(textwrap.fill(flags, 92, initial_indent=f"  {name:12s}",
+                                subsequent_indent=" " * 14) + "\n"
+                  for name, flags in preset_flags().items()))
     p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", choices=["brats_full", "brats_patch", "demo", "tiny"],
-                   help="starting configuration (default brats_full)")
+    p.add_argument("--out", type=g.output_dir, required=True, help="run directory")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="starting configuration (default brats_full; see below)")
     p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
-    p.add_argument("--shape", help="volume shape after preprocessing: N or DxHxW")
-    p.add_argument("--zoom", type=int, help="integer down-sampling after the crop")
-    p.add_argument("--patch", type=int, help="patch side in patch mode (default 128)")
-    p.add_argument("--patches-per-volume", type=int, dest="patches_per_volume", metavar="N",
-                   help="patches drawn per training volume and epoch (default 1)")
-    p.add_argument("--tumor-fraction", type=float, dest="tumor_fraction", metavar="F",
+    p.add_argument("--shape", type=g.spatial_shape,
+                   help="volume shape after preprocessing: N or DxHxW")
+    p.add_argument("--zoom", type=g.integer(1), help="integer down-sampling after the crop")
+    p.add_argument("--patch", type=g.integer(1), help="patch side in patch mode (default 128)")
+    p.add_argument("--patches-per-volume", type=g.integer(1), dest="patches_per_volume",
+                   metavar="N", help="patches drawn per training volume and epoch (default 1)")
+    p.add_argument("--tumor-fraction", type=g.number(0, 1), dest="tumor_fraction", metavar="F",
                    help="share of patches centred on tumor (default 0: uniform)")
-    p.add_argument("--batch", type=int, dest="batch_size", metavar="N",
+    p.add_argument("--batch", type=g.integer(1), dest="batch_size", metavar="N",
                    help="batch size (default 1 full, 2 patch)")
-    p.add_argument("--epochs", type=int, dest="max_epochs", metavar="N",
+    p.add_argument("--epochs", type=g.integer(1), dest="max_epochs", metavar="N",
                    help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--early-stop", type=g.integer(1), dest="early_stop", metavar="N",
+                   help="epochs without validation improvement before stopping (default 50)")
+    p.add_argument("--lr-patience", type=g.integer(0), dest="lr_patience", metavar="N",
+                   help="epochs without improvement before the LR halves (default 10)")
     p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
                    help="stop after the epoch that passes this much training time")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
+    p.add_argument("--dropout", type=g.number(0, 1, high_open=True),
+                   help="dropout rate (default 0.3)")
     p.add_argument("--loss", choices=["dice", "dice_bce"], help="default: soft Dice")
-    p.add_argument("--base-filters", type=int, dest="base_filters", metavar="N",
+    p.add_argument("--base-filters", type=g.integer(1), dest="base_filters", metavar="N",
                    help="U-Net filters of the first level (default 16)")
-    p.add_argument("--depth", type=int, help="U-Net levels (default 5)")
-    p.add_argument("--folds", type=int, help="cross-validation folds (default 5)")
+    p.add_argument("--depth", type=g.integer(2), help="U-Net levels (default 5)")
+    p.add_argument("--folds", type=g.integer(3), help="cross-validation folds (default 5)")
     p.add_argument("--fold", default=None, help="fold index K (0-based) or 'all'")
     p.add_argument("--seed", type=int, help="split, weights, sampling (default 0)")
-    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--workers", type=g.integer(0), help="DataLoader workers")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
-    p.add_argument("--cache-dir", dest="cache_dir", metavar="DIR",
+    p.add_argument("--cache-dir", type=g.output_dir, dest="cache_dir", metavar="DIR",
                    help="cache of preprocessed volumes (default OUT/cache); runs may share one")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt with OUT/config.json "
@@ -89,11 +100,39 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _flag_value(value: Any) -> str:
+    if isinstance(value, tuple) and len(set(value)) == 1 and len(value) == 3:
+        return str(value[0])  # a cube: the shape grammar's N
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def preset_flags() -> dict[str, str]:
+    """Each preset as the command-line flags it sets over ``TrainConfig``'s defaults."""
+    from swapseg.offload.policy import SwapPolicy
+    from swapseg.training.config import PRESETS, TrainConfig
+
+    base, out = TrainConfig(), {}
+    for name, preset in PRESETS.items():
+        c = preset()
+        flags = [f"{FLAGS.get(f.name, f.name)} {_flag_value(getattr(c, f.name))}"
+                 for f in dataclasses.fields(c)
+                 if f.name != "plan" and getattr(c, f.name) != getattr(base, f.name)]
+        if c.swap is not None:
+            flags.append("--swap all")
+            flags += [f"{FLAGS[f.name]} {_flag_value(getattr(c.swap, f.name))}"
+                      for f in dataclasses.fields(c.swap)
+                      if getattr(c.swap, f.name) != getattr(SwapPolicy(), f.name)]
+        out[name] = " ".join(flags) or "(none: the paper's full-volume protocol)"
+    return out
+
+
 def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
     """``--precision`` (and ``--compile``): shared by train, experiment and demo."""
     from swapseg.training.precision import PRECISIONS
 
-    p.add_argument("--precision", choices=PRECISIONS,
+    p.add_argument("--precision", type=g.precision, choices=PRECISIONS,
                    help="32 (default), bf16-mixed (bfloat16 autocast) or 16-mixed (float16 "
                         "autocast with a GradScaler); Lightning's names")
     if compile_flag:
@@ -145,18 +184,19 @@ def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
     if args.swap is None:
         args.swap = "none" if preset is None else "preset"
     flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
-    first = next(iter(flags), "").replace("_", "-")
     if args.swap == "auto":
         if args.memory_budget_bytes is None:
             raise InputError("--swap auto needs --memory-budget (e.g. 16GiB)")
         if flags:
-            raise InputError(f"--swap auto chooses the plan; drop --swap-{first}")
+            raise InputError("--swap auto chooses the plan; drop "
+                             f"{_OTHER_FLAGS[next(iter(flags))]}")
         return None
     if args.memory_budget_bytes is not None:
         raise InputError("--memory-budget is only used with --swap auto")
     if args.swap == "none":
         if flags:
-            raise InputError(f"--swap-{first} needs --swap all or --swap FILE.json")
+            raise InputError(f"{_OTHER_FLAGS[next(iter(flags))]} needs --swap all "
+                             "or --swap FILE.json")
         return None
     if args.swap == "all":
         base = MemoryPlan(swap=SwapPolicy(), name="swap-all")
@@ -170,7 +210,8 @@ def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
     if not flags:
         return base
     if base.swap is None:
-        raise InputError(f"--swap-{first}: the plan in --swap {args.swap} swaps nothing")
+        raise InputError(f"{_OTHER_FLAGS[next(iter(flags))]}: the plan in --swap {args.swap} "
+                         "swaps nothing")
     return base.replace(swap=base.swap.replace(**flags))
 
 
@@ -181,7 +222,9 @@ RESUME_FLAGS = {"max_epochs": "--epochs", "max_train_s": "--time-limit", "device
 _OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoom": "--zoom",
                 "patch": "--patch", "patches_per_volume": "--patches-per-volume",
                 "tumor_fraction": "--tumor-fraction", "batch_size": "--batch", "lr": "--lr",
-                "loss": "--loss", "base_filters": "--base-filters", "depth": "--depth",
+                "loss": "--loss", "dropout": "--dropout", "early_stop": "--early-stop",
+                "lr_patience": "--lr-patience", "base_filters": "--base-filters",
+                "depth": "--depth",
                 "folds": "--folds", "seed": "--seed", "workers": "--workers",
                 "cache_dir": "--cache-dir", "swap": "--swap", "trace_step": "--trace-step",
                 "memory_budget_bytes": "--memory-budget", **{f: f"--swap-{f}".replace("_", "-")
@@ -190,6 +233,10 @@ _OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoo
                                                                         "prefetch", "tier",
                                                                         "disk_dir")},
                 "swap_branches": "--swap-branches"}
+
+#: Every config field a flag sets, by field (config checks name fields; errors name flags).
+FLAGS = {**RESUME_FLAGS, **_OTHER_FLAGS, "batch": "--batch", "fold": "--fold",
+         "precision": "--precision"}
 
 
 def _resumed_config(args: argparse.Namespace, saved: Path) -> Any:
@@ -234,12 +281,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
     names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
              "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
-             "max_train_s", "patches_per_volume", "tumor_fraction",
-             "precision", "compile")
+             "max_train_s", "patches_per_volume", "tumor_fraction", "dropout", "early_stop",
+             "lr_patience", "precision", "compile")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    # parsed here, not by argparse, so that bad values become one-line InputErrors
-    if "shape" in changes:
-        changes["shape"] = _shape(changes["shape"])
     if args.fold not in (None, "all"):
         try:
             changes["fold"] = int(args.fold)
@@ -250,9 +294,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.cache_dir is not None:
         changes["cache_dir"] = os.path.abspath(args.cache_dir)
     preset = PRESETS[args.preset or "brats_full"]
-    changes["plan"] = _swap_plan(args, preset().plan)
-    # absolute, so that --resume works from any directory
-    return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out), **changes)
+    with g.fields_as_flags(FLAGS):
+        changes["plan"] = _swap_plan(args, preset().plan)
+        # absolute, so that --resume works from any directory
+        return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out),
+                      **changes)
 
 
 def memory_budget(args: argparse.Namespace) -> int | None:
@@ -282,6 +328,20 @@ def resume_command(out: str | Path, fold_all: bool = False) -> str:
                        *(["--fold", "all"] if fold_all else []), "--resume"])
 
 
+def _what(config: Any, args: argparse.Namespace) -> str:
+    """One line saying what trains, so that a preset's shape is never a surprise."""
+    unit = f"{config.patch}^3 patches of " if config.mode == "patch" else ""
+    if args.swap == "auto" and not args.resume:
+        swap = "memory plan chosen by --swap auto"
+    else:
+        swap = "no memory plan" if config.plan is None else \
+            f"memory plan {config.plan.name or 'given'}"
+    return (f"train: {'resumed run' if args.resume else 'preset ' + (args.preset or 'brats_full')}"
+            f": {unit}{'x'.join(map(str, config.shape))} volumes (zoom {config.zoom}), "
+            f"U-Net base {config.base_filters} depth {config.depth}, up to {config.max_epochs} "
+            f"epochs, {swap}, precision {config.precision}, device {config.device}")
+
+
 def run(args: argparse.Namespace) -> int:
     from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
     from swapseg.training.interrupt import Interrupted, stop_signals
@@ -290,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     budget = memory_budget(args)  # a bad size fails before --overwrite clears anything
     _claim_out(args)
+    print(_what(config, args))
     kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar",
               "memory_budget": budget}
     try:

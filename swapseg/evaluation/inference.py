@@ -195,12 +195,14 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
                   inference: Inference = "auto", window: int | None = None,
                   overlap: float = 0.5, tta: bool = False, device: str = "auto",
                   convention: str | None = None, case_ids: Iterable[str] | None = None,
-                  progress: Progress = "auto") -> dict[str, Any]:
+                  progress: Progress = "auto",
+                  precision: str | None = None) -> dict[str, Any]:
     """Predict every case under ``input_dir`` (or those of ``case_ids``) label-blind;
     write ``out_dir/<case>.nii.gz``. See the module docstring.
 
     ``window``: the windows' side (default: the training window); given alone, it forces
-    windows. ``convention`` overrides the label numbering of the output.
+    windows. ``convention`` overrides the label numbering of the output, ``precision``
+    the autocast of the forward passes (default: the training run's).
     Returns (and writes as ``out_dir/predictions.json``) the settings and per-case records.
     """
     from swapseg.data.brats import find_cases
@@ -223,7 +225,7 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     side = (window,) * 3 if isinstance(window, int) else (window or train_window)
     settings = {"inference": inference, "window": tuple(side), "zoom": zoom,
                 "overlap": overlap, "tta": tta, "convention": convention,
-                "precision": config.get("precision", "32"), "out": str(out_dir)}
+                "precision": precision or config.get("precision", "32"), "out": str(out_dir)}
     choose_window(model, (8, 8, 8), inference, settings["window"])  # bad settings fail now
     records = [_predict_one(model, case, settings)
                for case in track(cases, "predict", progress, label=lambda c: c.case_id)]
