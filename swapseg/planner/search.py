@@ -20,7 +20,7 @@ from swapseg.planner.devices import DeviceProfile
 from swapseg.planner.simulate import SimResult, simulate
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["Candidate", "SearchResult", "candidates", "module_groups", "search",
+__all__ = ["Candidate", "SearchResult", "candidates", "module_groups", "search", "rank",
            "DEFAULT_MARGIN"]
 
 #: Fraction of the budget kept free for what the simulator does not see (allocator
@@ -189,12 +189,7 @@ def search(trace: StepTrace, device: DeviceProfile, budget_bytes: int,
     fitting = [c for c in res.candidates if c.fits]
     if fitting:
         base = res.candidates[0].result.step_s  # type: ignore[union-attr]
-        # predicted times within 0.1% are a tie: prefer moving fewer bytes (every byte
-        # moved costs something the model may miss), then the lower peak
-        res.chosen = min(fitting, key=lambda c: (
-            round(c.result.step_s / base, 3),  # type: ignore[union-attr]
-            c.result.swapped_bytes,  # type: ignore[union-attr]
-            c.result.peak_bytes))  # type: ignore[union-attr]
+        res.chosen = min(fitting, key=lambda c: rank(c.result, base))  # type: ignore[arg-type]
     elif require_fit:
         best = min(res.candidates, key=lambda c: c.result.peak_bytes)  # type: ignore
         missing = best.result.peak_bytes - usable  # type: ignore
@@ -204,6 +199,15 @@ def search(trace: StepTrace, device: DeviceProfile, budget_bytes: int,
             f"smallest predicted peak is {_gib(best.result.peak_bytes)} "  # type: ignore
             f"({best.name}), {_gib(missing)} ({int(missing)} bytes) missing")
     return res
+
+
+def rank(r: SimResult, base_step_s: float) -> tuple[float, int, int, int]:
+    """The search's order among plans that fit: predicted times within 0.1% are a tie,
+    broken by fewer bytes moved (every byte moved costs something the model may miss),
+    then fewer tensors recomputed (a profile may count cheap ops as free), then the lower
+    peak."""
+    return (round(r.step_s / base_step_s, 3), r.swapped_bytes, r.recomputed_tensors,
+            r.peak_bytes)
 
 
 def _gib(n: float) -> str:

@@ -54,3 +54,23 @@ def test_plan_json_fields(trace192):
     names = [r["name"] for r in d["candidates"]]
     assert len(names) == len(set(names))
     assert {f"paper-config-{k}" for k in range(1, 5)} <= set(names)
+
+
+
+def test_a_plan_that_changes_nothing_wins_a_tie():
+    """Recomputing ops a profile counts as free ties keep-all on time and lowers the peak;
+    the search keeps everything rather than recompute for nothing."""
+    from swapseg.planner.search import rank
+    from swapseg.planner.simulate import SimResult
+
+    def result(step_s, peak, swapped=0, recomputed=0):
+        return SimResult(step_s=step_s, compute_s=step_s, stall_s=0.0, recompute_s=0.0,
+                         peak_bytes=peak, peak_saved_bytes=peak, swapped_tensors=0,
+                         swapped_bytes=swapped, recomputed_tensors=recomputed)
+
+    keep = result(1.0, 10 * GiB)
+    free_recompute = result(1.0001, 9 * GiB, recomputed=3)
+    swap = result(1.0, 8 * GiB, swapped=GiB)
+    faster = result(0.9, 10 * GiB, swapped=GiB)
+    order = sorted([free_recompute, swap, keep, faster], key=lambda r: rank(r, 1.0))
+    assert order == [faster, keep, free_recompute, swap]
