@@ -136,9 +136,9 @@ def largest_markdown(res: dict[str, Any]) -> str:
                      f"{'' if r.get('complete') else ' (search incomplete)'} |")
     m = res.get("moonshot_256")
     if m:
+        done = "completed" if m["completed"] else f"did not complete: {m['probe']['status']}"
         lines += ["", f"Moonshot {m['side']}^3 ({m['plan'].get('name', '')}, cap "
-                  f"{m['cap_bytes'] / 2**30:.1f} GiB): "
-                  f"{'completed' if m['completed'] else 'did not complete: ' + m['probe']['status']}"
+                  f"{m['cap_bytes'] / 2**30:.1f} GiB): {done}"
                   f"; peak RSS {_gib(m['peak_rss_bytes'])} GiB; step "
                   f"{m['step_s'] or 0:.0f} s against a predicted compute time of "
                   f"{m['predicted_compute_s']:.0f} s."]

@@ -168,10 +168,25 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return PRESETS[args.preset](data=str(args.data), out=str(args.out), **changes)
 
 
+def host_tier_warning(policy: Any, device: str) -> str | None:
+    """The one warning line for host-tier swapping on a CPU, where it frees nothing."""
+    from swapseg.devices import resolve_device
+
+    if policy is None or policy.tier not in ("host", "auto") or policy.n_tensors == 0 \
+            or resolve_device(device).type != "cpu":
+        return None
+    return ("swapseg: warning: host-tier swapping on a CPU saves no memory (device and host "
+            "memory are the same RAM) and only costs time; use --swap-tier disk, "
+            "recomputation, or --swap auto --memory-budget SIZE")
+
+
 def run(args: argparse.Namespace) -> int:
     from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
 
     config = config_from_args(args)
+    warning = host_tier_warning(config.swap, config.device)
+    if warning:
+        print(warning, file=sys.stderr)
     kwargs = {"resume": args.resume, "progress": not args.no_progress and sys.stderr.isatty()}
     try:
         if args.fold == "all":

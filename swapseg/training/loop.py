@@ -314,7 +314,7 @@ def _auto_plan(config: TrainConfig, model: nn.Module,
     side = config.patch if config.mode == "patch" else None
     shape = (side,) * 3 if side else config.shape
     plan = choose_plan(model, (config.batch, 4, *shape), "local", config.memory_budget_bytes,
-                       tier="cuda" if device.type == "cuda" else "host")
+                       tier="cuda" if device.type == "cuda" else "auto")  # CPU: disk or recompute
     echo(f"memory plan for {config.memory_budget_bytes} bytes: {plan.to_dict()}")
     return config.replace(swap=plan.swap, plan=plan.to_dict())
 
