@@ -22,17 +22,45 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["BranchSwapper", "MIN_GAP_OPS"]
+__all__ = ["BranchSwapper", "BranchHost", "MIN_GAP_OPS", "PENDING"]
 
 #: Uses closer than this (in torch calls) are "near": not worth a round trip.
 MIN_GAP_OPS = 24
+
+#: ``BranchHost.host_copy``: the storage's copy-out has not finished yet.
+PENDING = "pending"
+
+
+class BranchHost(Protocol):
+    """What the swapper needs from the engine. ``entry`` values are opaque tokens."""
+
+    def is_param_or_buffer(self, t: torch.Tensor) -> bool:
+        """Parameters and buffers are never evicted."""
+        ...
+
+    def host_copy(self, t: torch.Tensor) -> Any:
+        """A token for the finished host copy of ``t``'s storage, ``PENDING`` while the
+        copy runs, or None when there is none (not saved, kept, or modified since)."""
+        ...
+
+    def evicted(self, entry: Any) -> None:
+        """The storage of ``entry`` was freed (counted, traced)."""
+        ...
+
+    def start_restore(self, entry: Any) -> Any:
+        """Start copying ``entry`` back; returns a ticket."""
+        ...
+
+    def restore_into(self, t: torch.Tensor, entry: Any, ticket: Any) -> None:
+        """Fill ``t``'s re-grown storage from ``ticket``."""
+        ...
 
 
 @dataclass(eq=False)
@@ -67,7 +95,7 @@ class _Clock(TorchFunctionMode):
 class BranchSwapper:
     """Evicts long-waiting submodule outputs during the forward of ``model``."""
 
-    def __init__(self, engine: Any, model: nn.Module, lead: int = 4) -> None:
+    def __init__(self, engine: BranchHost, model: nn.Module, lead: int = 4) -> None:
         self.engine = engine
         self.lead = max(1, lead)
         self._plan: dict[int, tuple[int, int]] = {}   # ordinal -> (evict after, restore at)
@@ -110,7 +138,7 @@ class BranchSwapper:
             return
         for t in tree_flatten(output)[0]:
             if not isinstance(t, torch.Tensor) or type(t) is not torch.Tensor \
-                    or t.layout != torch.strided or self.engine.tracker.is_param_or_buffer(t):
+                    or t.layout != torch.strided or self.engine.is_param_or_buffer(t):
                 continue
             key = t.untyped_storage()._cdata
             old = self._by_key.get(key)
@@ -134,8 +162,7 @@ class BranchSwapper:
         # evict first, then restore what this op reads: an op never sees a freed storage
         self._pending += self._evict_at.pop(self.n - 1, [])
         if self._pending:
-            with self.engine._lock:  # _finish_out updates the engine's in-flight count
-                self._try_evict()
+            self._try_evict()
         if self._by_key:
             for t in tree_flatten((args, kwargs))[0]:
                 if isinstance(t, torch.Tensor) and t.layout == torch.strided:
@@ -148,49 +175,36 @@ class BranchSwapper:
             # identity, not key: a dead branch's storage address may since have been
             # reused by another output that is evicted under the same key
             if self._evicted.get(b.key) is b and b.in_ticket is None:
-                dev = b.held.device
-                b.in_ticket = self.engine._transport(dev).start_in(b.entry.stored, dev)
+                b.in_ticket = self.engine.start_restore(b.entry)
 
     def _try_evict(self) -> None:
-        eng = self.engine
         waiting = []
         for b in self._pending:
             t = b.alive()
-            e = eng._dedup.find(t) if t is not None else None
-            if e is None or not e.swap or e.released:
+            e = self.engine.host_copy(t) if t is not None else None
+            if isinstance(e, str) and e == PENDING:
+                waiting.append(b)
+                continue
+            if e is None:
                 continue  # dead, not saved, kept by the policy, or modified since: stays
-            if e.out_ticket is not None:
-                if not e.out_ticket.done():
-                    waiting.append(b)
-                    continue
-                eng._finish_out(e)
             try:
                 t.untyped_storage().resize_(0)
             except RuntimeError:
                 continue  # not resizable (shared with numpy, from_blob): stays
             b.entry, b.held = e, t
             self._evicted[b.key] = b
-            eng.stats.branch_evictions += 1
-            eng.stats.branch_bytes_out += b.nbytes
-            eng._event("branch_out", e)
+            self.engine.evicted(e)
         self._pending = waiting
 
     # ---------------------------------------------------------------- restore
     def _restore(self, b: _Branch) -> None:
-        eng = self.engine
         t = b.held
         assert t is not None
-        dev = t.device
-        ticket = b.in_ticket or eng._transport(dev).start_in(b.entry.stored, dev)
-        data = ticket.result()
+        ticket = b.in_ticket or self.engine.start_restore(b.entry)
         b.in_ticket = b.held = None
-        storage = t.untyped_storage()
-        storage.resize_(b.nbytes)
-        torch.empty(0, dtype=torch.uint8, device=dev).set_(storage).copy_(data)
+        t.untyped_storage().resize_(b.nbytes)
         del self._evicted[b.key]
-        eng._dedup.add(t, b.entry)  # the storage moved: key it by its new address
-        eng.stats.bytes_in += b.nbytes
-        eng._event("branch_in", b.entry)
+        self.engine.restore_into(t, b.entry, ticket)  # the storage moved: re-keyed there
 
     def restore_all(self) -> None:
         """Bring every evicted storage back (end of forward, errors, closing)."""

@@ -1,28 +1,32 @@
 """swap_activations: move the tensors autograd saves off the device, bring them back ahead of use.
 
-How a step runs:
+How a step runs (each saved storage is an ``Entry`` whose life is one state of
+``swapseg.offload.lifecycle``; resident bytes follow from those states):
 
-- forward: every tensor autograd saves passes through ``_pack``. Parameters, buffers,
-  tensors under ``min_bytes``, excluded scopes and tensors past ``n_tensors`` are kept.
-  The first pack of any other storage creates an entry and starts its copy-out; later
-  packs of the same storage (views, or the same map saved by several ops) share the entry.
-  Each pack returns a small handle (entry + view geometry); autograd holds the handle.
+- forward: every tensor autograd saves passes through ``pack``. Parameters, buffers,
+  tensors under ``min_bytes``, excluded scopes and tensors past ``n_tensors`` are kept
+  (``device``). The first pack of any other storage creates an entry and starts its
+  copy-out (``leaving``); finished copy-outs are collected at later packs (``host``).
+  Later packs of the same storage (views, or the same map saved by several ops) share
+  the entry. Each pack returns a small handle (entry + view geometry).
 - backward: the first unpack (or the gradient reaching the model's output) starts the
   backward: a callback is queued for its end, and the first ``prefetch`` entries of the
-  unpack order recorded in the previous step are loaded (reverse forward order in the
-  first step). Each unpack waits for its own copy-in and starts the copy-in of the next
-  ``prefetch`` entries. The engine drops its reference to a reloaded storage when the
-  last live handle of its entry has been unpacked; autograd frees the rest.
-- end of backward: reloaded copies still held are dropped, the unpack order is kept
-  for the next step's prefetch. When autograd frees the graph, handles die and their
-  entries give their host buffers back to the pool (or delete their files).
+  unpack order recorded in the previous step start their copy-in (``returning``). Each
+  unpack waits for its own copy-in (``back``) and starts the copy-in of the next
+  ``prefetch`` entries. The engine drops its device copy when the last live handle of
+  the entry has been unpacked (``host``; kept entries become ``spent``).
+- end of backward: device copies still held are dropped, the unpack order is kept for
+  the next step. When autograd frees the graph, handles die and their entries give
+  their host buffers or files back (``released``).
+
+A failed copy (a full disk) is raised at the next pack, unpack or context exit; the
+context then releases every entry, so no buffer or file remains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,103 +34,85 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from swapseg.offload.branches import PENDING, BranchSwapper
+from swapseg.offload.events import EventLog
+from swapseg.offload.lifecycle import Entry
 from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.schedule import PrefetchSchedule
 from swapseg.offload.stats import SwapStats
+from swapseg.offload.store import EntryStore
 from swapseg.offload.tracker import (
     DedupTable,
-    Entry,
     Handle,
     ScopeTracker,
     check_version,
     plain,
     scope_matches,
 )
-from swapseg.offload.transport import TransportSet
+from swapseg.offload.transport import Ticket, TransportFactory, TransportSet
 
-__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES"]
+__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING"]
 
 #: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
 DISK_INFLIGHT_BYTES = 256 * 2**20
 
 
+
 class SwapEngine:
-    """The saved-tensor hooks and their bookkeeping; use ``swap_activations``."""
+    """The saved-tensor hooks: when each entry moves (``EntryStore`` moves it)."""
 
     def __init__(self, model: nn.Module, policy: SwapPolicy, *, trace: bool = False,
-                 workers: int | None = None, max_inflight_bytes: int | None = -1) -> None:
+                 workers: int | None = None, max_inflight_bytes: int | None = -1,
+                 transport: TransportFactory | None = None) -> None:
         self.model = model
         self.policy = policy
         if max_inflight_bytes == -1:
             max_inflight_bytes = DISK_INFLIGHT_BYTES if policy.tier == "disk" else None
         self.max_inflight_bytes = max_inflight_bytes
         self.stats = SwapStats()
-        self.trace = trace
-        self.workers = workers
+        self.log = EventLog(self.stats, trace)
         self.tracker = ScopeTracker(model)
+        self.store = EntryStore(self.stats, self.log, TransportSet(
+            policy.tier, policy.disk_dir, workers, transport))
         self._lock = threading.RLock()
         self._dedup = DedupTable()
-        self._transports = TransportSet(policy.tier, policy.disk_dir, workers)
-        self._entries: list[Entry] = []     # this step's entries, forward order
-        self._live: set[Entry] = set()      # entries whose handles autograd still holds
-        self._outs: list[Entry] = []        # copy-outs not yet harvested
-        self._out_bytes = 0                 # their bytes (the throttle's in-flight count)
+        self._schedule = PrefetchSchedule(policy.prefetch)
+        self._entries: list[Entry] = []       # this step's entries, forward order
         self._next_id = 0
         self._eligible = 0
         self._new_step = True
-        self._in_backward = False
-        self._epoch = 0
-        self._order: list[int] | None = None   # unpack order of the previous step
-        self._order_n = -1                     # entry count of the step it was recorded in
-        self._plan: list[int] = []
-        self._plan_pos: dict[int, int] = {}
-        self._unpack_order: list[int] = []
-        self._closed = False
         self._root_hook = model.register_forward_hook(self._on_output)
         self._branches = None
         if policy.swap_branches:
-            from swapseg.offload.branches import BranchSwapper
             self._branches = BranchSwapper(self, model, lead=policy.prefetch)
 
-    # ------------------------------------------------------------------ events
-    def _event(self, kind: str, e: Entry | None = None, t: float | None = None,
-               **extra: Any) -> None:
-        if not self.trace:
-            return
-        ev: dict[str, Any] = {"t": (t if t is not None else time.perf_counter()) - self.stats.t0,
-                              "kind": kind, "step": self.stats.steps,
-                              "resident_bytes": self.stats.device_bytes}
-        if e is not None:
-            ev.update(id=e.id, index=e.index, bytes=e.nbytes, scope=e.scope)
-        ev.update(extra)
-        self.stats.events.append(ev)
+    def resident_bytes(self) -> int:
+        """Bytes of the live entries in a resident state (equals ``stats.device_bytes``)."""
+        with self._lock:
+            return self.store.resident_bytes()
 
-    def _resident(self, e: Entry, on: bool) -> None:
-        if on and not e.resident:
-            e.resident = True
-            self.stats.add_resident(e.nbytes)
-        elif not on and e.resident:
-            e.resident = False
-            self.stats.device_bytes -= e.nbytes
-
-    def _transport(self, device: torch.device) -> Any:
-        return self._transports.get(device)
+    def states(self) -> dict[str, int]:
+        """How many live entries are in each state."""
+        with self._lock:
+            return self.store.states()
 
     # ------------------------------------------------------------------ forward
     def pack(self, t: torch.Tensor) -> Any:
         with self._lock:
+            self.store.raise_error()
             st = self.stats
             scope = self.tracker.scope
             if not plain(t) or self.tracker.is_param_or_buffer(t):
                 st.count(scope, "kept")
                 return t
-            if self._new_step and not self._in_backward:
+            if self._new_step and not self.store.in_backward:
                 self._start_step()
-            self._harvest()
+            self.store.harvest()
             excluded = scope_matches(scope, self.policy.exclude)
             e = self._dedup.find(t)
             if e is not None and not (excluded and e.swap):
                 st.count(scope, "deduplicated")
-                self._event("dedup", e)
+                self.log.emit("dedup", e)
                 return self._new_handle(e, t)
             return self._new_handle(self._new_entry(t, scope, excluded), t)
 
@@ -142,37 +128,17 @@ class SwapEngine:
                   device=t.device, swap=swap)
         self._next_id += 1
         self._entries.append(e)
-        self._live.add(e)
         self._dedup.add(t, e)
-        self._resident(e, True)
+        self.store.add(e)
         self.stats.storages += 1
         self.stats.count(scope, "swapped" if swap else "kept", nbytes)
-        self._event("pack", e, swap=swap)
-        if not swap:
-            return e
-        src = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
-        e.device_tensor = src
-        e.out_ticket = self._transport(t.device).start_out(src)
-        self._outs.append(e)
-        self._out_bytes += nbytes
-        if self.max_inflight_bytes is not None:
-            self._throttle(self.max_inflight_bytes)
+        self.log.emit("pack", e, swap=swap)
+        if swap:
+            self.store.start_out(e, torch.empty(0, dtype=torch.uint8,
+                                                device=t.device).set_(storage))
+            if self.max_inflight_bytes is not None:
+                self.store.throttle(self.max_inflight_bytes)
         return e
-
-    def _throttle(self, limit: int) -> None:
-        """Wait for the oldest copy-outs while more than ``limit`` bytes are in flight.
-
-        A slow tier (disk) would otherwise let forward run ahead and keep every source
-        alive until its copy ends, which is the memory swapping was meant to free.
-        """
-        while self._out_bytes > limit and self._outs:
-            o = self._outs.pop(0)
-            if o.out_ticket is None:
-                continue
-            t0 = time.perf_counter()
-            o.out_ticket.sync()
-            self.stats.wait_s += time.perf_counter() - t0
-            self._finish_out(o)
 
     def _new_handle(self, e: Entry, t: torch.Tensor) -> Handle:
         e.n_live += 1
@@ -184,30 +150,7 @@ class SwapEngine:
         self._entries = []
         self._eligible = 0
         self._dedup.clear()
-        self._event("step_start")
-
-    def _harvest(self, block: bool = False) -> None:
-        """Collect finished copy-outs; their device storage is no longer the engine's."""
-        pending = []
-        for e in self._outs:
-            if e.out_ticket is None:
-                continue
-            if block or e.out_ticket.done():
-                self._finish_out(e)
-            else:
-                pending.append(e)
-        self._outs = pending
-
-    def _finish_out(self, e: Entry) -> None:
-        ticket = e.out_ticket
-        e.stored = ticket.result()
-        e.out_ticket = None
-        self._out_bytes -= e.nbytes
-        self._event("out_start", e, t=ticket.start_t)
-        self._event("out_end", e, t=ticket.end_t)
-        if e.epoch != self._epoch or not self._in_backward:
-            e.device_tensor = None
-            self._resident(e, False)
+        self.log.emit("step_start")
 
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -218,48 +161,35 @@ class SwapEngine:
 
     def _on_output_grad(self, grad: torch.Tensor) -> None:
         with self._lock:
-            if not self._in_backward:
+            if not self.store.in_backward:
                 self._begin_backward()
 
     # ------------------------------------------------------------------ backward
     def _begin_backward(self) -> None:
         if self._branches is not None:
             self._branches.restore_all()  # backward may read a kept tensor's storage
-        self._in_backward = True
-        self._epoch += 1
+        self.store.in_backward = True
+        self.store.epoch += 1
         self.stats.backwards += 1
         torch.autograd.Variable._execution_engine.queue_callback(self._end_backward_cb)
-        self._event("backward_start")
-        self._harvest()
-        n = len(self._entries)
-        if self._order is not None and self._order_n == n:
-            self._plan = self._order
-        else:
-            self._plan = list(range(n - 1, -1, -1))
-        self._plan_pos = {idx: pos for pos, idx in enumerate(self._plan)}
-        self._unpack_order = []
-        self._prefetch_from(0)
+        self.log.emit("backward_start")
+        self.store.harvest()
+        self.log.collect()
+        self._prefetch(self._schedule.begin(len(self._entries)))
 
-    def _prefetch_from(self, pos: int) -> None:
-        for idx in self._plan[pos:pos + self.policy.prefetch]:
+    def _prefetch(self, indices: list[int]) -> None:
+        for idx in indices:
             if idx < len(self._entries):
                 e = self._entries[idx]
-                if e.swap and not e.released and e.device_tensor is None \
-                        and e.in_ticket is None and e.stored is not None \
-                        and e.epoch != self._epoch:
-                    self._start_in(e, ahead=True)
-
-    def _start_in(self, e: Entry, ahead: bool) -> None:
-        e.in_ticket = self._transport(e.device).start_in(e.stored, e.device)
-        self.stats.bytes_in += e.nbytes
-        self._resident(e, True)
-        self._event("prefetch" if ahead else "demand", e)
+                if e.state == "host" and e.epoch != self.store.epoch:
+                    self.store.start_in(e, ahead=True)
 
     def unpack(self, h: Any) -> torch.Tensor:
         if not isinstance(h, Handle):
             return h
         with self._lock:
-            if not self._in_backward:
+            self.store.raise_error()
+            if not self.store.in_backward:
                 self._begin_backward()
             e = h.entry
             if e.released:
@@ -272,137 +202,129 @@ class SwapEngine:
                 orig = h.ref()
                 if orig is not None:
                     check_version(h, orig._version)
-                out = self._reload(e, h)
+                data = self.store.reload(e)
+                out = torch.empty(0, dtype=h.dtype, device=e.device).set_(
+                    data.untyped_storage(), h.offset, h.size, h.stride)
             self._count_unpack(e, h)
             return out
 
-    def _reload(self, e: Entry, h: Handle) -> torch.Tensor:
-        # a source whose copy-out is still in flight is used as it is
-        if e.device_tensor is None:
-            if e.in_ticket is None:
-                self.stats.prefetch_misses += 1
-                self._start_in(e, ahead=False)
-            elif e.epoch != self._epoch:
-                self.stats.prefetch_hits += 1
-            t0 = time.perf_counter()
-            ticket = e.in_ticket
-            e.device_tensor = ticket.result()
-            e.in_ticket = None
-            e.reloaded = True
-            waited = time.perf_counter() - t0
-            self.stats.wait_s += waited
-            self._event("in_start", e, t=ticket.start_t)
-            self._event("in_end", e, t=ticket.end_t)
-            if waited > 1e-4:
-                self._event("wait", e, dur_s=waited)
-        out = torch.empty(0, dtype=h.dtype, device=e.device)
-        return out.set_(e.device_tensor.untyped_storage(), h.offset, h.size, h.stride)
-
     def _count_unpack(self, e: Entry, h: Handle) -> None:
-        if e.epoch != self._epoch:
-            e.epoch = self._epoch
+        epoch = self.store.epoch
+        if e.epoch != epoch:
+            e.epoch = epoch
             e.n_unpacked = 0
             if e.index < len(self._entries) and self._entries[e.index] is e:
-                self._unpack_order.append(e.index)
-                pos = self._plan_pos.get(e.index)
-                if pos is not None:
-                    self._prefetch_from(pos + 1)
-            self._event("unpack", e)
-        if h.epoch != self._epoch:
-            h.epoch = self._epoch
+                self._prefetch(self._schedule.unpacked(e.index))
+            self.log.emit("unpack", e)
+        if h.epoch != epoch:
+            h.epoch = epoch
             e.n_unpacked += 1
         if e.n_unpacked >= e.n_live:
-            self._drop_device(e)
-
-    def _drop_device(self, e: Entry) -> None:
-        """The engine stops holding the device copy of ``e`` (autograd may still use it)."""
-        if e.swap:
-            if e.out_ticket is not None:
-                self._finish_out(e)
-                self._outs = [o for o in self._outs if o is not e]
-            self._drop_reload(e)
-        if e.resident:
-            self._resident(e, False)
-            self._event("free", e)
-
-    def _drop_reload(self, e: Entry) -> None:
-        """Hand the reloaded device copy of ``e`` (landed or in flight) back to the transport."""
-        if e.in_ticket is not None:
-            e.in_ticket.sync()
-            self._transports.recycle(e.device, e.in_ticket.result())
-            e.in_ticket = None
-        elif e.reloaded:
-            self._transports.recycle(e.device, e.device_tensor)
-        e.device_tensor = None
-        e.reloaded = False
+            self.store.drop_device(e)
 
     def _end_backward_cb(self) -> None:
         with self._lock:
             self._end_backward()
 
     def _end_backward(self) -> None:
-        for e in list(self._live):
-            if e.resident or e.device_tensor is not None or e.in_ticket is not None:
-                self._drop_device(e)
-        if self._unpack_order:
-            self._order = self._unpack_order
-            self._order_n = len(self._entries)
-        self._in_backward = False
+        store = self.store
+        store.in_backward = False
         self._new_step = True
+        self._schedule.end(len(self._entries))
         self._dedup.prune()
-        self._event("backward_end")
+        try:
+            store.each([e for e in store.live if e.resident], store.drop_device)
+        finally:
+            self.log.collect(block=self.log.trace)
+            self.log.emit("backward_end")
+
+    # ------------------------------------------------- the interface of swap_branches
+    def is_param_or_buffer(self, t: torch.Tensor) -> bool:
+        return self.tracker.is_param_or_buffer(t)
+
+    def host_copy(self, t: torch.Tensor) -> Entry | str | None:
+        """The entry whose stored copy holds ``t``'s storage now; ``PENDING`` while its
+        copy-out runs; None when there is none (not saved, kept, or modified since)."""
+        with self._lock:
+            e = self._dedup.find(t)
+            if e is None or not e.swap:
+                return None
+            if e.state == "leaving":
+                if not e.out_ticket.done():
+                    return PENDING
+                self.store.finish_out(e)
+            return e if e.state == "host" else None
+
+    def evicted(self, e: Entry) -> None:
+        """The storage whose copy is ``e`` was freed during forward."""
+        with self._lock:
+            self.stats.branch_evictions += 1
+            self.stats.branch_bytes_out += e.nbytes
+            self.log.emit("branch_out", e)
+
+    def start_restore(self, e: Entry) -> Ticket:
+        """Start copying ``e``'s stored copy back, for a storage evicted during forward."""
+        with self._lock:
+            return self.store.start_restore(e)
+
+    def restore_into(self, t: torch.Tensor, e: Entry, ticket: Ticket) -> None:
+        """Fill ``t``'s re-grown storage from ``ticket``; key it by its new address."""
+        with self._lock:
+            data = ticket.result()
+            dst = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+            dst.copy_(data)
+            self._dedup.add(t, e)
+            self.stats.bytes_in += e.nbytes
+            self.log.emit("branch_in", e)
 
     # ------------------------------------------------------------------ lifetime
-    def _handle_dead(self, h: Handle) -> None:
+    def handle_dead(self, h: Handle) -> None:
+        """Autograd dropped a handle (never raises: failures are raised later)."""
         with self._lock:
             e = h.entry
             e.n_live -= 1
-            if h.epoch == self._epoch and e.epoch == self._epoch:
+            epoch = self.store.epoch
+            if h.epoch == epoch and e.epoch == epoch:
                 e.n_unpacked -= 1
-            if e.n_live <= 0:
-                self._release(e)
-            elif self._in_backward and e.epoch == self._epoch and e.n_unpacked >= e.n_live:
-                self._drop_device(e)
-
-    def _release(self, e: Entry) -> None:
-        if e.released:
-            return
-        e.released = True
-        self._live.discard(e)
-        if e.out_ticket is not None:
-            e.out_ticket.sync()
-            self._finish_out(e)
-        self._drop_reload(e)
-        self._resident(e, False)
-        if e.stored is not None:
-            self._transports.free(e.device, e.stored)
-            e.stored = None
-        self._event("release", e)
-        if self._closed and not self._live:
-            self._transports.close()
+            try:
+                if e.n_live <= 0:
+                    self.store.release(e)
+                elif self.store.in_backward and e.epoch == epoch \
+                        and e.n_unpacked >= e.n_live:
+                    self.store.drop_device(e)
+            except Exception as exc:  # noqa: BLE001 - raised at the next pack/unpack/exit
+                self.store.failed(exc)
 
     def close(self, error: bool = False) -> None:
-        """Remove hooks; after an error, release every entry so no buffer or file remains."""
+        """Remove hooks; after an error, release every entry so no buffer or file remains.
+
+        Raises a copy failure not raised yet (unless the context already fails).
+        """
+        store = self.store
         with self._lock:
             self._root_hook.remove()
             if self._branches is not None:
                 self._branches.remove()
             self.tracker.remove()
-            self._harvest(block=True)
-            if error:
-                for e in list(self._live):
-                    self._release(e)
-            self._closed = True
+            with contextlib.suppress(Exception):
+                store.harvest(block=True)
+            if error or store.error is not None:
+                with contextlib.suppress(Exception):
+                    store.each(store.live, store.release)
+            store.closed = True
             # a graph that outlives the context may still unpack: copies then run inline
-            self._transports.go_inline()
-            if not self._live:
-                self._transports.close()
+            store.transports.go_inline()
+            self.log.collect(block=True)
+            if not store.live:
+                store.transports.close()
+            if not error:
+                store.raise_error()
 
 
 @contextlib.contextmanager
 def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool = False,
-                     workers: int | None = None, max_inflight_bytes: int | None = -1
-                     ) -> Iterator[SwapStats]:
+                     workers: int | None = None, max_inflight_bytes: int | None = -1,
+                     transport: TransportFactory | None = None) -> Iterator[SwapStats]:
     """Swap the tensors autograd saves inside this context, as ``policy`` says.
 
     Yields a live ``SwapStats``. ``policy=None`` installs nothing and yields empty stats.
@@ -411,13 +333,15 @@ def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool
     for CPU tensors on the host tier, where a copy thread would only compete with compute
     for the same cores, and one thread otherwise. ``max_inflight_bytes``
     makes a pack wait while more copy-out bytes are in flight (None: never; the default
-    -1 means ``DISK_INFLIGHT_BYTES`` for the disk tier, None otherwise).
+    -1 means ``DISK_INFLIGHT_BYTES`` for the disk tier, None otherwise). ``transport``:
+    ``factory(device) -> Transport`` replaces the tier's transports (see
+    ``swapseg.offload.transport.Transport``).
     """
     if policy is None:
         yield SwapStats()
         return
     engine = SwapEngine(model, policy, trace=trace, workers=workers,
-                        max_inflight_bytes=max_inflight_bytes)
+                        max_inflight_bytes=max_inflight_bytes, transport=transport)
     failed = False
     try:
         with torch.autograd.graph.saved_tensors_hooks(engine.pack, engine.unpack):

@@ -81,7 +81,8 @@ class SwapPolicy(Record):
     (``cuda`` for CUDA tensors, ``host`` otherwise)."""
 
     disk_dir: str | None = None
-    """Directory of the disk tier; None uses a fresh temporary directory per context."""
+    """Directory of the disk tier; None uses the system temporary directory (the files
+    there have no names, so nothing is left behind)."""
 
     def __post_init__(self) -> None:
         # lists from JSON or the CLI become tuples, so the policy stays hashable

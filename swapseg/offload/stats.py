@@ -42,15 +42,16 @@ class SwapStats:
     """Counters of one ``swap_activations`` context, updated while it runs.
 
     ``peak_device_bytes`` is the maximum, over the context, of the engine's resident
-    saved bytes: the sum of ``nbytes`` over unique saved storages (entries) that are on
-    the device by the engine's bookkeeping. An entry is resident:
+    saved bytes: the sum of ``nbytes`` over unique saved storages (entries) whose
+    lifecycle state (``swapseg.offload.lifecycle``) is resident:
 
-    - kept entries: from their first pack until the last of their live handles has been
-      unpacked in a backward (or autograd frees them, or backward ends);
-    - swapped entries: from their first pack until the engine observes that the copy-out
-      finished (immediately with a synchronous transport, ``workers=0``), and again from
-      the moment a copy-in is issued (prefetch or on demand) until the last of their live
-      handles has been unpacked in that backward (or backward ends).
+    - ``device``: kept entries, from their first pack until the last of their live handles
+      has been unpacked in a backward (or autograd frees them, or backward ends);
+    - ``leaving``: swapped entries from their first pack until the engine observes that
+      the copy-out finished (immediately with a synchronous transport, ``workers=0``);
+    - ``returning`` and ``back``: from the moment a copy-in is issued (prefetch or on
+      demand) until the last of their live handles has been unpacked in that backward
+      (or backward ends).
 
     The peak is sampled after every change, so an entry reloaded for an unpack counts
     at that unpack. It measures what the engine holds; a tensor the model itself keeps
@@ -70,8 +71,9 @@ class SwapStats:
     """Resident saved bytes now, by the definition above."""
     peak_device_bytes: int = 0
     wait_s: float = 0.0
-    """Seconds spent blocked at unpack waiting for a copy-in (and at pack for a full
-    transport queue)."""
+    """Seconds stalled at unpack waiting for a copy-in (on CUDA: the compute stream's
+    stall, from events, added as the copies' events complete and complete at context
+    exit), and at pack waiting for the in-flight bound."""
     prefetch_hits: int = 0
     """Unpacks whose copy-in had been issued ahead of use."""
     prefetch_misses: int = 0
@@ -110,6 +112,7 @@ class SwapStats:
             setattr(sc, key, getattr(sc, key) + nbytes)
 
     def add_resident(self, nbytes: int) -> None:
+        """Add ``nbytes`` (negative: remove) to the resident bytes; track the peak."""
         self.device_bytes += nbytes
         if self.device_bytes > self.peak_device_bytes:
             self.peak_device_bytes = self.device_bytes

@@ -2,15 +2,18 @@
 
 The measured counterpart of the paper's Fig. 2. Events come from
 ``swap_activations(..., trace=True)`` (``stats.events``), each a dict with ``t`` (seconds
-since the context opened), ``kind``, ``step`` and ``resident_bytes``, and for per-tensor
-events ``id``, ``bytes``, ``scope``. Kinds:
+since the context opened), ``kind`` and ``step``, engine events with ``resident_bytes``
+(the engine's resident saved bytes just after the event), and per-tensor events with
+``id``, ``bytes``, ``scope``. Kinds:
 
 - ``step_start``, ``backward_start``, ``backward_end``: phase marks;
 - ``pack`` (a new saved storage; ``swap`` says whether it moves), ``dedup``;
-- ``out_start`` / ``out_end``: the copy-out as the transport ran it;
+- ``out_start`` / ``out_end``: the copy-out as the transport ran it (on CUDA, device
+  times from events); no ``resident_bytes``, since they may be recorded after the fact;
 - ``prefetch`` (copy-in issued ahead of use) / ``demand`` (issued at its unpack);
-- ``in_start`` / ``in_end``: the copy-in as the transport ran it;
-- ``wait`` (``dur_s`` blocked at an unpack), ``unpack``, ``free`` (the engine dropped its
+- ``in_start`` / ``in_end``: the copy-in as the transport ran it (likewise);
+- ``wait`` (``dur_s`` the consumer stalled on a copy-in, ending at ``t``; on CUDA the
+  compute stream's stall), ``unpack``, ``free`` (the engine dropped its
   device copy), ``release`` (autograd freed the last handle).
 """
 
@@ -85,8 +88,9 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path,
     ax.set_yticks(range(len(_LANES)), _LANES)
     ax.legend(loc="upper right", fontsize=7, ncol=5)
     ax.set_title(title or f"swap timeline, step {ev[0].get('step', '?')}")
-    ts = [e["t"] - t0 for e in ev]
-    mib = [e["resident_bytes"] / 2**20 for e in ev]
+    levels = [e for e in ev if "resident_bytes" in e]
+    ts = [e["t"] - t0 for e in levels]
+    mib = [e["resident_bytes"] / 2**20 for e in levels]
     axm.step(ts, mib, where="post", color="black", lw=1)
     axm.set_ylabel("resident saved MiB")
     axm.set_xlabel("seconds from the step's first event")

@@ -1,23 +1,23 @@
 """Module scopes and saved-tensor records.
 
 ``ScopeTracker`` keeps a stack of module qualified names with forward pre/post hooks, so
-each tensor autograd saves can be tagged with the scope that saved it. ``Entry`` is one
-record per unique storage saved in a step: its id (forward order), scope, bytes, and where
-its bytes are. ``DedupTable`` finds the entry of a storage that was already saved, and
-never hands back an entry whose storage has died (a stale address is the classic silent
-gradient corruption of storage-keyed caches).
+each tensor autograd saves can be tagged with the scope that saved it. ``Entry`` (from
+``swapseg.offload.lifecycle``) is one record per unique storage saved in a step.
+``DedupTable`` finds the entry of a storage that was already saved, and never hands back
+an entry whose storage has died (a stale address is the classic silent gradient
+corruption of storage-keyed caches).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from swapseg.offload.lifecycle import Entry
 from swapseg.offload.policy import ROOT_SCOPE, scope_matches
 
 __all__ = ["ScopeTracker", "Entry", "DedupTable", "Handle", "scope_matches", "storage_key",
@@ -72,36 +72,6 @@ class ScopeTracker:
             h.remove()
         self._handles.clear()
         self.stack.clear()
-
-
-@dataclass(eq=False)
-class Entry:
-    """One unique saved storage.
-
-    ``device_tensor`` is a uint8 view of the storage while it is on the device (kept,
-    being copied out, or reloaded); ``stored`` is the transport's copy (a host buffer
-    or a file) once copy-out has finished.
-    """
-
-    id: int
-    index: int
-    """Position among the entries created in this step (forward order)."""
-    scope: str
-    nbytes: int
-    device: torch.device
-    swap: bool
-    device_tensor: torch.Tensor | None = None
-    stored: Any = None
-    out_ticket: Any = None
-    in_ticket: Any = None
-    resident: bool = False
-    reloaded: bool = False
-    """``device_tensor`` is a copy brought back (not the forward's own storage)."""
-    n_live: int = 0
-    n_unpacked: int = 0
-    epoch: int = -1
-    released: bool = False
-    weak: Any = field(default=None, repr=False)
 
 
 class DedupTable:
@@ -160,7 +130,7 @@ class Handle:
 
     def __del__(self) -> None:
         try:
-            self.engine._handle_dead(self)
+            self.engine.handle_dead(self)
         except Exception:  # interpreter shutdown: nothing left to free
             pass
 

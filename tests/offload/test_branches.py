@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _late_transport import LateFactory
 from _swap_models import assert_bitwise, isensee, train_steps
 from torch import nn
 
 from swapseg.offload import SwapPolicy, swap_activations
 
 
-def _swap(policy):
-    return lambda m: swap_activations(m, policy)
+def _swap(policy, transport=None):
+    return lambda m: swap_activations(m, policy, transport=transport)
 
 
-@pytest.mark.parametrize("tier", ["host", "disk"])
+@pytest.mark.parametrize("tier", ["host", "disk", "late"])
 def test_bitwise_with_branches(tier, tmp_path):
     base = train_steps(isensee, _swap(None))
-    policy = SwapPolicy(tier=tier, swap_branches=True, prefetch=2,
+    late = LateFactory(seed=11) if tier == "late" else None
+    policy = SwapPolicy(tier="host" if late else tier, swap_branches=True, prefetch=2,
                         disk_dir=str(tmp_path) if tier == "disk" else None)
-    run = train_steps(isensee, _swap(policy), one_context=True)
+    run = train_steps(isensee, _swap(policy, late), one_context=True)
     assert_bitwise(base, run)
     evictions = [st.branch_evictions for st in run[3]]  # cumulative
     assert evictions[0] == 0 < evictions[1] < evictions[2]  # step 1 only records uses
+    if late:
+        assert late.made[0].out_of_order()
 
 
 def test_skip_storage_is_freed_while_the_decoder_waits():
@@ -74,3 +78,50 @@ def test_no_grad_forward_does_not_evict():
         with torch.no_grad():
             out = model(x)
     assert torch.equal(ref, out) and st.branch_evictions == 0
+
+
+class CloneHost:
+    """A ``BranchHost`` with no engine behind it: the host copy is a clone made on demand."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def is_param_or_buffer(self, t):
+        self._count("is_param_or_buffer")
+        return isinstance(t, nn.Parameter)
+
+    def host_copy(self, t):
+        self._count("host_copy")
+        return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).clone()
+
+    def evicted(self, entry):
+        self._count("evicted")
+
+    def start_restore(self, entry):
+        from swapseg.offload.transport import Ticket
+        self._count("start_restore")
+        return Ticket(value=entry)
+
+    def restore_into(self, t, entry, ticket):
+        self._count("restore_into")
+        torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).copy_(ticket.result())
+
+
+def test_swapper_needs_only_the_branch_host_interface():
+    from swapseg.offload.branches import BranchSwapper
+
+    torch.manual_seed(0)
+    model = PlainSkip()
+    x = torch.randn(1, 1, 6, 7, 5)
+    ref = model(x)
+    host = CloneHost()
+    swapper = BranchSwapper(host, model, lead=2)
+    try:
+        outs = [model(x) for _ in range(3)]  # the first forward only records uses
+    finally:
+        swapper.remove()
+    assert all(torch.equal(ref, out) for out in outs)
+    assert host.calls.get("evicted", 0) >= 2 and host.calls["restore_into"] == host.calls["evicted"]

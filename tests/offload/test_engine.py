@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from _late_transport import LateFactory
 from _swap_models import InplaceViews, assert_bitwise, isensee, monai_net, train_steps
 
 from swapseg.offload import SwapPolicy, SwapStats, swap_activations
@@ -14,8 +15,8 @@ from swapseg.offload.tracker import scope_matches
 ARCHS = {"isensee": isensee, "monai_dynunet": monai_net, "inplace_views": InplaceViews}
 
 
-def _swap(policy, workers=1):
-    return lambda m: swap_activations(m, policy, workers=workers)
+def _swap(policy, workers=1, transport=None):
+    return lambda m: swap_activations(m, policy, workers=workers, transport=transport)
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,21 @@ def baselines():
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("tier", ["host", "disk"])
+@pytest.mark.parametrize("tier", ["host", "disk", "late"])
 def test_bitwise_three_steps(baselines, arch, tier, tmp_path):
-    policy = SwapPolicy(tier=tier, prefetch=2,
+    """``late``: every copy finishes after a random delay, in shuffled order."""
+    late = LateFactory(seed=len(arch)) if tier == "late" else None
+    policy = SwapPolicy(tier="host" if late else tier, prefetch=2,
                         disk_dir=str(tmp_path) if tier == "disk" else None)
-    run = train_steps(ARCHS[arch], _swap(policy))
+    run = train_steps(ARCHS[arch], _swap(policy, transport=late))
     assert_bitwise(baselines[arch], run)
     for st in run[3]:
         assert st.swapped > 0 and st.bytes_out > 0
         assert st.packed == st.swapped + st.deduplicated + st.kept
         assert st.device_bytes == 0  # nothing held after backward
+    if late:
+        assert len(late.made) == 3 and all(tr.out_of_order() for tr in late.made)
+        assert all(tr.pool.free_bytes == tr.pool.allocated_bytes for tr in late.made)
 
 
 def test_bitwise_inline_transport_and_long_prefetch(baselines):
@@ -156,7 +162,8 @@ def test_no_grad_does_nothing():
     assert min(hooked) < 1.2 * min(plain) + 0.005  # hooks only push/pop scope names
 
 
-def test_retain_graph_second_backward():
+@pytest.mark.parametrize("late", [False, True])
+def test_retain_graph_second_backward(late):
     model = isensee()
     x = torch.randn(1, 2, 16, 16, 16)
     torch.manual_seed(3)
@@ -165,7 +172,8 @@ def test_retain_graph_second_backward():
     loss.backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    with swap_activations(model, SwapPolicy(prefetch=3)) as st:
+    factory = LateFactory(seed=7) if late else None
+    with swap_activations(model, SwapPolicy(prefetch=3), transport=factory) as st:
         torch.manual_seed(3)
         loss = model(x).square().mean()
         loss.backward(retain_graph=True)
@@ -208,9 +216,10 @@ def test_inflight_bound_makes_forward_wait():
     assert peak(workers=1, max_inflight_bytes=0) == inline
 
 
+@pytest.mark.parametrize("late", [False, True])
 @pytest.mark.parametrize("scopes,mode,branches", [(("encoder.*",), "full", True),
                                                   (("*",), "speed", False)])
-def test_composes_with_recompute(baselines, scopes, mode, branches):
+def test_composes_with_recompute(baselines, scopes, mode, branches, late):
     """Hybrid plans: checkpointed scopes inside a swap context stay bitwise equal."""
     import contextlib
 
@@ -219,7 +228,8 @@ def test_composes_with_recompute(baselines, scopes, mode, branches):
     @contextlib.contextmanager
     def hybrid(model):
         policy = SwapPolicy(prefetch=2, swap_branches=branches)
-        with swap_activations(model, policy) as st, \
+        factory = LateFactory(seed=3) if late else None
+        with swap_activations(model, policy, transport=factory) as st, \
                 recompute(model, RecomputePolicy(scopes, mode)):
             yield st
 

@@ -1,14 +1,30 @@
-"""Buffer pool and the CPU transports (host, disk)."""
+"""Buffer pool and its bound, the CPU transports (host, disk), ticket timings, CUDA timing
+bookkeeping (with fake events)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 
 import pytest
 import torch
 
 from swapseg.errors import InputError
-from swapseg.offload.transport import BufferPool, DiskTransport, HostTransport, make_transport
+from swapseg.offload.transport import (
+    BufferPool,
+    CopyRunner,
+    CudaTransport,
+    DiskFullError,
+    DiskTransport,
+    HostTransport,
+    Transport,
+    make_transport,
+)
+from swapseg.offload.transport import disk as disk_mod
+from swapseg.offload.transport.cuda import EventClock, EventTicket
+
+CPU = torch.device("cpu")
 
 
 def test_pool_reuses_exact_sizes():
@@ -26,39 +42,191 @@ def test_pool_reuses_exact_sizes():
     assert pool.allocated_bytes == 0 and pool.free_bytes == 0
 
 
+def test_pool_trim_keeps_the_last_window_high_water_mark():
+    pool = BufferPool()
+    # window 1: three 100-byte buffers at once, one 50-byte one
+    bufs = [pool.acquire(100) for _ in range(3)] + [pool.acquire(50)]
+    for b in bufs:
+        pool.release(b)
+    assert pool.trim() == 0 and pool.allocated_bytes == 350  # all of it was in use at once
+    # window 2: only one 100-byte buffer in use at a time, no 50-byte one
+    for _ in range(4):
+        pool.release(pool.acquire(100))
+    assert pool.allocations == 4
+    assert pool.trim() == 250  # two 100-byte buffers and the 50-byte one go
+    assert pool.allocated_bytes == pool.free_bytes == 100
+    # a buffer in use during trim is never freed, and counts in the next window
+    held = pool.acquire(100)
+    assert pool.trim() == 0 and pool.allocated_bytes == 100
+    pool.release(held)
+    assert pool.trim() == 0 and pool.free_bytes == 100
+    assert pool.trim() == 100 and pool.allocated_bytes == 0  # a window that used nothing
+
+
+def test_host_transport_close_trims_its_pool():
+    pool = BufferPool()
+    tr = HostTransport(workers=0, pool=pool)
+    pool.release(pool.acquire(4096))  # stale: from an earlier context
+    pool.trim()
+    stored = tr.start_out(torch.zeros(10, dtype=torch.uint8)).result()
+    tr.free(stored)
+    tr.close()
+    assert pool.allocated_bytes == 10  # the stale 4096-byte buffer is gone
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_host_round_trip(workers):
+def test_host_round_trip_and_ticket_times(workers):
     tr = HostTransport(workers=workers, pool=BufferPool())
+    assert isinstance(tr, Transport)
     src = torch.arange(1000, dtype=torch.uint8)
+    t_before = time.perf_counter()
     out = tr.start_out(src)
     stored = out.result()
-    assert out.done() and torch.equal(stored, src) and stored.data_ptr() != src.data_ptr()
-    back = tr.start_in(stored, torch.device("cpu")).result()
+    assert out.done() and out.timed()
+    assert t_before <= out.start_t <= out.end_t <= time.perf_counter()
+    assert out.wait_s >= 0 and out.wait_end_t >= out.end_t - 1e-3
+    assert torch.equal(stored, src) and stored.data_ptr() != src.data_ptr()
+    back = tr.start_in(stored, CPU).result()
     assert torch.equal(back, src) and back.data_ptr() != stored.data_ptr()
     tr.free(stored)
     assert tr.pool.free_bytes == 1000
     tr.close()
 
 
-def test_disk_round_trip_and_cleanup(tmp_path):
+def test_a_failed_copy_raises_at_result_inline_and_threaded():
+    for workers in (0, 1):
+        runner = CopyRunner(workers)
+        ticket = runner.submit(lambda: 1 / 0)
+        ticket.sync()
+        assert ticket.done() and ticket.end_t is not None
+        with pytest.raises(ZeroDivisionError):
+            ticket.result()
+        runner.close()
+
+
+def _fds_in(folder) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder) + "/"):
+                out.append(fd)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_disk_files_have_no_names(tmp_path, monkeypatch, tmpfile):
+    if not tmpfile:  # a file system without O_TMPFILE: create, then unlink at once
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
     tr = DiskTransport(str(tmp_path), workers=1)
     src = torch.randint(0, 255, (4097,), dtype=torch.uint8)
-    path = tr.start_out(src).result()
-    assert os.path.getsize(path) == 4097
-    back = tr.start_in(path, torch.device("cpu")).result()
+    stored = tr.start_out(src).result()
+    assert os.fstat(stored.fd).st_size == 4097 and stored.nbytes == 4097
+    assert os.listdir(tmp_path) == [] and len(_fds_in(tmp_path)) == 1
+    back = tr.start_in(stored, CPU).result()
     assert torch.equal(back, src)
-    tr.free(path)
-    assert not os.path.exists(path)
+    tr.free(stored)
+    assert _fds_in(tmp_path) == [] and tr.open_files == 0
+    tr.start_out(src).result()  # still open at close: close closes it
     tr.close()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and _fds_in(tmp_path) == []
+
+
+def test_disk_full_is_one_line_naming_folder_and_bytes(tmp_path, monkeypatch):
+    tr = DiskTransport(str(tmp_path), workers=1)
+
+    def full(fd, data, offset):
+        os.write(fd, bytes(data[:100]))  # some bytes land before the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk_mod.os, "pwrite", full)
+    ticket = tr.start_out(torch.zeros(5000, dtype=torch.uint8))
+    with pytest.raises(DiskFullError) as info:
+        ticket.result()
+    msg = str(info.value)
+    assert isinstance(info.value, InputError) and len(msg.splitlines()) == 1
+    assert str(tmp_path) in msg and "5000 bytes" in msg
+    assert _fds_in(tmp_path) == [] and tr.open_files == 0 and os.listdir(tmp_path) == []
+    tr.close()
 
 
 def test_make_transport_tiers(tmp_path):
-    cpu = torch.device("cpu")
-    assert make_transport("auto", cpu).kind == "host"
-    assert make_transport("host", cpu).kind == "host"
-    d = make_transport("disk", cpu, disk_dir=str(tmp_path))
+    assert make_transport("auto", CPU).kind == "host"
+    assert make_transport("host", CPU).kind == "host"
+    d = make_transport("disk", CPU, disk_dir=str(tmp_path))
     assert d.kind == "disk"
     d.close()
     with pytest.raises(InputError, match="cuda"):
-        make_transport("cuda", cpu)
+        make_transport("cuda", CPU)
+    assert isinstance(d, Transport) and issubclass(CudaTransport, object)
+
+
+class _FakeEvent:
+    """A CUDA event stand-in: ``now`` is the fake device clock in ms."""
+
+    now = 0.0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.t: float | None = None
+        self.complete = False
+
+    def record(self, stream=None) -> None:
+        self.t = _FakeEvent.now
+
+    def query(self) -> bool:
+        return self.complete
+
+    def synchronize(self) -> None:
+        self.complete = True
+
+    def elapsed_time(self, other: _FakeEvent) -> float:
+        assert self.complete and other.complete, "elapsed_time needs completed events"
+        return other.t - self.t
+
+
+class _FakeStream:
+    def __init__(self) -> None:
+        self.waited: list[_FakeEvent] = []
+
+    def wait_event(self, ev: _FakeEvent) -> None:
+        self.waited.append(ev)
+
+
+def _at(ms: float) -> _FakeEvent:
+    _FakeEvent.now = ms
+    ev = _FakeEvent()
+    ev.record()
+    return ev
+
+
+@pytest.mark.parametrize("ready_ms, stall_ms", [(12.0, 8.0), (25.0, 0.0)])
+def test_event_ticket_times_come_from_events(ready_ms, stall_ms):
+    """Copy from 10 to 20 ms on the device; the consumer needs it at ``ready_ms``."""
+    anchor = _at(0.0)
+    anchor.synchronize()
+    clock = EventClock(anchor, host_t=100.0)
+    start, end = _at(10.0), _at(20.0)
+    compute = _FakeStream()
+    ticket = EventTicket("value", start, end, clock, lambda: compute, _FakeEvent)
+    assert not ticket.done() and not ticket.timed() and ticket.start_t is None
+    _FakeEvent.now = ready_ms
+    assert ticket.result() == "value" and compute.waited == [end]  # the host did not block
+    start.complete = end.complete = True
+    assert ticket.done() and not ticket.timed()  # the consumer has not reached its point
+    ticket.sync()
+    assert ticket.timed()
+    assert ticket.start_t == pytest.approx(100.010) and ticket.end_t == pytest.approx(100.020)
+    assert ticket.wait_s == pytest.approx(stall_ms / 1e3)
+    ticket.forget()
+    assert ticket.end_t == pytest.approx(100.020)  # timing survives dropping the tensors
+
+
+def test_disk_shortfall_against_a_tmpfs(tmp_path):
+    from _tmpfs import tiny_tmpfs
+
+    with tiny_tmpfs(tmp_path / "tiny", "1m") as tiny:
+        free = os.statvfs(tiny).f_bavail * os.statvfs(tiny).f_frsize
+        assert 0 < free <= 2**20
+        assert disk_mod.disk_shortfall(str(tiny), free) == 0
+        assert disk_mod.disk_shortfall(str(tiny), free + 12345) == 12345

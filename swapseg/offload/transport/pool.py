@@ -1,0 +1,99 @@
+"""Host buffers reused across steps, and the bound on what a pool keeps.
+
+Fresh host buffers pay a page fault per 4 KiB on first touch (and pinned ones a
+``cudaHostAlloc``), so buffers are handed out by exact size and taken back, never freed
+inside a step. The bound: ``trim()``, called when a swap context closes, keeps at most
+as many free buffers of each size as were in use at once since the previous trim (the
+last context's high-water mark per size) and frees the rest. A run whose shapes do not
+change keeps exactly what its next context needs; one whose shapes change (volumes of
+different sizes) does not accumulate buffers of sizes it stopped using.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+__all__ = ["BufferPool", "get_pool", "clear_pools"]
+
+
+class BufferPool:
+    """Host buffers (uint8, exact sizes) handed out and taken back."""
+
+    def __init__(self, pin_memory: bool = False) -> None:
+        self.pin_memory = pin_memory
+        self._free: dict[int, list[torch.Tensor]] = {}
+        self._in_use: dict[int, int] = {}
+        self._peak: dict[int, int] = {}   # per size: most in use at once since the last trim
+        self._lock = threading.Lock()
+        self.allocated_bytes = 0
+        """Bytes of all buffers this pool allocated and still owns (free or in use)."""
+        self.allocations = 0
+        """Buffers allocated over the pool's life."""
+
+    def acquire(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            n = self._in_use[nbytes] = self._in_use.get(nbytes, 0) + 1
+            self._peak[nbytes] = max(self._peak.get(nbytes, 0), n)
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+            self.allocated_bytes += nbytes
+            self.allocations += 1
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin_memory)
+
+    def release(self, buf: torch.Tensor) -> None:
+        n = buf.numel()
+        with self._lock:
+            self._in_use[n] = max(0, self._in_use.get(n, 0) - 1)
+            self._free.setdefault(n, []).append(buf)
+
+    @property
+    def free_bytes(self) -> int:
+        with self._lock:
+            return sum(n * len(v) for n, v in self._free.items())
+
+    def trim(self) -> int:
+        """Free the buffers beyond the per-size high-water mark since the last trim.
+
+        Starts a new window from the buffers in use now. Returns the bytes freed.
+        """
+        freed = 0
+        with self._lock:
+            for n, bufs in list(self._free.items()):
+                keep = max(0, self._peak.get(n, 0) - self._in_use.get(n, 0))
+                drop = len(bufs) - keep
+                if drop > 0:
+                    del bufs[keep:]
+                    freed += n * drop
+                if not bufs:
+                    del self._free[n]
+            self.allocated_bytes -= freed
+            self._peak = {n: c for n, c in self._in_use.items() if c}
+        return freed
+
+    def clear(self) -> None:
+        """Drop the free buffers (buffers in use stay owned by their holders)."""
+        with self._lock:
+            self.allocated_bytes -= sum(n * len(v) for n, v in self._free.items())
+            self._free.clear()
+
+
+_POOLS: dict[bool, BufferPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def get_pool(pin_memory: bool = False) -> BufferPool:
+    """The process-wide pool (pinned or pageable), shared by all swap contexts."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(pin_memory)
+        if pool is None:
+            pool = _POOLS[pin_memory] = BufferPool(pin_memory)
+        return pool
+
+
+def clear_pools() -> None:
+    """Give the free host buffers of all pools back to the allocator."""
+    for pool in list(_POOLS.values()):
+        pool.clear()
