@@ -8,24 +8,37 @@ Memory (deterministic, so valid even on a loaded machine):
 Time (needs a quiet machine): the ``local`` profile is calibrated with one real step at
 ``--calibrate`` (default 64^3) and predicts the median of ``--steps`` steps at each side.
 
+The clock check (``--clock``, issue 13): the profile is calibrated with one profiled step
+at each of ``--calibrate`` sides (per-op conv rates, everything else fitted), its disk
+tier measured (write + fdatasync, read after DONTNEED), and then predicts the median of
+``--steps`` steps (after one warm-up) of no swapping, the disk tier (swap all, prefetch 4)
+and recompute-speed at each side; memory rows are skipped. Writes the profile next to
+the result (``*-profile.json``) for ``swapseg bench largest --profile``.
+
     python benchmarks/planner_check.py --out benchmarks/results/planner_check.json
+    python benchmarks/planner_check.py --clock --calibrate 64 96 128 --sides 64 96 128 \
+        --out benchmarks/results/planner-clock.json
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
 import torch
 
 from swapseg.envinfo import environment
+from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload import apply_plan
 from swapseg.offload.engine import swap_activations
-from swapseg.offload.measure import profiled_peak_bytes, train_step
-from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.measure import measure_steps, profiled_peak_bytes, train_step
+from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
+from swapseg.planner.calibrate import calibrate
 from swapseg.planner.devices import measure_local
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
@@ -38,11 +51,17 @@ POLICIES = {"config-1 (all, lb 1)": SwapPolicy(prefetch=1),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sides", type=int, nargs="+", default=[64, 96])
-    ap.add_argument("--calibrate", type=int, default=64)
+    ap.add_argument("--calibrate", type=int, nargs="+", default=[64])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--clock", action="store_true",
+                    help="time check of none / disk tier / recompute-speed only")
     ap.add_argument("--out", default="benchmarks/results/planner_check.json")
     a = ap.parse_args()
     torch.manual_seed(0)
+    if a.clock:
+        clock_check(a)
+        return
+    a.calibrate = a.calibrate[0]
     model = Isensee3DUNet()
     local = measure_local(model, calibrate_shape=(1, 4, a.calibrate, a.calibrate, a.calibrate))
     instant = dataclasses.replace(local, d2h_bytes_per_s=1e30, h2d_bytes_per_s=1e30)
@@ -80,6 +99,35 @@ def main() -> None:
                   f"predicted {row['predicted']:>14.4g} error {row['error']:+.1%}", flush=True)
     write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
                        "calibrate_side": a.calibrate, "rows": rows})
+
+
+CLOCK_PLANS = {"none": MemoryPlan(name="none"),
+               "disk tier (swap all, lb 4)": MemoryPlan(SwapPolicy(tier="disk", prefetch=4)),
+               "recompute-speed": MemoryPlan(None, RecomputePolicy(("*",), "speed"))}
+
+
+def clock_check(a: argparse.Namespace) -> None:
+    model = Isensee3DUNet()
+    load0 = os.getloadavg()
+    base = measure_local(model, tier="disk")
+    local, calib = calibrate(base, model, [(1, 4, s, s, s) for s in a.calibrate], dice_loss)
+    write_json(a.out.replace(".json", "-profile.json"), local.to_dict())
+    rows = []
+    for side in a.sides:
+        tr = trace_step(model, (1, 4, side, side, side), dice_loss)
+        for name, plan in CLOCK_PLANS.items():
+            r = measure_steps(model, (1, 4, side, side, side),
+                              lambda m, plan=plan: apply_plan(m, plan), steps=a.steps,
+                              warmup=1, loss_fn=dice_loss)
+            p = simulate(tr, local, plan.swap, plan.recompute)
+            rows.append({"side": side, "what": f"{name}: step s", "measured": r["step_s"],
+                         "predicted": p.step_s, "error": p.step_s / r["step_s"] - 1,
+                         "all_s": r["step_s_all"], "load": os.getloadavg()})
+            print(f"{side:>4} {name:<30} measured {r['step_s']:8.2f} s predicted "
+                  f"{p.step_s:8.2f} s error {rows[-1]['error']:+.1%}", flush=True)
+            write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
+                               "calibrate_sides": a.calibrate, "calibration_steps": calib,
+                               "load_before": load0, "rows": rows})
 
 
 if __name__ == "__main__":
