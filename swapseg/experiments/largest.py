@@ -8,8 +8,8 @@ search. The bisection starts at the planner's predicted largest side and then it
 neighbour, so a good prediction settles a method in two probes.
 
 Methods: ``none``; ``recompute-speed`` / ``recompute-full`` (every scope); ``swap-disk``
-(everything to files); ``swap-host`` (host memory; on a CPU that is the same memory, so
-it frees nothing); ``hybrid`` (recompute the decoder, swap the rest); ``auto`` (the
+(everything to files); ``swap-host`` (host memory: pinned over the CUDA link on a GPU; on
+a CPU that is the same memory, so it frees nothing); ``hybrid`` (recompute the decoder, swap the rest); ``auto`` (the
 planner's fastest plan under the cap, re-planned at every side). On a CPU the swapping
 methods other than ``swap-host`` use the disk tier, the only one that frees memory.
 """
@@ -115,8 +115,9 @@ def method_plan(method: str, model: nn.Module, shape: tuple[int, ...],
     if method in ("recompute-speed", "recompute-full"):
         mode = method.split("-")[1]
         return MemoryPlan(None, RecomputePolicy(("*",), mode), method)  # type: ignore[arg-type]
-    if method == "swap-disk":
-        plan = MemoryPlan(SwapPolicy(prefetch=PROBE_PREFETCH, tier=swap_tier), None, method)
+    if method == "swap-disk":  # files, on a GPU too
+        return MemoryPlan(SwapPolicy(prefetch=PROBE_PREFETCH, tier="disk", disk_dir=disk_dir),
+                          None, method)
     elif method == "swap-host":
         return MemoryPlan(SwapPolicy(prefetch=PROBE_PREFETCH, tier=swap_tier if cuda
                                      else "host"), None, method)

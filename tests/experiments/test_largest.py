@@ -130,5 +130,7 @@ def test_cpu_methods_swap_to_disk_except_swap_host():
     for m in ("swap-disk", "hybrid"):
         assert L.method_plan(m, model, shape, prof, 2**30).swap.tier == "disk"
     assert L.method_plan("swap-host", model, shape, prof, 2**30).swap.tier == "host"
-    assert L.method_plan("swap-disk", model, shape, prof, 2**30, cuda=True).swap.tier == "cuda"
+    assert L.method_plan("swap-disk", model, shape, prof, 2**30, cuda=True).swap.tier == "disk"
+    assert L.method_plan("swap-host", model, shape, prof, 2**30, cuda=True).swap.tier == "cuda"
+    assert L.method_plan("hybrid", model, shape, prof, 2**30, cuda=True).swap.tier == "cuda"
     assert L.method_plan("recompute-full", model, shape, prof, 2**30).swap is None
