@@ -9,9 +9,10 @@ neighbour, so a good prediction settles a method in two probes.
 
 Methods: ``none``; ``recompute-speed`` / ``recompute-full`` (every scope); ``swap-disk``
 (everything to files); ``swap-host`` (host memory: pinned over the CUDA link on a GPU; on
-a CPU that is the same memory, so it frees nothing); ``hybrid`` (recompute the decoder, swap the rest); ``auto`` (the
-planner's fastest plan under the cap, re-planned at every side). On a CPU the swapping
-methods other than ``swap-host`` use the disk tier, the only one that frees memory.
+a CPU that is the same memory, so it frees nothing); ``hybrid`` (recompute the decoder,
+swap the rest); ``auto`` (the planner's fastest plan under the cap, re-planned at every
+side). On a CPU ``hybrid`` and ``auto`` swap to the disk tier, the only one that frees
+memory there; on a GPU they use the cuda tier.
 """
 
 from __future__ import annotations
@@ -308,17 +309,28 @@ def run_largest(model: nn.Module, methods: Sequence[str], cap: int, sides: Seque
         res["moonshot_256"] = moonshot(model, moonshot_side, moonshot_cap or 0, profile,
                                        channels=channels, cuda=cuda, disk_dir=disk_dir,
                                        autocast_dtype=autocast_dtype, progress=progress,
-                                       **probe_kwargs)
+                                       searched=res, **probe_kwargs)
         write(res)
     return res
+
+
+def _searched_probe(res: dict[str, Any] | None, side: int, cap: int) -> dict[str, Any] | None:
+    """A fitting probe of the swap-disk search at ``side`` under a cap no larger than
+    ``cap``: the moonshot's step already run, under a tighter bound."""
+    if not res or (cap and res["cap_bytes"] > cap):
+        return None
+    row = res["methods"].get("swap-disk") or {}
+    return next((p for p in row.get("probes", []) if p["side"] == side and p["fits"]), None)
 
 
 def moonshot(model: nn.Module, side: int, cap: int, profile: DeviceProfile, *,
              channels: int = 4, cuda: bool = False, disk_dir: str | None = None,
              autocast_dtype: Any = None, progress: Callable[[str], None] | None = None,
-             **probe_kwargs: Any) -> dict[str, Any]:
-    """One step at ``side`` with everything swapped (the disk tier on a CPU), next to the
-    planner's predicted compute time of that step (no swapping, no recomputation)."""
+             searched: dict[str, Any] | None = None, **probe_kwargs: Any) -> dict[str, Any]:
+    """One step at ``side`` with everything swapped to disk, next to the planner's
+    predicted compute time of that step (no swapping, no recomputation). When the
+    swap-disk search in ``searched`` already ran that step under a cap no larger than
+    ``cap``, its probe is the result and nothing runs again."""
     shape = (1, channels, side, side, side)
     plan = method_plan("swap-disk", model, shape, profile, cap, cuda, disk_dir, autocast_dtype)
     assert plan is not None
@@ -328,7 +340,15 @@ def moonshot(model: nn.Module, side: int, cap: int, profile: DeviceProfile, *,
     if progress:
         progress(f"moonshot {side}^3 ({plan.name}, cap {cap / 2**30:.1f} GiB): predicted "
                  f"compute {compute:.0f} s, step {pred.step_s:.0f} s")
-    r = run_probe(side, plan, cap, channels=channels, **probe_kwargs)
+    old = _searched_probe(searched, side, cap)
+    if old is not None:
+        r = Probe(side, "fits", old["probe_s"], old["peak_rss_bytes"], old["step_s"],
+                  plan=old["plan"], extra={
+                      **{k: v for k, v in old.items() if k not in Probe.__annotations__},
+                      "from": f"the swap-disk search's probe at this side, under its "
+                              f"{searched['cap_bytes']} B cap"})  # type: ignore[index]
+    else:
+        r = run_probe(side, plan, cap, channels=channels, **probe_kwargs)
     if progress:
         progress(f"moonshot {side}^3: {r.status}, step {r.step_s or 0:.1f} s, "
                  f"peak RSS {(r.peak_rss_bytes or 0) / 2**30:.2f} GiB, probe {r.probe_s:.0f} s"

@@ -116,6 +116,19 @@ def test_largest_json_schema(monkeypatch):
     ms = res["moonshot_256"]
     assert ms["completed"] is False and ms["side"] == 24
     assert {"peak_rss_bytes", "step_s", "predicted_compute_s"} <= set(ms)
+    # the swap-disk search already ran the moonshot's step under a tighter cap: reused
+    calls = []
+
+    def counting(side, plan, cap, **kw):
+        calls.append(side)
+        return fake_probe(side, plan, cap, **kw)
+
+    monkeypatch.setattr(L, "run_probe", counting)
+    res = L.run_largest(model, ["swap-disk"], 2**30, sides, PROFILES["p100-nvlink"],
+                        write=lambda r: None, moonshot_side=20, moonshot_cap=2**31)
+    assert res["moonshot_256"]["completed"] and res["moonshot_256"]["step_s"] == 0.25
+    assert "swap-disk search" in res["moonshot_256"]["probe"]["from"]
+    assert calls.count(20) == 1
     # nothing fits: largest_side is null
     monkeypatch.setattr(L, "run_probe", lambda side, plan, cap, **kw: L.Probe(side, "oom", 0))
     res = L.run_largest(model, ["none"], 2**30, sides, PROFILES["p100-nvlink"],
