@@ -63,8 +63,10 @@ def _run(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     from swapseg.experiments.methods_bench import dice_loss
     from swapseg.models.registry import build_model
-    from swapseg.offload import MemoryPlan, apply_plan
+    from swapseg.offload import MemoryPlan
+    from swapseg.offload.engine import swap_activations
     from swapseg.offload.measure import train_step
+    from swapseg.offload.recompute import recompute
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and args.cap:
@@ -79,7 +81,9 @@ def _run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     x = torch.randn(1, args.channels, args.side, args.side, args.side, device=dev)
     dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
     times = []
-    with apply_plan(model, plan) as stats:
+    # apply_plan, with the engine's events on: they time the tier's copies
+    with swap_activations(model, plan.swap, trace=plan.swap is not None) as stats, \
+            recompute(model, plan.recompute):
         for _ in range(args.steps):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -92,8 +96,41 @@ def _run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     out.update(status="fits", step_s=min(times), swapped_tensors=stats.swapped,
                bytes_out=stats.bytes_out, bytes_in=stats.bytes_in, wait_s=stats.wait_s,
                peak_saved_device_bytes=stats.peak_device_bytes)
+    if stats.events:
+        out["tier"] = copy_rates(stats.events)
     if dev.type == "cuda":
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+
+
+def _busy(iv: list[tuple[float, float, int]]) -> float:
+    """Seconds during which at least one of the intervals runs."""
+    total, end = 0.0, float("-inf")
+    for a, b, _ in sorted(iv):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def copy_rates(events: list[dict[str, Any]]) -> dict[str, float]:
+    """The last step's copy traffic: bytes, busy seconds and bytes/s each way (what the
+    tier achieved, against the machine's ``dd`` figure), forward and backward seconds."""
+    from swapseg.offload.timeline import copy_intervals
+
+    last = max(e["step"] for e in events)
+    ev = [e for e in events if e["step"] == last]
+    out: dict[str, float] = {}
+    for d in ("out", "in"):
+        iv = copy_intervals(ev, f"{d}_start", f"{d}_end")
+        busy = _busy(iv)
+        n = sum(b for _, _, b in iv)
+        out.update({f"{d}_bytes": n, f"{d}_busy_s": busy,
+                    f"{d}_bytes_per_s": n / busy if busy else 0.0})
+    bwd = [e["t"] for e in ev if e["kind"] == "backward_start"]
+    if bwd:
+        out["forward_s"] = bwd[0] - min(e["t"] for e in ev)
+        out["backward_s"] = max(e["t"] for e in ev) - bwd[0]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

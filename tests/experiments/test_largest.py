@@ -147,3 +147,15 @@ def test_cpu_methods_swap_to_disk_except_swap_host():
     assert L.method_plan("swap-host", model, shape, prof, 2**30, cuda=True).swap.tier == "cuda"
     assert L.method_plan("hybrid", model, shape, prof, 2**30, cuda=True).swap.tier == "cuda"
     assert L.method_plan("recompute-full", model, shape, prof, 2**30).swap is None
+
+
+def test_copy_busy_time_merges_overlaps_and_a_disk_probe_reports_its_rates():
+    from swapseg.experiments.largest_probe import _busy
+    from swapseg.offload import SwapPolicy
+
+    assert _busy([(0.0, 2.0, 1), (1.0, 3.0, 1), (5.0, 6.0, 1), (5.2, 5.5, 1)]) == 4.0
+    r = L.run_probe(16, MemoryPlan(SwapPolicy(tier="disk", prefetch=4)), 2 * 2**30,
+                    model_kwargs=TINY, timeout_s=300)
+    assert r.fits, r
+    t = r.extra["tier"]
+    assert t["out_bytes"] > 0 and t["out_bytes_per_s"] > 0 and t["forward_s"] > 0
