@@ -23,6 +23,7 @@ the result (``*-profile.json``) for ``swapseg bench largest --profile``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import statistics
@@ -36,9 +37,9 @@ from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import apply_plan
 from swapseg.offload.engine import swap_activations
-from swapseg.offload.measure import measure_steps, profiled_peak_bytes, train_step
+from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
-from swapseg.planner.calibrate import calibrate
+from swapseg.planner.calibrate import calibrate, calibrate_step, calibrated
 from swapseg.planner.devices import measure_local
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
@@ -107,27 +108,55 @@ CLOCK_PLANS = {"none": MemoryPlan(name="none"),
 
 
 def clock_check(a: argparse.Namespace) -> None:
+    """Per side: one profiled calibration step, then the methods' steps round robin (one
+    step of each in turn), so a side's calibration and its measurements share the load;
+    predictions from the profile calibrated on all sides."""
     model = Isensee3DUNet()
     load0 = os.getloadavg()
     base = measure_local(model, tier="disk")
-    local, calib = calibrate(base, model, [(1, 4, s, s, s) for s in a.calibrate], dice_loss)
+    calib, measured = [], {}
+    for side in a.calibrate if a.calibrate == a.sides else []:
+        shape = (1, 4, side, side, side)
+        c = calibrate_step(model, shape, dice_loss)
+        calib.append({**c, "shape": list(shape), "load": os.getloadavg()})
+        measured[side] = _round_robin(model, shape, a.steps)
+        print(f"{side:>4} calibrated and measured, load {os.getloadavg()[0]:.1f}", flush=True)
+    if not calib:  # separate calibration sides: calibrate first
+        calib = calibrate(base, model, [(1, 4, s, s, s) for s in a.calibrate], dice_loss)[1]
+        measured = {s: _round_robin(model, (1, 4, s, s, s), a.steps) for s in a.sides}
+    local = calibrated(base, calib)
     write_json(a.out.replace(".json", "-profile.json"), local.to_dict())
     rows = []
     for side in a.sides:
         tr = trace_step(model, (1, 4, side, side, side), dice_loss)
         for name, plan in CLOCK_PLANS.items():
-            r = measure_steps(model, (1, 4, side, side, side),
-                              lambda m, plan=plan: apply_plan(m, plan), steps=a.steps,
-                              warmup=1, loss_fn=dice_loss)
+            times = measured[side][name]
+            med = statistics.median(times)
             p = simulate(tr, local, plan.swap, plan.recompute)
-            rows.append({"side": side, "what": f"{name}: step s", "measured": r["step_s"],
-                         "predicted": p.step_s, "error": p.step_s / r["step_s"] - 1,
-                         "all_s": r["step_s_all"], "load": os.getloadavg()})
-            print(f"{side:>4} {name:<30} measured {r['step_s']:8.2f} s predicted "
+            rows.append({"side": side, "what": f"{name}: step s", "measured": med,
+                         "predicted": p.step_s, "error": p.step_s / med - 1, "all_s": times})
+            print(f"{side:>4} {name:<30} measured {med:8.2f} s predicted "
                   f"{p.step_s:8.2f} s error {rows[-1]['error']:+.1%}", flush=True)
-            write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
-                               "calibrate_sides": a.calibrate, "calibration_steps": calib,
-                               "load_before": load0, "rows": rows})
+    write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
+                       "calibrate_sides": a.calibrate, "calibration_steps": calib,
+                       "load_before": load0, "load_after": os.getloadavg(), "rows": rows})
+
+
+def _round_robin(model: torch.nn.Module, shape: tuple[int, ...], steps: int
+                 ) -> dict[str, list[float]]:
+    """Warm-up, then ``steps`` timed steps of each plan in turn; seconds per plan."""
+    runs = {n: (copy.deepcopy(model), p) for n, p in CLOCK_PLANS.items()}
+    opts = {n: torch.optim.Adam(m.parameters()) for n, (m, _) in runs.items()}
+    x = torch.randn(shape)
+    out: dict[str, list[float]] = {n: [] for n in runs}
+    for i in range(1 + steps):
+        for n, (m, plan) in runs.items():
+            t0 = time.perf_counter()
+            with apply_plan(m, plan):
+                train_step(m, x, dice_loss, opt=opts[n])
+            if i:
+                out[n].append(time.perf_counter() - t0)
+    return out
 
 
 if __name__ == "__main__":

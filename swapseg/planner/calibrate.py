@@ -25,7 +25,7 @@ from swapseg.errors import InputError
 from swapseg.offload.measure import train_step
 from swapseg.planner.devices import DeviceProfile
 
-__all__ = ["calibrate_step", "calibrate", "conv_curve"]
+__all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve"]
 
 _CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
 
@@ -134,6 +134,15 @@ def calibrate(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tuple[i
         raise InputError("calibration needs at least one shape")
     steps = [calibrate_step(model, tuple(s), loss_fn, autocast_dtype)
              for s in shapes for _ in range(repeats)]
+    for c, s in zip(steps, [s for s in shapes for _ in range(repeats)], strict=True):
+        c["shape"] = list(s)
+    return calibrated(profile, steps), steps
+
+
+def calibrated(profile: DeviceProfile, steps: Sequence[dict[str, Any]]) -> DeviceProfile:
+    """``profile`` with its clock set from ``calibrate_step`` results (each with its
+    ``shape``), taken at several shapes; see ``calibrate``."""
+    steps = list(steps)
     curve: dict[str, tuple[tuple[float, float], ...]] = {}
     for phase in ("fwd", "bwd"):
         pts = [p for c in steps for p in c["conv_points"].get(phase, [])]
@@ -142,11 +151,11 @@ def calibrate(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tuple[i
     rates = {ph: statistics.median(c[ph] for c in steps if ph in c)
              for ph in ("fwd", "bwd") if any(ph in c for c in steps)}
     bw, ovh = _fit_other(steps)
+    shapes = sorted({tuple(c.get("shape", ())) for c in steps})
     how = (f"{len(steps)} profiled steps of the model at "
            f"{', '.join('x'.join(map(str, s)) for s in shapes)} "
            f"({time.strftime('%Y-%m-%d %H:%M:%S')}, {torch.get_num_threads()} threads): "
            "conv rate per op size, the rest fitted as bytes/bandwidth + ops x overhead")
-    prof = profile.replace(conv_flops_per_s=rates, conv_rate_curve=curve,
+    return profile.replace(conv_flops_per_s=rates, conv_rate_curve=curve,
                            mem_bytes_per_s=bw, op_overhead_s=ovh,
                            sources={**profile.sources, "calibration": how})
-    return prof, steps
