@@ -143,14 +143,16 @@ def calibrated(profile: DeviceProfile, steps: Sequence[dict[str, Any]]) -> Devic
     """``profile`` with its clock set from ``calibrate_step`` results (each with its
     ``shape``), taken at several shapes; see ``calibrate``."""
     steps = list(steps)
+    bw, ovh = _fit_other(steps)
     curve: dict[str, tuple[tuple[float, float], ...]] = {}
     for phase in ("fwd", "bwd"):
-        pts = [p for c in steps for p in c["conv_points"].get(phase, [])]
+        # the simulator adds the per-op overhead to conv ops too: take it out of their time
+        pts = [(f, max(sec - ovh, 0.5 * sec)) for c in steps
+               for f, sec in c["conv_points"].get(phase, [])]
         if pts:
             curve[phase] = conv_curve(pts)
     rates = {ph: statistics.median(c[ph] for c in steps if ph in c)
              for ph in ("fwd", "bwd") if any(ph in c for c in steps)}
-    bw, ovh = _fit_other(steps)
     shapes = sorted({tuple(c.get("shape", ())) for c in steps})
     how = (f"{len(steps)} profiled steps of the model at "
            f"{', '.join('x'.join(map(str, s)) for s in shapes)} "
