@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from swapseg.cli import grammar as g
+from swapseg.cli.largest_cmd import add_largest_flags, run_largest_cmd
 from swapseg.errors import InputError
 from swapseg.io import write_json, write_text
 
@@ -19,6 +20,13 @@ EXAMPLES = """examples:
 
 Methods: none, save_on_cpu, paper-config-1..4, auto (planner, --memory-budget), recompute-full,
 recompute-speed, hybrid. Writes OUT/bench.json and OUT/bench.md.
+
+The largest volume each method trains under a hard cap (one probe process per side):
+  swapseg bench largest --cap 3GiB --sides 128 --methods none,swap-disk --out big3
+  swapseg bench largest --cap 8GiB --methods none,recompute-full,swap-disk,auto --out big8
+  swapseg bench largest --cap 16GiB --device cuda --range 128:256 --out big-gpu
+Largest methods: none, recompute-speed, recompute-full, swap-disk, swap-host, hybrid, auto.
+Writes OUT/largest.json and OUT/largest.md after every probe.
 """
 
 
@@ -28,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Train the Isensee U-Net a few steps with each method; report median step time, "
         "peak memory and bytes copied as ratios to no swapping, next to the planner's "
         "predictions.", EXAMPLES)
+    p.add_argument("what", nargs="?", choices=("methods", "largest"), default="methods",
+                   help="methods (default): side by side at one shape; largest: the "
+                        "largest cube side per method under --cap")
     p.add_argument("--shape", default="64", type=g.volume_shape,
                    help="N (a cube, 4 channels), DxHxW or CxDxHxW (default 64)")
     p.add_argument("--steps", type=int, default=3, help="measured steps per method")
@@ -37,8 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"lowest predicted peak and no swapping); {g.SIZE_HELP}")
     p.add_argument("--cap", default="16GiB", type=g.byte_size, metavar="SIZE",
                    help="hard memory limit of the largest-side search (default 16GiB)")
-    p.add_argument("--profile", default="p100-nvlink",
-                   help="hardware profile of the largest-side search (default p100-nvlink)")
+    p.add_argument("--profile", default=None,
+                   help="hardware profile of the largest-side prediction (default "
+                        "p100-nvlink; for `largest`: local, measured now, or a "
+                        "DeviceProfile JSON file)")
     p.add_argument("--device", default="cpu",
                    help="torch device to train on: cpu, cuda, cuda:N (cuda: peaks from "
                         "max_memory_allocated and the largest side measured under the cap)")
@@ -48,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="32^3, 2 steps, no profiler, coarse side search")
     p.add_argument("--out", type=g.output_dir, required=True, help="output folder")
+    add_largest_flags(p)
     p.set_defaults(func=run)
 
 
@@ -95,6 +109,12 @@ def _markdown(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "largest":
+        return run_largest_cmd(args)
+    return run_methods(args)
+
+
+def run_methods(args: argparse.Namespace) -> int:
     from swapseg.devices import resolve_device
     from swapseg.experiments.methods_bench import run_bench
     from swapseg.planner.devices import get_profile
@@ -104,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if steps < 1 or warmup < 0:
         raise InputError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     device = resolve_device(args.device)
+    args.profile = args.profile or "p100-nvlink"
     get_profile(args.profile)  # an unknown profile fails before anything runs
     step = 64 if args.quick else (32 if device.type == "cuda" else 16)
     sides = range(128, 321, step)

@@ -342,6 +342,18 @@ def _what(config: Any, args: argparse.Namespace) -> str:
             f"epochs, {swap}, precision {config.precision}, device {config.device}")
 
 
+def host_tier_warning(policy: Any, device: str) -> str | None:
+    """The one warning line for host-tier swapping on a CPU, where it frees nothing."""
+    from swapseg.devices import resolve_device
+
+    if policy is None or policy.tier not in ("host", "auto") or policy.n_tensors == 0 \
+            or resolve_device(device).type != "cpu":
+        return None
+    return ("swapseg: warning: host-tier swapping on a CPU saves no memory (device and host "
+            "memory are the same RAM) and only costs time; use --swap-tier disk, "
+            "recomputation, or --swap auto --memory-budget SIZE")
+
+
 def run(args: argparse.Namespace) -> int:
     from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
     from swapseg.training.interrupt import Interrupted, stop_signals
@@ -351,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
     budget = memory_budget(args)  # a bad size fails before --overwrite clears anything
     _claim_out(args)
     print(_what(config, args))
+    warning = host_tier_warning(config.swap, config.device)
+    if warning:
+        print(warning, file=sys.stderr)
     kwargs = {"resume": args.resume, "progress": cli_progress(args.no_progress) == "bar",
               "memory_budget": budget}
     try:

@@ -17,7 +17,7 @@ __all__ = ["choose_plan", "resolve_profile"]
 
 
 def resolve_profile(device: str | DeviceProfile, model: nn.Module,
-                    input_shape: Sequence[int], tier: str = "host",
+                    input_shape: Sequence[int], tier: str = "auto",
                     loss_fn: LossFn | None = None,
                     autocast_dtype: torch.dtype | None = None) -> DeviceProfile:
     """A profile object from a name; ``local`` measures this machine, on a CPU with one
@@ -35,7 +35,7 @@ def resolve_profile(device: str | DeviceProfile, model: nn.Module,
 def choose_plan(model: nn.Module, input_shape: Sequence[int],
                 device: str | DeviceProfile = "local", budget_bytes: int = 0,
                 loss_fn: LossFn | None = None, autocast_dtype: torch.dtype | None = None,
-                margin: float | None = None, tier: str = "host",
+                margin: float | None = None, tier: str = "auto",
                 extra: list[Candidate] | None = None) -> MemoryPlan:
     """The fastest predicted plan whose peak fits ``budget_bytes`` minus a safety margin.
 
@@ -48,7 +48,9 @@ def choose_plan(model: nn.Module, input_shape: Sequence[int],
         loss_fn: ``loss_fn(output) -> scalar``; default: mean of squared outputs.
         autocast_dtype: trace (and calibrate) under ``torch.autocast`` at this dtype.
         margin: fraction of the budget kept free (default ``DEFAULT_MARGIN``).
-        tier: the copy path the ``local`` profile measures (``host``, ``cuda``, ``disk``).
+        tier: the copy path the ``local`` profile measures (``host``, ``cuda``, ``disk``;
+            ``auto``: the CPU with its disk tier, the only one that frees CPU memory, so
+            a CPU plan swaps to disk or recomputes, never to host memory).
         extra: the caller's own candidates, searched with the generic ones.
 
     Raises InputError saying how many bytes are missing when no candidate fits.

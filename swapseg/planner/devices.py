@@ -11,6 +11,8 @@ A probe that cannot measure raises; no figure is made up.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import tempfile
 import time
@@ -21,11 +23,10 @@ import torch
 from torch import nn
 
 from swapseg.errors import InputError
-from swapseg.offload.measure import train_step
 from swapseg.offload.record import Record
 
-__all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local", "calibrate_step",
-           "calibration_shape"]
+__all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local", "calibration_shape",
+           "disk_rates", "page_cache_bytes"]
 
 GB = 1e9
 CPU = torch.device("cpu")
@@ -57,12 +58,56 @@ class DeviceProfile(Record):
     also delays the compute lane by its duration."""
     cpu_conv_workspace: bool = False
     """Count the column buffers of PyTorch's native CPU conv path as op working set."""
+    unified_memory: bool = False
+    """Device memory is host memory (a CPU): a host-tier copy stays in the same memory
+    (the pool's buffer next to the reloaded tensor), so it frees nothing; only the disk
+    tier does. ``tier="auto"`` then means the disk tier."""
+    disk_write_bytes_per_s: float = 0.0
+    """Sustained write bandwidth of the disk tier's folder (to the device, not the page
+    cache); 0: the disk tier is not modelled."""
+    disk_read_bytes_per_s: float = 0.0
+    """Read bandwidth of the disk tier's folder for data no longer in the page cache."""
+    disk_cache_bytes: int = 0
+    """Swap bytes the page cache takes at memory-copy speed: writes up to this many bytes
+    per step cost a copy at ``d2h_bytes_per_s``, and reads of the last this-many bytes
+    written cost one at ``h2d_bytes_per_s``; the rest run at the disk's bandwidth."""
+    conv_rate_curve: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    """Per phase (``"fwd"``, ``"bwd"``): (FLOPs of one conv op, measured FLOP/s) points,
+    ascending; a conv op's rate is interpolated in log FLOPs between them (constant past
+    the ends). Overrides ``conv_flops_per_s`` for the phases it has."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where each figure comes from."""
 
     def op_seconds(self, flops: float, io_bytes: int, key: str = "") -> float:
         rate = self.conv_flops_per_s.get(key, self.flops_per_s) if key else self.flops_per_s
+        curve = self.conv_rate_curve.get(key) if key else None
+        if curve and flops > 0:
+            rate = _interp_rate(curve, flops)
         return max(flops / rate, io_bytes / self.mem_bytes_per_s) + self.op_overhead_s
+
+    @property
+    def models_disk(self) -> bool:
+        return self.disk_write_bytes_per_s > 0 and self.disk_read_bytes_per_s > 0
+
+    @classmethod
+    def _decode(cls, d: dict[str, Any]) -> dict[str, Any]:
+        if "conv_rate_curve" in d:  # JSON lists back to tuples
+            d["conv_rate_curve"] = {k: tuple(tuple(p) for p in v)
+                                    for k, v in d["conv_rate_curve"].items()}
+        return d
+
+
+def _interp_rate(curve: tuple[tuple[float, float], ...], flops: float) -> float:
+    xs = [math.log(f) for f, _ in curve]
+    ys = [math.log(r) for _, r in curve]
+    x = math.log(flops)
+    if x <= xs[0]:
+        return curve[0][1]
+    if x >= xs[-1]:
+        return curve[-1][1]
+    i = bisect.bisect_right(xs, x)
+    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return math.exp(ys[i - 1] + w * (ys[i] - ys[i - 1]))
 
 
 _GPU_EFF = ("Assumed efficiencies: 50% of peak FLOP/s for cuDNN 3D convolutions, 70% of peak "
@@ -102,7 +147,7 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-def get_profile(name: str, model: nn.Module | None = None, tier: str = "host",
+def get_profile(name: str, model: nn.Module | None = None, tier: str = "auto",
                 calibrate_shape: tuple[int, ...] | None = None, **calib: Any) -> DeviceProfile:
     """A named profile; ``local`` is measured now (probes only, or with ``model`` and
     ``calibrate_shape`` one real step of the model; ``calib`` goes to ``calibrate_step``)."""
@@ -172,69 +217,55 @@ def _cuda_copy_rates(nbytes: int, dev: torch.device) -> tuple[float, float]:
     return d2h, h2d
 
 
-def _copy_rate(nbytes: int, tier: str) -> float:
+def _copy_rate(nbytes: int) -> float:
+    """Host memory copy bandwidth into a reused buffer (the host tier's copy)."""
     src = torch.randn(nbytes // 4)
-    if tier == "disk":
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "probe.bin")
-
-            def run() -> None:
-                src.numpy().tofile(path)
-                torch.from_numpy(__import__("numpy").fromfile(path, dtype="float32"))
-            return 2 * nbytes / _median_time(run)  # write and read back
     dst = torch.empty_like(src)
     return nbytes / _median_time(lambda: dst.copy_(src))
 
 
-_CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
+def disk_rates(nbytes: int = 512 * 2**20, folder: str | None = None
+               ) -> tuple[float, float]:
+    """(write, read) bytes/s of a file in ``folder``: ``nbytes`` written in 8 MiB
+    ``pwrite`` calls and ``fdatasync`` ed (the device's rate, not the page cache's), then
+    dropped from the page cache (``posix_fadvise`` DONTNEED) and read back."""
+    import numpy as np
 
-
-def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None,
-                   autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Rates from one real training step of ``model`` at ``shape``, timed per op.
-
-    The step is traced too, so its FLOPs and bytes are known. Returns ``fwd`` and ``bwd``
-    (conv FLOP/s per phase; absent when the model has no convolutions), ``mem`` (an
-    effective bandwidth for everything else: norms, activations, matmuls, adds, copies,
-    dispatch) and ``wall_s``. Raises InputError when the step cannot run at ``shape``.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    from swapseg.planner.trace import trace_step
-
-    x = torch.randn(shape)
+    chunk = 8 * 2**20
+    buf = np.random.default_rng(0).integers(0, 255, chunk, dtype=np.uint8).tobytes()
+    fd, path = tempfile.mkstemp(prefix="swapseg-probe-", dir=folder)
+    os.unlink(path)
     try:
-        tr = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
-        train_step(model, x, loss_fn, autocast_dtype)  # warm-up: allocator, oneDNN caches
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise InputError(f"calibration step of {type(model).__name__} at "
-                         f"{'x'.join(map(str, shape))} failed: {str(exc).splitlines()[0]}"
-                         ) from None
-    # conv times and the wall time come from the same step: on a shared machine the load
-    # changes from one step to the next
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        train_step(model, x, loss_fn, autocast_dtype)
-        wall = time.perf_counter() - t0
-    model.zero_grad(set_to_none=True)
-    t = dict.fromkeys(_CONV_EVENTS, 0.0)
-    for e in prof.events():  # top-level conv events only (backends run inside them)
-        if e.name in t and (e.cpu_parent is None or e.cpu_parent.name not in t):
-            t[e.name] += e.cpu_time_total / 1e6
-    out = {"wall_s": wall}
-    for phase, ev in zip(("fwd", "bwd"), _CONV_EVENTS, strict=True):
-        f = sum(o.flops for o in tr.ops if o.conv and o.phase == phase)
-        if f and t[ev] > 0:
-            out[phase] = f / t[ev]
-        elif f:
-            raise InputError(f"calibration: the profiler timed no {ev} in a step with "
-                             "convolutions; cannot measure their rate")
-    io = sum(o.io_bytes for o in tr.ops if not o.conv)
-    out["mem"] = io / max(wall - t[_CONV_EVENTS[0]] - t[_CONV_EVENTS[1]], 1e-6)
-    return out
+        for off in range(0, nbytes, chunk):
+            os.pwrite(fd, buf, off)
+        os.fdatasync(fd)
+        write = nbytes / (time.perf_counter() - t0)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        t0 = time.perf_counter()
+        for off in range(0, nbytes, chunk):
+            os.pread(fd, chunk, off)
+        read = nbytes / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    return write, read
 
 
-def measure_local(model: nn.Module | None = None, tier: str = "host",
+def page_cache_bytes() -> int:
+    """Bytes of dirty page cache the kernel lets a writer build before it throttles it:
+    ``vm.dirty_ratio`` percent of MemAvailable (a lower bound of its dirtyable memory)."""
+    try:
+        with open("/proc/sys/vm/dirty_ratio") as fh:
+            ratio = int(fh.read().split()[0])
+        with open("/proc/meminfo") as fh:
+            avail = next(int(ln.split()[1]) * 1024 for ln in fh
+                         if ln.startswith("MemAvailable:"))
+    except (OSError, ValueError, StopIteration):
+        return 0
+    return ratio * avail // 100
+
+
+def measure_local(model: nn.Module | None = None, tier: str = "auto",
                   probe_bytes: int = 64 * 2**20, calibrate_shape: tuple[int, ...] | None = None,
                   loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
                   matmul_n: int = 512) -> DeviceProfile:
@@ -252,21 +283,28 @@ def measure_local(model: nn.Module | None = None, tier: str = "host",
         if tier == "cuda":
             return _measure_cuda(probe_bytes, matmul_n)
         return _measure_cpu(model, tier, probe_bytes, calibrate_shape, loss_fn,
-                            autocast_dtype, matmul_n)
+                            autocast_dtype, matmul_n, disk_probe_bytes=8 * probe_bytes)
 
 
 def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
                  calibrate_shape: tuple[int, ...] | None, loss_fn: Any,
-                 autocast_dtype: torch.dtype | None, matmul_n: int) -> DeviceProfile:
+                 autocast_dtype: torch.dtype | None, matmul_n: int,
+                 disk_probe_bytes: int = 512 * 2**20,
+                 disk_dir: str | None = None) -> DeviceProfile:
     with torch.no_grad():
         overhead = _median_time(lambda: torch.add(torch.ones(1), 1), repeats=50)
         mem = _mem_rate(probe_bytes)
-        copy = _copy_rate(probe_bytes, tier)
+        copy = _copy_rate(probe_bytes)
         flops = _matmul_rate(matmul_n)
+    disk = tier in ("disk", "auto")  # on a CPU, auto means the disk tier
+    disk_w, disk_r = disk_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
+    cache = page_cache_bytes() if disk else 0
     conv_rates: dict[str, float] = {}
     calib = ""
     if calibrate_shape is not None:
         assert model is not None
+        from swapseg.planner.calibrate import calibrate_step
+
         c = calibrate_step(model, calibrate_shape, loss_fn, autocast_dtype)
         conv_rates = {k: c[k] for k in ("fwd", "bwd") if k in c}
         mem = c["mem"]
@@ -278,9 +316,16 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         name="local", memory_bytes=int(total), flops_per_s=flops, mem_bytes_per_s=mem,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
         cpu_conv_workspace=True, conv_flops_per_s=conv_rates, copies_share_compute=True,
+        unified_memory=True, disk_write_bytes_per_s=disk_w, disk_read_bytes_per_s=disk_r,
+        disk_cache_bytes=cache,
         sources={"flops_per_s": f"{how}: fp32 matrix product {matmul_n}x{matmul_n}",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
-                 "copy": f"{how}: {tier} tier copy of {probe_bytes >> 20} MiB",
+                 "copy": f"{how}: host memory copy of {probe_bytes >> 20} MiB into a "
+                         "reused buffer",
+                 "disk": f"{how}: {disk_probe_bytes >> 20} MiB file in "
+                         f"{disk_dir or tempfile.gettempdir()}: pwrite + fdatasync, then "
+                         "read after POSIX_FADV_DONTNEED" if disk_w else "not measured",
+                 "disk_cache_bytes": "vm.dirty_ratio x MemAvailable" if cache else "none",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})
 

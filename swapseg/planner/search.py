@@ -176,8 +176,8 @@ def search(trace: StepTrace, device: DeviceProfile, budget_bytes: int,
     usable = budget_bytes * (1 - margin)
     res = SearchResult(trace.summary(), device, budget_bytes, margin)
     seen = set()
-    extra = list(extra or [])
-    for cand in candidates(trace) + extra:
+    extra = [_on_device(c, device) for c in extra or []]
+    for cand in [_on_device(c, device) for c in candidates(trace)] + extra:
         cand.result = simulate(trace, device, cand.swap, cand.recompute)
         cand.fits = cand.result.peak_bytes <= usable
         r = cand.result
@@ -208,6 +208,15 @@ def rank(r: SimResult, base_step_s: float) -> tuple[float, int, int, int]:
     peak."""
     return (round(r.step_s / base_step_s, 3), r.swapped_bytes, r.recomputed_tensors,
             r.peak_bytes)
+
+
+def _on_device(c: Candidate, device: DeviceProfile) -> Candidate:
+    """Where device memory is host memory (a CPU), only the disk tier frees any: a swap
+    candidate left to ``tier="auto"`` becomes an explicit disk-tier plan, so the plan that
+    runs is the one simulated."""
+    if device.unified_memory and c.swap is not None and c.swap.tier == "auto":
+        c.swap = c.swap.replace(tier="disk")
+    return c
 
 
 def _gib(n: float) -> str:

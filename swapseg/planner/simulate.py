@@ -26,7 +26,7 @@ from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, 
 from swapseg.planner.devices import DeviceProfile
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["Decision", "SimResult", "decide", "simulate"]
+__all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]
 
 KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
 
@@ -120,12 +120,39 @@ class SimResult:
         return d
 
 
+def swap_mode(swap: SwapPolicy | None, dev: DeviceProfile) -> str:
+    """How a plan's swapped bytes travel on ``dev``: ``link`` (the d2h/h2d copy engine),
+    ``disk`` (files, at the disk's bandwidth beyond the page cache) or ``same-memory``
+    (a host-tier copy on a device whose memory is host memory: it frees nothing)."""
+    tier = swap.tier if swap is not None else "auto"
+    if tier == "auto":
+        tier = "disk" if dev.unified_memory else "host"
+    if tier == "disk" and dev.models_disk:
+        return "disk"
+    if tier == "host" and dev.unified_memory:
+        return "same-memory"
+    return "link"
+
+
+def _cached(trace: StepTrace, swapped: list[int], out_at: dict[int, int],
+            cache_bytes: int) -> set[int]:
+    """Swapped storages the page cache still holds in backward: the last written ones."""
+    kept: set[int] = set()
+    total = 0
+    for u in sorted(swapped, key=lambda u: out_at[u], reverse=True):
+        total += trace.storages[u].nbytes
+        if total > cache_bytes:
+            break
+        kept.add(u)
+    return kept
+
+
 def _op_s(dev: DeviceProfile, op: Any) -> float:
     return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "")
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
-               prefetch: int) -> dict[str, Any]:
+               prefetch: int, mode: str = "link") -> dict[str, Any]:
     """Walk the ops in order; returns op start/end times and copy intervals per storage."""
     uniq = trace.unique_saved()
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
@@ -143,6 +170,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     rerun_at: dict[int, list[str]] = {}
     for r, i in dec.regions.items():
         rerun_at.setdefault(i, []).append(r)
+    disk = mode == "disk"
+    cached = _cached(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
+    written = 0
     t = d2h_free = h2d_free = stall = rec_s = 0.0
     copy_out: dict[int, tuple[float, float]] = {}
     copy_in: dict[int, tuple[float, float]] = {}
@@ -154,21 +184,27 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         if u in copy_in:
             return
         s = max(now, h2d_free, copy_out[u][1])
-        d = trace.storages[u].nbytes / dev.h2d_bytes_per_s
+        n = trace.storages[u].nbytes
+        cpu = n / dev.h2d_bytes_per_s  # the memory copy; a disk read adds the device's time
+        d = n / dev.disk_read_bytes_per_s if disk and u not in cached else cpu
         copy_in[u] = (s, s + d)
         h2d_free = copy_in[u][1]
         if dev.copies_share_compute:
-            t += d
+            t += cpu
 
     def start_outs(i: int) -> None:
-        nonlocal d2h_free, t
+        nonlocal d2h_free, t, written
         for u in outs_by_op.get(i, []):
             s = max(t, d2h_free)
-            d = trace.storages[u].nbytes / dev.d2h_bytes_per_s
+            n = trace.storages[u].nbytes
+            cpu = n / dev.d2h_bytes_per_s
+            written += n  # past the page cache's share, a write runs at the disk's pace
+            d = n / dev.disk_write_bytes_per_s if disk and written > dev.disk_cache_bytes \
+                else cpu
             copy_out[u] = (s, s + d)
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
-                t += d
+                t += cpu
 
     start_outs(-1)  # saved before the first op ran (the step's input, saved by op 0)
     for op in trace.ops:
@@ -257,10 +293,13 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
 def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = None,
              recompute: RecomputePolicy | None = None) -> SimResult:
     dec = decide(trace, swap, recompute)
-    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1)
+    mode = swap_mode(swap, dev)
+    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1, mode)
     mem, saved = _memory(trace, dec, lanes, dev.cpu_conv_workspace)
     base = trace.persistent_bytes
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
+    if mode == "same-memory":  # the host pool's buffers live in the device's memory
+        base += sum(trace.storages[u].nbytes for u in swapped)
     compute = sum(e - s for s, e in zip(lanes["starts"], lanes["ends"], strict=True))
     timeline = {
         "op_start_s": lanes["starts"], "op_end_s": lanes["ends"],

@@ -137,7 +137,15 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--memory-budget": bad("--memory-budget", "lots"), "--cap": bad("--cap", "lots"),
         "--profile": bad("--profile", "abacus"), "--device": bad("--device", "gpu"),
         "--precision": bad("--precision", "8"), "--compile": SWITCH, "--quick": SWITCH,
-        "--out": bad("--out", "{under_file}"),
+        "--out": bad("--out", "{under_file}"), "what": [["sideways"]],
+        # `bench largest` only: each fails before the first probe
+        **{flag: [["largest", flag, v] for v in values] for flag, values in {
+            "--methods": ("fastest", ""), "--sides": ("abc", "100"), "--range": ("a:b", "1:8"),
+            "--model": ("nosuch", "nosuch.module:Net"), "--model-kwargs": ("not json",),
+            "--channels": (NOT_INT, "0"), "--probe-steps": (NOT_INT, "0"),
+            "--probe-timeout": ("soon", "0"), "--disk-dir": ("{under_file}",),
+            "--moonshot": (NOT_INT, "100"), "--moonshot-cap": ("lots",)}.items()},
+        "--resume": SWITCH,
     },
     "experiment full-vs-patch": {
         "--data": bad("--data", *PATHS, "{case}"), "--out": bad("--out", "{under_file}"),

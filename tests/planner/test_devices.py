@@ -3,9 +3,9 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.planner.calibrate import calibrate_step
 from swapseg.planner.devices import (
     PROFILES,
-    calibrate_step,
     calibration_shape,
     get_profile,
     measure_local,

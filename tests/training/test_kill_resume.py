@@ -170,7 +170,9 @@ def test_ctrl_c_exits_130_with_the_resume_command(synth10, reference, tmp_path, 
     finally:
         rc, err = _finish(proc)
     assert rc == 130, err
-    lines = err.strip().splitlines()
+    # the host-tier warning of a CPU run may come first; then the stop and the resume command
+    lines = [ln for ln in err.strip().splitlines()
+             if not ln.startswith("swapseg: warning: host-tier")]
     assert lines[0].startswith("swapseg: SIGINT: stopping after this step")
     assert lines[-1].endswith(f"continue with: swapseg train --out {run} --resume")
     assert len(lines) == 2 and "Traceback" not in err

@@ -1,0 +1,163 @@
+"""Calibrate a CPU profile's clock with real training steps of the model itself.
+
+One step at one shape (``calibrate_step``) gives the conv rates of that shape. CPU conv
+speed depends on the op's size (cache blocking, threading granularity), so a rate from
+a 64^3 step extrapolated linearly in FLOPs mispredicts larger steps. ``calibrate`` runs
+one profiled step at each of several shapes and keeps, per phase, the measured rate of
+each conv op against its FLOPs (``DeviceProfile.conv_rate_curve``: a conv op's rate is
+interpolated in log FLOPs, constant past the largest op measured); everything else (norms,
+activations, adds, the optimizer, dispatch) is fitted as ``io_bytes / bandwidth + ops x
+overhead`` by least squares over the shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from swapseg.errors import InputError
+from swapseg.offload.measure import train_step
+from swapseg.planner.devices import DeviceProfile
+
+__all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve"]
+
+_CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
+
+
+def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None,
+                   autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Rates from one real training step of ``model`` at ``shape``, timed per op.
+
+    The step is traced too, so its FLOPs and bytes are known. Returns ``fwd`` and ``bwd``
+    (conv FLOP/s per phase; absent when the model has no convolutions), ``mem`` (an
+    effective bandwidth for everything else: norms, activations, matmuls, adds, copies,
+    dispatch), ``wall_s``, and for the multi-shape fit ``conv_points`` (phase -> list of
+    (FLOPs, seconds) per conv op, when the profiler's conv events pair one to one with
+    the trace's), ``other_s``, ``other_io_bytes`` and ``other_ops``.
+    Raises InputError when the step cannot run at ``shape``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from swapseg.planner.trace import trace_step
+
+    x = torch.randn(shape)
+    try:
+        tr = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
+        train_step(model, x, loss_fn, autocast_dtype)  # warm-up: allocator, oneDNN caches
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"calibration step of {type(model).__name__} at "
+                         f"{'x'.join(map(str, shape))} failed: {str(exc).splitlines()[0]}"
+                         ) from None
+    # conv times and the wall time come from the same step: on a shared machine the load
+    # changes from one step to the next
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        train_step(model, x, loss_fn, autocast_dtype)
+        wall = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    per: dict[str, list[Any]] = {ev: [] for ev in _CONV_EVENTS}
+    for e in prof.events():  # top-level conv events only (backends run inside them)
+        if e.name in per and (e.cpu_parent is None or e.cpu_parent.name not in per):
+            per[e.name].append((e.time_range.start, e.cpu_time_total / 1e6))
+    t = {ev: sum(d for _, d in v) for ev, v in per.items()}
+    out: dict[str, Any] = {"wall_s": wall, "conv_points": {}}
+    for phase, ev in zip(("fwd", "bwd"), _CONV_EVENTS, strict=True):
+        ops = [o.flops for o in tr.ops if o.conv and o.phase == phase]
+        f = sum(ops)
+        if f and t[ev] > 0:
+            out[phase] = f / t[ev]
+            times = [d for _, d in sorted(per[ev])]
+            if len(times) == len(ops):  # same ops in the same (deterministic) order
+                out["conv_points"][phase] = [(fl, s) for fl, s in zip(ops, times, strict=True)
+                                             if fl > 0 and s > 0]
+        elif f:
+            raise InputError(f"calibration: the profiler timed no {ev} in a step with "
+                             "convolutions; cannot measure their rate")
+    other = [o for o in tr.ops if not o.conv]
+    io = sum(o.io_bytes for o in other)
+    out["other_s"] = max(wall - t[_CONV_EVENTS[0]] - t[_CONV_EVENTS[1]], 1e-6)
+    out["other_io_bytes"] = io
+    out["other_ops"] = len(other)
+    out["mem"] = io / out["other_s"]
+    return out
+
+
+def conv_curve(points: Sequence[tuple[float, float]], bins_per_octave: float = 1.0
+               ) -> tuple[tuple[float, float], ...]:
+    """(FLOPs, FLOP/s) points from (FLOPs, seconds) per conv op: ops binned by log2 FLOPs,
+    each bin's rate its total FLOPs over its total seconds, at its FLOP-weighted centre."""
+    bins: dict[int, list[tuple[float, float]]] = {}
+    for f, s in points:
+        bins.setdefault(math.floor(math.log2(f) * bins_per_octave), []).append((f, s))
+    out = []
+    for k in sorted(bins):
+        fl = sum(f for f, _ in bins[k])
+        sec = sum(s for _, s in bins[k])
+        centre = math.exp(sum(f * math.log(f) for f, _ in bins[k]) / fl)
+        out.append((centre, fl / sec))
+    return tuple(out)
+
+
+def _fit_other(steps: list[dict[str, Any]]) -> tuple[float, float]:
+    """(bandwidth, per-op overhead) with other_s = io / bw + ops * overhead, least
+    squares over the steps; one step (or a fit that comes out negative) gives the
+    bandwidth alone."""
+    xs = [(c["other_io_bytes"], c["other_ops"], c["other_s"]) for c in steps]
+    if len(xs) >= 2:
+        a11 = sum(i * i for i, _, _ in xs)
+        a12 = sum(i * n for i, n, _ in xs)
+        a22 = sum(n * n for _, n, _ in xs)
+        b1 = sum(i * s for i, _, s in xs)
+        b2 = sum(n * s for _, n, s in xs)
+        det = a11 * a22 - a12 * a12
+        if det > 0:
+            inv_bw = (b1 * a22 - b2 * a12) / det
+            ovh = (a11 * b2 - a12 * b1) / det
+            if inv_bw > 0 and ovh >= 0:
+                return 1 / inv_bw, ovh
+    return sum(i for i, _, _ in xs) / sum(s for _, _, s in xs), 0.0
+
+
+def calibrate(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tuple[int, ...]],
+              loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
+              repeats: int = 1) -> tuple[DeviceProfile, list[dict[str, Any]]]:
+    """``profile`` with its clock set from profiled steps of ``model`` at ``shapes``
+    (``repeats`` steps each; the median rate per conv bin). Returns the profile and the
+    raw per-step measurements."""
+    if not shapes:
+        raise InputError("calibration needs at least one shape")
+    steps = [calibrate_step(model, tuple(s), loss_fn, autocast_dtype)
+             for s in shapes for _ in range(repeats)]
+    for c, s in zip(steps, [s for s in shapes for _ in range(repeats)], strict=True):
+        c["shape"] = list(s)
+    return calibrated(profile, steps), steps
+
+
+def calibrated(profile: DeviceProfile, steps: Sequence[dict[str, Any]]) -> DeviceProfile:
+    """``profile`` with its clock set from ``calibrate_step`` results (each with its
+    ``shape``), taken at several shapes; see ``calibrate``."""
+    steps = list(steps)
+    bw, ovh = _fit_other(steps)
+    curve: dict[str, tuple[tuple[float, float], ...]] = {}
+    for phase in ("fwd", "bwd"):
+        # the simulator adds the per-op overhead to conv ops too: take it out of their time
+        pts = [(f, max(sec - ovh, 0.5 * sec)) for c in steps
+               for f, sec in c["conv_points"].get(phase, [])]
+        if pts:
+            curve[phase] = conv_curve(pts)
+    rates = {ph: statistics.median(c[ph] for c in steps if ph in c)
+             for ph in ("fwd", "bwd") if any(ph in c for c in steps)}
+    shapes = sorted({tuple(c.get("shape", ())) for c in steps})
+    how = (f"{len(steps)} profiled steps of the model at "
+           f"{', '.join('x'.join(map(str, s)) for s in shapes)} "
+           f"({time.strftime('%Y-%m-%d %H:%M:%S')}, {torch.get_num_threads()} threads): "
+           "conv rate per op size, the rest fitted as bytes/bandwidth + ops x overhead")
+    return profile.replace(conv_flops_per_s=rates, conv_rate_curve=curve,
+                           mem_bytes_per_s=bw, op_overhead_s=ovh,
+                           sources={**profile.sources, "calibration": how})

@@ -1,0 +1,90 @@
+"""On a CPU only the disk tier frees memory: the simulator, the search and the profile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload.policy import SwapPolicy
+from swapseg.planner.calibrate import _fit_other, conv_curve
+from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.search import search
+from swapseg.planner.simulate import simulate, swap_mode
+from swapseg.planner.trace import trace_step
+from tests.planner.test_simulate import DEV, toy_trace
+
+CPU = dataclasses.replace(DEV, unified_memory=True, disk_write_bytes_per_s=25.0,
+                          disk_read_bytes_per_s=50.0, disk_cache_bytes=0)
+
+
+def test_swap_modes():
+    assert swap_mode(SwapPolicy(), DEV) == "link"
+    assert swap_mode(SwapPolicy(), CPU) == "disk"  # auto on a CPU is the disk tier
+    assert swap_mode(SwapPolicy(tier="host"), CPU) == "same-memory"
+    no_disk = dataclasses.replace(CPU, disk_write_bytes_per_s=0.0)
+    assert swap_mode(SwapPolicy(tier="disk"), no_disk) == "link"
+
+
+def test_disk_tier_by_hand():
+    r = simulate(toy_trace(), CPU, SwapPolicy(tier="disk"))
+    # A (100 B) written 2..6 at 25 B/s; read 6..8 at 50 B/s; op4 waits from 4 to 8
+    assert r.stall_s == pytest.approx(4.0)
+    assert r.step_s == pytest.approx(10.0)
+    # the slow write keeps A resident through op3 (A + C = 150)
+    assert r.peak_bytes == 150 + 21
+    cached = simulate(toy_trace(), dataclasses.replace(CPU, disk_cache_bytes=100),
+                      SwapPolicy(tier="disk"))
+    # within the page cache's share both copies run at memory speed (100 B/s): 7 s
+    assert cached.step_s == pytest.approx(7.0)
+    assert cached.peak_bytes == 110 + 21  # A leaves before op3: freed like any swap
+
+
+def test_host_tier_on_a_cpu_frees_nothing():
+    keep = simulate(toy_trace(), CPU)
+    host = simulate(toy_trace(), CPU, SwapPolicy(tier="host"))
+    # the pool's 100 B buffer lives in the same memory as the reloaded tensor
+    assert host.peak_bytes == 110 + 21 + 100 > keep.peak_bytes
+    link = simulate(toy_trace(), DEV, SwapPolicy(tier="host"))
+    assert link.peak_bytes == 110 + 21  # a GPU's host tier does free device memory
+
+
+def test_search_on_a_cpu_chooses_disk_never_host():
+    fast = dataclasses.replace(CPU, disk_cache_bytes=100)
+    res = search(toy_trace(), fast, budget_bytes=140, margin=0.0)
+    assert res.chosen is not None and res.chosen.swap is not None
+    assert res.chosen.swap.tier == "disk"
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    tr = trace_step(model, (1, 4, 16, 16, 16))
+    keep = simulate(tr, CPU).peak_bytes
+    res = search(tr, CPU, budget_bytes=int(0.8 * keep), margin=0.0)
+    assert res.chosen is not None
+    assert res.chosen.swap is None or res.chosen.swap.tier == "disk"
+    assert all(c.swap is None or c.swap.tier == "disk" for c in res.candidates)
+    gpu = search(tr, DEV, budget_bytes=int(0.8 * keep), margin=0.0)
+    assert all(c.swap is None or c.swap.tier == "auto" for c in gpu.candidates)
+
+
+def test_conv_curve_bins_and_interpolates():
+    # two ops of 2 and 2 FLOPs... in one octave bin: 4 FLOPs in 2 s -> 2 FLOP/s
+    pts = conv_curve([(2.0, 1.0), (2.0, 1.0), (64.0, 8.0)])
+    assert pts[0] == pytest.approx((2.0, 2.0)) and pts[1] == pytest.approx((64.0, 8.0))
+    prof = DeviceProfile("c", 1, 1.0, 1e30, 1.0, 1.0, op_overhead_s=0.0,
+                         conv_rate_curve={"fwd": pts})
+    assert prof.op_seconds(2.0, 0, "fwd") == pytest.approx(1.0)        # at a point
+    assert prof.op_seconds(1024.0, 0, "fwd") == pytest.approx(128.0)   # constant past it
+    # halfway in log FLOPs (2**3.5) the rate is halfway in log rate: sqrt(2 * 8) = 4
+    assert prof.op_seconds(2**3.5, 0, "fwd") == pytest.approx(2**3.5 / 4)
+    assert prof.op_seconds(8.0, 0, "bwd") == pytest.approx(8.0)       # no curve: 1 FLOP/s
+    back = DeviceProfile.from_dict(prof.to_dict())
+    assert back.conv_rate_curve == prof.conv_rate_curve
+
+
+def test_other_ops_fit_recovers_bandwidth_and_overhead():
+    # other_s = io / 1e9 + ops * 1e-4
+    steps = [{"other_io_bytes": io, "other_ops": n, "other_s": io / 1e9 + n * 1e-4}
+             for io, n in ((1e9, 1000), (8e9, 1100), (27e9, 1300))]
+    bw, ovh = _fit_other(steps)
+    assert bw == pytest.approx(1e9, rel=1e-6) and ovh == pytest.approx(1e-4, rel=1e-6)
+    assert _fit_other(steps[:1]) == pytest.approx((1e9 / 1.1, 0.0))
