@@ -81,6 +81,9 @@ def _trainer_class(name: str) -> type:
         return recursive_find_trainer_class_by_name(name)
     except RuntimeError:
         raise InputError(f"no nnU-Net trainer named {name!r}") from None
+    except ImportError as exc:  # the lookup imports every trainer module; some need torchvision
+        raise InputError(f"-tr {name}: not one of swapseg's trainers ({', '.join(TRAINER_NAMES)}),"
+                         f" and nnU-Net's own could not be searched ({exc})") from None
 
 
 def _train(args: argparse.Namespace) -> int:

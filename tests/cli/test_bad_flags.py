@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -274,6 +275,14 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("cmd, flag, frag", CASES)
 def test_bad_value_is_one_line(cmd, flag, frag, world, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("nnUNet_raw", raising=False)
+    if cmd == "nnunet train":  # a preprocessed dataset 501, so that each value is judged
+        pre = tmp_path / "preprocessed"
+        (pre / "Dataset501_Tiny").mkdir(parents=True)
+        (pre / "Dataset501_Tiny" / "nnUNetPlans.json").write_text(
+            json.dumps({"configurations": {"3d_fullres": {}}}))
+        (pre / "Dataset501_Tiny" / "dataset.json").write_text("{}")
+        monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+        monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     out = tmp_path / "out"
     argv = _argv(cmd, flag, frag, world, out)
     code, err = _run(argv, capsys)
