@@ -10,22 +10,7 @@ from swapseg.cli import main
 from swapseg.cli.train_cmd import parse_bytes
 from swapseg.training.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swapseg.data.synthetic import synthesize
-
-    data = tmp_path_factory.mktemp("synth")
-    synthesize(data, 6, 16, seed=1)
-    return data
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:

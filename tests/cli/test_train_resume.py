@@ -14,22 +14,7 @@ from swapseg.cli import main
 from swapseg.training.checkpoint import load_checkpoint
 from swapseg.training.runlog import read_log
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swapseg.data.synthetic import synthesize
-
-    data = tmp_path_factory.mktemp("synth")
-    synthesize(data, 6, 16, seed=1)
-    return data
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(data: Path | str, out: Path | str, *extra: str) -> int:
