@@ -56,3 +56,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, shape=(16, 16, 16), zoom
 
 def tiny_model() -> Isensee3DUNet:
     return Isensee3DUNet(**TINY_MODEL)
+
+
+def constant_model(logits: tuple[float, float, float]) -> Isensee3DUNet:
+    """A tiny U-Net whose heads ignore their input: every voxel gets the same region logits."""
+    model = tiny_model()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor(logits))
+    return model

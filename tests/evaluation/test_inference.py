@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from evalcases import AFFINE, save_checkpoint, tiny_model
+from evalcases import AFFINE, constant_model, save_checkpoint, tiny_model
 
 from swapseg.errors import InputError
 from swapseg.evaluation.inference import load_model, predict_cases, predict_volume
@@ -111,23 +111,13 @@ def test_load_model_errors(tmp_path: Path) -> None:
         load_model(wrong)
 
 
-def _constant_model(logits: tuple[float, float, float]) -> torch.nn.Module:
-    """A U-Net whose heads ignore their input: every voxel gets the same region logits."""
-    model = tiny_model()
-    with torch.no_grad():
-        for head in model.heads:
-            head.weight.zero_()
-            head.bias.copy_(torch.tensor(logits))
-    return model
-
-
 @pytest.mark.parametrize(("logits", "label"), [((5.0, -5.0, -5.0), 2),   # WT only: edema
                                                ((5.0, 5.0, -5.0), 1),    # TC: necrotic core
                                                ((5.0, 5.0, 5.0), 4)])    # ET: enhancing
 def test_predict_cases_writes_labels_in_the_original_space(
         tmp_path: Path, dataset: tuple[Path, list[str]], logits, label: int) -> None:
     root, ids = dataset
-    ckpt = save_checkpoint(tmp_path / "best.pt", _constant_model(logits))
+    ckpt = save_checkpoint(tmp_path / "best.pt", constant_model(logits))
     out = tmp_path / "pred"
     result = predict_cases(ckpt, root, out, progress=False)
     assert result["n_cases"] == 2 and (out / "predictions.json").is_file()

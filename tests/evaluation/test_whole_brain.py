@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from evalcases import AFFINE, save_checkpoint, tiny_model, write_cases
+from evalcases import AFFINE, constant_model, save_checkpoint, tiny_model, write_cases
 
 import swapseg.evaluation.predictor as predictor
 from swapseg.data.brats import find_cases, load_case
@@ -21,16 +21,6 @@ from swapseg.evaluation.predictor import choose_window, predicted_bytes
 
 #: odd sizes, a head larger than the 16^3 training window of the checkpoints below
 BIG = (41, 37, 29)
-
-
-def _constant_model(logits: tuple[float, float, float]) -> torch.nn.Module:
-    """A U-Net whose heads ignore their input: every voxel gets the same region logits."""
-    model = tiny_model()
-    with torch.no_grad():
-        for head in model.heads:
-            head.weight.zero_()
-            head.bias.copy_(torch.tensor(logits))
-    return model
 
 
 def _without_labels(src: Path, dst: Path) -> Path:
@@ -44,7 +34,7 @@ def _without_labels(src: Path, dst: Path) -> Path:
 def test_the_whole_brain_box_is_predicted(tmp_path: Path, inference: str) -> None:
     root = tmp_path / "data"
     ids = write_cases(root, 1, shape=BIG)
-    ckpt = save_checkpoint(tmp_path / "best.pt", _constant_model((5.0, 5.0, -5.0)))
+    ckpt = save_checkpoint(tmp_path / "best.pt", constant_model((5.0, 5.0, -5.0)))
     result = predict_cases(ckpt, root, tmp_path / "pred", inference=inference,
                            progress=False)
     rec = result["cases"][0]
@@ -121,7 +111,7 @@ def test_too_little_memory_for_one_pass_predicts_by_windows(tmp_path: Path,
                                                             monkeypatch) -> None:
     root = tmp_path / "data"
     write_cases(root, 1, shape=BIG)
-    ckpt = save_checkpoint(tmp_path / "best.pt", _constant_model((5.0, -5.0, -5.0)))
+    ckpt = save_checkpoint(tmp_path / "best.pt", constant_model((5.0, -5.0, -5.0)))
     monkeypatch.setattr(predictor, "available_bytes", lambda device: 1)
     result = predict_cases(ckpt, root, tmp_path / "pred", progress=False)
     assert result["cases"][0]["inference"] == "windows"
@@ -170,7 +160,7 @@ def test_a_model_trained_on_small_phantoms_predicts_a_real_case(brats_sample: Pa
     for f in case.images.values():  # links, never copies: real data stays in ../shared
         (bare / f.name).symlink_to(f)
     ckpt = tmp_path / "best.pt"
-    torch.save({"model": _constant_model((5.0, -5.0, -5.0)).state_dict(),
+    torch.save({"model": constant_model((5.0, -5.0, -5.0)).state_dict(),
                 "config": {"shape": [48] * 3, "zoom": 1, "mode": "full", "base_filters": 4,
                            "depth": 3, "dropout": 0.0}}, ckpt)
     a = predict_cases(ckpt, data, tmp_path / "p1", progress=False)
