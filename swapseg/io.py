@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["atomic_path", "write_json", "write_text", "read_json_record"]
 
 
 @contextlib.contextmanager
@@ -62,3 +62,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json_record(path: str | os.PathLike[str], key: str, reading: str,
+                     kind: str) -> dict[str, Any]:
+    """The JSON object in ``path``, which must hold ``key``; else one-line InputErrors:
+    ``"<path>: cannot read <reading>: <why>"`` or ``"<path>: not a <kind> (no '<key>' key)"``."""
+    import json
+
+    from swapseg.errors import InputError
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read {reading}: {exc}") from None
+    if not isinstance(d, dict) or key not in d:
+        raise InputError(f"{path}: not a {kind} (no {key!r} key)")
+    return d

@@ -10,13 +10,12 @@ see the same partition.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from swapseg.errors import InputError
-from swapseg.io import write_json
+from swapseg.io import read_json_record, write_json
 
 __all__ = ["make_splits", "read_splits", "load_or_make_splits", "fold_split"]
 
@@ -48,12 +47,7 @@ def make_splits(case_ids: list[str], folds: int, seed: int) -> dict[str, Any]:
 def read_splits(path: str | Path, case_ids: list[str], folds: int) -> dict[str, Any]:
     """The splits in ``path``; InputError unless they list ``case_ids`` in ``folds`` folds."""
     path = Path(path)
-    try:
-        splits = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read splits: {exc}") from None
-    if not isinstance(splits, dict) or "splits" not in splits:
-        raise InputError(f"{path}: not a splits file (no 'splits' key)")
+    splits = read_json_record(path, "splits", "splits", "splits file")
     if sorted(splits.get("cases", [])) != sorted(case_ids):
         raise InputError(f"{path} lists other cases than the data set; "
                          "delete it or use another --out")

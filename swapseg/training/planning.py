@@ -26,7 +26,6 @@ who know better.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import resource
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from swapseg.errors import InputError
-from swapseg.io import write_json
+from swapseg.io import read_json_record, write_json
 from swapseg.offload.policy import MemoryPlan
 from swapseg.sizes import parse_bytes
 from swapseg.training.config import TrainConfig
@@ -157,13 +156,7 @@ def read_plan_file(path: str | Path, what: str) -> MemoryPlan:
 
 
 def _record(path: Path) -> dict[str, Any]:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the run's memory plan ({exc})") from None
-    if not isinstance(rec, dict) or "plan" not in rec:
-        raise InputError(f"{path}: not a plan record (no 'plan' key)")
-    return rec
+    return read_json_record(path, "plan", "the run's memory plan", "plan record")
 
 
 def resolve_auto(config: TrainConfig, budget_bytes: int, path: str | Path,
