@@ -12,9 +12,11 @@ and at inference instead, because ``sigmoid`` followed by a log in BCE loses pre
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBlock", "Isensee3DUNet", "DEFAULT_NEGATIVE_SLOPE"]
+__all__ = ["ConvBlock", "ConcatConvBlock", "Isensee3DUNet", "DEFAULT_NEGATIVE_SLOPE",
+           "SPLIT_CONCAT_BYTES"]
 
 #: The Isensee paper (arXiv 1802.10508) uses leaky ReLU with slope 1e-2. Keras's
 #: ``LeakyReLU()`` default, which ellisdg's code inherits, is 0.3. We follow the
@@ -32,6 +34,42 @@ class ConvBlock(nn.Sequential):
             nn.InstanceNorm3d(c_out, eps=1e-3, affine=True),
             nn.LeakyReLU(negative_slope),
         )
+
+
+#: A concatenation this large is never built. oneDNN's fast CPU convolution kernels index
+#: a tensor with 32-bit offsets, so for a conv input of 2**31 bytes or more they dispatch
+#: a reference kernel that is orders of magnitude slower (``ONEDNN_VERBOSE`` shows
+#: ``ref:any``). The first to cross it is the finest decoder level's concatenation, at
+#: 32 channels x 256^3 in fp32.
+SPLIT_CONCAT_BYTES = 2**31
+
+
+class ConcatConvBlock(ConvBlock):
+    """A ConvBlock over the channel concatenation of its inputs, ``torch.cat(parts, 1)``.
+
+    Below ``split_bytes`` it concatenates and convolves, as the Keras model does. From
+    there on it convolves each part with its slice of the weight and sums the results:
+    the same convolution (in another summation order), and no conv input, nor the
+    concatenation itself, ever reaches ``split_bytes``. The parameters are the same
+    either way, so checkpoints do not care which path ran.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3,
+                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> None:
+        super().__init__(c_in, c_out, kernel, negative_slope=negative_slope)
+        self.split_bytes = SPLIT_CONCAT_BYTES
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        nbytes = sum(p.numel() * p.element_size() for p in parts)
+        if nbytes < self.split_bytes:
+            return super().forward(torch.cat(parts, dim=1))  # (B, sum C_i, D, H, W)
+        conv, norm, act = self
+        weights = conv.weight.split([p.shape[1] for p in parts], dim=1)
+        y = F.conv3d(parts[0], weights[0], conv.bias, conv.stride, conv.padding)
+        for part, weight in zip(parts[1:], weights[1:], strict=True):
+            # in place: a conv keeps its inputs for backward, never its output
+            y.add_(F.conv3d(part, weight, None, conv.stride, conv.padding))
+        return act(norm(y))
 
 
 class ContextModule(nn.Module):
@@ -66,13 +104,13 @@ class DecoderLevel(nn.Module):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.up_conv = ConvBlock(c_in, c_out, negative_slope=negative_slope)
-        self.loc1 = ConvBlock(2 * c_out, c_out, negative_slope=negative_slope)
+        self.loc1 = ConcatConvBlock(2 * c_out, c_out, negative_slope=negative_slope)
         self.loc2 = ConvBlock(c_out, c_out, kernel=1, negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up_conv(self.up(x))
-        x = torch.cat([skip, x], dim=1)  # (B, 2*C, D, H, W), skip first as in Keras
-        return self.loc2(self.loc1(x))
+        # skip first in the concatenation, as in Keras
+        return self.loc2(self.loc1(skip, x))
 
 
 class Isensee3DUNet(nn.Module):

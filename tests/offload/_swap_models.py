@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.models.unet3d import ConcatConvBlock, Isensee3DUNet
 
 
 class InplaceViews(nn.Module):
@@ -36,6 +36,15 @@ class InplaceViews(nn.Module):
 
 def isensee() -> nn.Module:
     return Isensee3DUNet(in_channels=2, out_channels=2, base_filters=4, depth=3, dropout=0.3)
+
+
+def isensee_split() -> nn.Module:
+    """Every decoder concatenation convolved per part, as past the 2 GiB kernel limit."""
+    model = isensee()
+    for block in model.modules():
+        if isinstance(block, ConcatConvBlock):
+            block.split_bytes = 0
+    return model
 
 
 def monai_net() -> nn.Module:

@@ -7,12 +7,20 @@ import time
 import pytest
 import torch
 from _late_transport import LateFactory
-from _swap_models import InplaceViews, assert_bitwise, isensee, monai_net, train_steps
+from _swap_models import (
+    InplaceViews,
+    assert_bitwise,
+    isensee,
+    isensee_split,
+    monai_net,
+    train_steps,
+)
 
 from swapseg.offload import SwapPolicy, SwapStats, swap_activations
 from swapseg.offload.tracker import scope_matches
 
-ARCHS = {"isensee": isensee, "monai_dynunet": monai_net, "inplace_views": InplaceViews}
+ARCHS = {"isensee": isensee, "isensee_split": isensee_split, "monai_dynunet": monai_net,
+         "inplace_views": InplaceViews}
 
 
 def _swap(policy, workers=1, transport=None):
