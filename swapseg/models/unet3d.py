@@ -36,12 +36,20 @@ class ConvBlock(nn.Sequential):
         )
 
 
-#: A concatenation this large is never built. oneDNN's fast CPU convolution kernels index
-#: a tensor with 32-bit offsets, so for a conv input of 2**31 bytes or more they dispatch
-#: a reference kernel that is orders of magnitude slower (``ONEDNN_VERBOSE`` shows
-#: ``ref:any``). The first to cross it is the finest decoder level's concatenation, at
-#: 32 channels x 256^3 in fp32.
+#: No conv input this large is ever built. oneDNN's fast CPU convolution kernels index a
+#: tensor with 32-bit offsets, so for a conv input of 2**31 bytes or more they dispatch a
+#: reference kernel that is orders of magnitude slower (``ONEDNN_VERBOSE`` shows
+#: ``ref:any``). The first to cross it are the finest decoder level's two 32-channel
+#: inputs at 256^3 in fp32: the upsampled coarser level and the skip concatenation.
 SPLIT_CONCAT_BYTES = 2**31
+
+
+def channel_pieces(x: torch.Tensor, scale: int, limit: int) -> int:
+    """How many channel pieces keep ``x`` upsampled ``scale`` times per side under ``limit``."""
+    nbytes = x.numel() * x.element_size() * scale ** (x.dim() - 2)
+    if nbytes < limit:
+        return 1
+    return min(x.shape[1], nbytes // max(limit, 1) + 1)
 
 
 class ConcatConvBlock(ConvBlock):
@@ -60,6 +68,8 @@ class ConcatConvBlock(ConvBlock):
         self.split_bytes = SPLIT_CONCAT_BYTES
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if len(parts) == 1:
+            return super().forward(parts[0])
         nbytes = sum(p.numel() * p.element_size() for p in parts)
         if nbytes < self.split_bytes:
             return super().forward(torch.cat(parts, dim=1))  # (B, sum C_i, D, H, W)
@@ -98,17 +108,22 @@ class EncoderLevel(nn.Module):
 
 
 class DecoderLevel(nn.Module):
-    """Upsample x2 -> ConvBlock, concat with the skip, localization (3^3 then 1^3)."""
+    """Upsample x2 -> ConvBlock, concat with the skip, localization (3^3 then 1^3).
+
+    Where the upsampled input would reach ``SPLIT_CONCAT_BYTES``, it is upsampled in
+    channel pieces (each its own tensor) that ``up_conv`` convolves one by one.
+    """
 
     def __init__(self, c_in: int, c_out: int, negative_slope: float) -> None:
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.up_conv = ConvBlock(c_in, c_out, negative_slope=negative_slope)
+        self.up_conv = ConcatConvBlock(c_in, c_out, negative_slope=negative_slope)
         self.loc1 = ConcatConvBlock(2 * c_out, c_out, negative_slope=negative_slope)
         self.loc2 = ConvBlock(c_out, c_out, kernel=1, negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up_conv(self.up(x))
+        n = channel_pieces(x, 2, self.up_conv.split_bytes)
+        x = self.up_conv(*(self.up(p) for p in x.chunk(n, dim=1)))
         # skip first in the concatenation, as in Keras
         return self.loc2(self.loc1(skip, x))
 

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from swapseg.models.unet3d import SPLIT_CONCAT_BYTES, ConcatConvBlock, ConvBlock, Isensee3DUNet
+from swapseg.models.unet3d import (
+    SPLIT_CONCAT_BYTES,
+    ConcatConvBlock,
+    ConvBlock,
+    Isensee3DUNet,
+    channel_pieces,
+)
 
 
 def test_reference_parameter_count():
@@ -80,3 +86,10 @@ def test_split_unet_trains_like_the_concatenating_one():
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit, pieces", [(2**31 + 1, 1), (2**31, 2), (2**30, 3), (0, 32)])
+def test_channel_pieces_keep_the_upsampled_input_under_the_limit(limit, pieces):
+    # 32 x (2*128)^3 fp32 upsampled = 2**31 bytes; meta: nothing is allocated
+    x = torch.empty(1, 32, 128, 128, 128, device="meta")
+    assert channel_pieces(x, 2, limit) == pieces
