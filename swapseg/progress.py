@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, TypeVar
 
-__all__ = ["Progress", "ProgressMode", "resolve_progress", "cli_progress", "track"]
+__all__ = ["Progress", "ProgressMode", "resolve_progress", "cli_progress", "track",
+           "line_printer"]
 
 T = TypeVar("T")
 
@@ -54,3 +55,14 @@ def track(items: Sequence[T] | Iterable[T], desc: str, progress: Progress = "aut
         if mode == "lines":
             print(f"{desc}: {i}/{len(items)} {label(item)} ({time.perf_counter() - t0:.1f} s)",
                   file=sys.stderr, flush=True)
+
+
+def line_printer(desc: str, progress: Progress = "auto") -> Callable[[str], None] | None:
+    """A callback printing ``desc: message`` lines to stderr, or None when progress is off.
+
+    For work reported as free-text milestones rather than items of a known count (a bench's
+    steps, a search's probes): those are lines on a terminal too, as no bar can measure them.
+    """
+    if resolve_progress(progress) == "off":
+        return None
+    return lambda message: print(f"{desc}: {message}", file=sys.stderr, flush=True)

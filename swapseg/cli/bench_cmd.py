@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ The largest volume each method trains under a hard cap (one probe process per si
   swapseg bench largest --cap 3GiB --sides 128 --methods none,swap-disk --out big3
   swapseg bench largest --cap 8GiB --methods none,recompute-full,swap-disk,auto --out big8
   swapseg bench largest --cap 16GiB --device cuda --range 128:256 --out big-gpu
+  swapseg bench largest --cap 3GiB --sides 128 --no-progress --out big3q  # no progress lines
 Largest methods: none, recompute-speed, recompute-full, swap-disk, swap-host, hybrid, auto.
 Writes OUT/largest.json and OUT/largest.md after every probe.
 """
@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="32^3, 2 steps, no profiler, coarse side search")
     p.add_argument("--out", type=g.output_dir, required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress lines (a step, a probe) on stderr")
     add_largest_flags(p)
     p.set_defaults(func=run)
 
@@ -118,6 +120,7 @@ def run_methods(args: argparse.Namespace) -> int:
     from swapseg.devices import resolve_device
     from swapseg.experiments.methods_bench import run_bench
     from swapseg.planner.devices import get_profile
+    from swapseg.progress import cli_progress, line_printer
 
     shape = (1, 4, 32, 32, 32) if args.quick else _shape(args.shape)
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
@@ -130,7 +133,7 @@ def run_methods(args: argparse.Namespace) -> int:
     sides = range(128, 321, step)
     res = run_bench(shape, args.memory_budget, steps, warmup, not args.quick, args.cap,
                     args.profile, sides,
-                    progress=lambda m: print(f"bench: {m}", file=sys.stderr),
+                    progress=line_printer("bench", cli_progress(args.no_progress)),
                     torch_device=str(device), autocast_dtype=g.autocast_dtype(args.precision),
                     compile=args.compile)
     res.update(precision=args.precision, compile=bool(args.compile))

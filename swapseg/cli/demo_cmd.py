@@ -20,8 +20,8 @@ EPILOG = """examples:
 """
 
 DESCRIPTION = ("Generate BraTS-like phantoms, train the Isensee U-Net on whole volumes with "
-               "activation swapping (host tier on a CPU), predict and score the held-out cases, "
-               "and write a report folder.")
+               "every activation swapped to disk (the tier that frees memory on a CPU), "
+               "predict and score the held-out cases, and write a report folder.")
 
 
 def register(subparsers: Any) -> None:

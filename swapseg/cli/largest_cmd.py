@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +80,7 @@ def run_largest_cmd(args: argparse.Namespace) -> int:
     from swapseg.devices import resolve_device
     from swapseg.experiments.largest import METHODS, run_largest
     from swapseg.models.registry import build_model
+    from swapseg.progress import cli_progress, line_printer
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -108,7 +108,7 @@ def run_largest_cmd(args: argparse.Namespace) -> int:
                       channels=args.channels, cuda=cuda, disk_dir=args.disk_dir,
                       autocast_dtype=g.autocast_dtype(args.precision),
                       moonshot_side=args.moonshot, moonshot_cap=args.moonshot_cap or args.cap,
-                      progress=lambda m: print(f"largest: {m}", file=sys.stderr, flush=True),
+                      progress=line_printer("largest", cli_progress(args.no_progress)),
                       model_spec=args.model, model_kwargs=args.model_kwargs, device=str(device),
                       precision=args.precision, steps=args.probe_steps,
                       timeout_s=args.probe_timeout)

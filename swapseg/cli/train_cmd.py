@@ -295,7 +295,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         changes["cache_dir"] = os.path.abspath(args.cache_dir)
     preset = PRESETS[args.preset or "brats_full"]
     with g.fields_as_flags(FLAGS):
-        changes["plan"] = _swap_plan(args, preset().plan)
+        # the preset's plan on this run's device (the demo's swaps to disk on a CPU)
+        on = {"device": changes["device"]} if "device" in changes else {}
+        changes["plan"] = _swap_plan(args, preset(**on).plan)
         # absolute, so that --resume works from any directory
         return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out),
                       **changes)

@@ -37,7 +37,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.io import write_json
-from swapseg.training.config import TrainConfig
+from swapseg.training.config import TrainConfig, swap_all_plan
 from swapseg.training.runlog import read_log
 
 __all__ = ["MODES", "SWAP_CHOICES", "default_patch", "default_patches_per_volume",
@@ -90,9 +90,9 @@ def full_plan(swap: str, budget: int | None, device: str) -> tuple[Any, int | No
         budget = int(torch.cuda.get_device_properties(0).total_memory)
     if budget is not None:  # the planner picks swap/recompute to fit
         return None, budget
-    # a CPU with no budget: swap everything to the host tier, as `swapseg demo` does; the
-    # copies cost time and save nothing there, so full-volume times are pessimistic
-    return MemoryPlan(swap=SwapPolicy(tier="host"), name="swap-all-host"), None
+    # a CPU with no budget: swap everything to disk, as `swapseg demo` does (a host-tier
+    # copy frees nothing where device memory is host memory)
+    return swap_all_plan(device), None
 
 
 def mode_configs(base: TrainConfig, out: Path, fold: int, *, patch: int | None = None,

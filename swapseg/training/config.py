@@ -19,7 +19,8 @@ from swapseg.offload.record import check_fields
 from swapseg.training.losses import LOSSES
 from swapseg.training.precision import PRECISIONS, Precision
 
-__all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS"]
+__all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS",
+           "swap_all_plan"]
 
 MODES = ("full", "patch")
 
@@ -245,15 +246,27 @@ def brats_patch(**changes: Any) -> TrainConfig:
     return TrainConfig(mode="patch", shape=(192, 192, 192), patch=128).replace(**changes)
 
 
+def swap_all_plan(device: str = "cpu") -> MemoryPlan:
+    """Every saved activation swapped to the tier that frees ``device``'s memory, named
+    after that tier: ``swap-all-disk`` on a CPU, where device memory is host memory and a
+    host-tier copy frees nothing; ``swap-all-cuda`` on a GPU (pinned host memory, copied
+    on side streams). ``device`` as in ``TrainConfig.device`` (``auto`` resolved here)."""
+    from swapseg.devices import resolve_device
+
+    tier = "cuda" if resolve_device(device).type == "cuda" else "disk"
+    return MemoryPlan(swap=SwapPolicy(tier=tier), name=f"swap-all-{tier}")
+
+
 def demo(**changes: Any) -> TrainConfig:
     """``swapseg demo`` on a 2-core CPU: the reference U-Net (base 16, depth 5) on 48^3
-    phantoms, with host-tier swapping. Differs from the protocol where minutes matter:
-    lr 2e-3 (Adam converges in ~10 epochs instead of ~100), dropout 0.1, patience 5/15,
-    at most 25 epochs or the first epoch ending past 7 minutes of training."""
+    phantoms, with every activation swapped (:func:`swap_all_plan` of the device: to disk
+    on a CPU). Differs from the protocol where minutes matter: lr 2e-3 (Adam converges in
+    ~10 epochs instead of ~100), dropout 0.1, patience 5/15, at most 25 epochs or the first
+    epoch ending past 7 minutes of training."""
+    device = changes.get("device", "cpu")
     base = TrainConfig(mode="full", shape=(48, 48, 48), dropout=0.1, lr=2e-3, max_epochs=25,
                        lr_patience=5, early_stop=15, max_train_s=420.0, workers=1,
-                       plan=MemoryPlan(swap=SwapPolicy(tier="host"), name="swap-all-host"),
-                       device="cpu")
+                       plan=swap_all_plan(device), device="cpu")
     return base.replace(**changes)
 
 

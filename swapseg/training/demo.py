@@ -4,7 +4,7 @@ The whole pipeline of the project on a laptop CPU in minutes:
 
 1. write BraTS-like phantoms (``swapseg.data.synthetic``) to ``<out>/data``;
 2. split them 60/20/20 (fold 0 of 5) and train the Isensee U-Net on whole volumes with
-   activation swapping on (the host tier on a CPU) to ``<out>/run``;
+   every activation swapped (to disk on a CPU: ``config.swap_all_plan``) to ``<out>/run``;
 3. predict the held-out test cases from the best checkpoint (``<out>/predictions``) and
    score them (``swapseg.evaluation``): ``summary.json``, ``per_case.csv``,
    ``boxplot.png``, ``overlays/`` land in ``<out>``, beside copies of ``log.csv`` and

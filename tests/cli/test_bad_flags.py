@@ -139,6 +139,7 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--profile": bad("--profile", "abacus"), "--device": bad("--device", "gpu"),
         "--precision": bad("--precision", "8"), "--compile": SWITCH, "--quick": SWITCH,
         "--out": bad("--out", "{under_file}"), "what": [["sideways"]],
+        "--no-progress": SWITCH,
         # `bench largest` only: each fails before the first probe
         **{flag: [["largest", flag, v] for v in values] for flag, values in {
             "--methods": ("fastest", ""), "--sides": ("abc", "100"), "--range": ("a:b", "1:8"),

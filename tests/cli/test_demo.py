@@ -31,7 +31,7 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "overlays").glob("*.png"))
     swap = json.loads((out / "swap_stats.json").read_text())
-    assert swap["policy"]["tier"] == "host" and swap["first_step"]["swapped"] > 0
+    assert swap["policy"]["tier"] == "disk" and swap["first_step"]["swapped"] > 0
     demo = json.loads((out / "demo.json").read_text())
     assert demo["epochs"] == 2 and demo["wall_s"]["total_s"] > 0
     # the held-out case was neither trained nor validated on

@@ -52,9 +52,29 @@ def test_preset_policy_kept_and_adjusted(tmp_path):
                                           str(tmp_path / "r"), "--preset", "demo", *extra])
         return config_from_args(args)
 
-    assert cfg().swap.tier == "host"  # the demo preset swaps
+    assert cfg().swap.tier == "disk"  # the demo preset swaps, to disk on a CPU
     assert cfg("--swap-prefetch", "4").swap.replace(prefetch=1) == cfg().swap
     assert cfg("--swap", "none").swap is None
+    assert cfg("--swap-tier", "host").swap.tier == "host"
+
+
+def test_demo_preset_swaps_where_it_frees_memory_and_so_does_not_warn(tmp_path, monkeypatch):
+    from swapseg.cli import build_parser
+    from swapseg.cli.train_cmd import config_from_args, host_tier_warning
+
+    def cfg(*extra):
+        args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out",
+                                          str(tmp_path / "r"), "--preset", "demo", *extra])
+        return config_from_args(args)
+
+    cpu = cfg()
+    assert (cpu.device, cpu.plan.name) == ("cpu", "swap-all-disk")
+    assert host_tier_warning(cpu.swap, cpu.device) is None
+    assert host_tier_warning(cfg("--swap-tier", "host").swap, "cpu") is not None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpu = cfg("--device", "cuda")  # the preset's plan follows the run's device
+    assert (gpu.swap.tier, gpu.plan.name) == ("cuda", "swap-all-cuda")
 
 
 def test_missing_data_dir(tmp_path, capsys):

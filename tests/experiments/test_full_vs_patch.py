@@ -73,7 +73,7 @@ def test_full_plan_of_each_swap_choice(tmp_path: Path) -> None:
     assert full_plan("all", None, "cpu")[0].swap == SwapPolicy()
     assert full_plan("none", None, "cpu") == (None, None)
     cpu_auto, budget = full_plan("auto", None, "cpu")
-    assert cpu_auto.swap.tier == "host" and budget is None
+    assert cpu_auto.swap.tier == "disk" and budget is None  # host-tier frees no CPU memory
     assert full_plan("auto", 2**30, "cpu") == (None, 2**30)  # planned once by the caller
     with pytest.raises(InputError, match="only used with --swap auto"):
         full_plan("all", 2**30, "cpu")
