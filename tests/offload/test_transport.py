@@ -230,3 +230,27 @@ def test_disk_shortfall_against_a_tmpfs(tmp_path):
         assert 0 < free <= 2**20
         assert disk_mod.disk_shortfall(str(tiny), free) == 0
         assert disk_mod.disk_shortfall(str(tiny), free + 12345) == 12345
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_disk_reads_land_in_taken_back_buffers_once_nobody_holds_them(tmp_path, reuse):
+    tr = DiskTransport(str(tmp_path), workers=0, reuse_buffers=reuse)
+    a = torch.arange(5000, dtype=torch.int32)
+    sa = tr.start_out(a.view(torch.uint8)).result()  # (20000,) bytes
+    ptrs = []
+    for _ in range(2):  # two reloads: the activations they became are still held
+        buf = tr.start_in(sa, CPU).result()
+        ptrs.append(buf.data_ptr())
+        tr.recycle(buf)
+        if len(ptrs) == 1:
+            held = buf.view(torch.int32)  # as autograd holds an unpacked activation
+        del buf
+    assert ptrs[0] != ptrs[1]  # the first buffer was still held
+    third = tr.start_in(sa, CPU).result()
+    assert torch.equal(third.view(torch.int32), a) and torch.equal(held, a)
+    if reuse:
+        assert tr.dest is not None and tr.dest.reused == 1
+        assert third.data_ptr() == ptrs[1]  # the free one, not the held one
+    else:
+        assert tr.dest is None
+    tr.close()

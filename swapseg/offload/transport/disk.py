@@ -25,6 +25,7 @@ import torch
 
 from swapseg.errors import InputError
 from swapseg.offload.transport.base import CopyRunner, Ticket
+from swapseg.offload.transport.pool import Recycler
 
 __all__ = ["DiskTransport", "DiskFullError", "SwapFile", "open_anonymous", "disk_shortfall"]
 
@@ -83,8 +84,11 @@ class DiskTransport(CopyRunner):
 
     kind = "disk"
 
-    def __init__(self, disk_dir: str | None = None, workers: int = 1) -> None:
+    def __init__(self, disk_dir: str | None = None, workers: int = 1,
+                 reuse_buffers: bool = True) -> None:
         super().__init__(workers)
+        self.dest = Recycler() if reuse_buffers else None
+        """Where reads land: reloaded buffers taken back and reused (None: always new)."""
         self.dir = os.path.abspath(disk_dir if disk_dir is not None else tempfile.gettempdir())
         os.makedirs(self.dir, exist_ok=True)
         self._open: set[int] = set()
@@ -120,7 +124,10 @@ class DiskTransport(CopyRunner):
         return self.submit(lambda: self._write(host))
 
     def start_in(self, stored: SwapFile, device: torch.device) -> Ticket:
-        host = torch.empty(stored.nbytes, dtype=torch.uint8)
+        if self.dest is not None and device.type == "cpu":
+            host = self.dest.get(stored.nbytes)
+        else:
+            host = torch.empty(stored.nbytes, dtype=torch.uint8)
 
         def read() -> torch.Tensor:
             view, done = _bytes_view(host), 0
@@ -131,6 +138,10 @@ class DiskTransport(CopyRunner):
                 done += got
             return host if device.type == "cpu" else host.to(device)
         return self.submit(read)
+
+    def recycle(self, dest: torch.Tensor) -> None:
+        if self.dest is not None:
+            self.dest.take(dest)
 
     def free(self, stored: SwapFile) -> None:
         with self._lock:
@@ -147,6 +158,8 @@ class DiskTransport(CopyRunner):
 
     def close(self) -> None:
         super().close()
+        if self.dest is not None:
+            self.dest.clear()
         with self._lock:
             fds, self._open = self._open, set()
         for fd in fds:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from swapseg.offload.transport.base import CopyRunner, Ticket
-from swapseg.offload.transport.pool import BufferPool, get_pool
+from swapseg.offload.transport.pool import BufferPool, Recycler, get_pool
 
 __all__ = ["HostTransport"]
 
@@ -22,30 +22,18 @@ class HostTransport(CopyRunner):
     def __init__(self, workers: int = 1, pool: BufferPool | None = None) -> None:
         super().__init__(workers)
         self.pool = pool if pool is not None else get_pool(False)
-        # CPU "device" copies of reloaded storages, recycled once nothing else holds them:
-        # large fresh allocations are page-faulted in on every step otherwise
-        self._dest_free: dict[int, list[torch.Tensor]] = {}
-        self._limbo: list[torch.Tensor] = []
+        # CPU "device" copies of reloaded storages: large fresh allocations are
+        # page-faulted in on every step otherwise
+        self.dest = Recycler()
 
     def recycle(self, dest: torch.Tensor) -> None:
         """Take back a reloaded CPU storage; reused only once no one else references it."""
-        if dest.device.type == "cpu":
-            self._limbo.append(dest)
+        self.dest.take(dest)
 
     def _dest(self, nbytes: int, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":
             return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        if not self._dest_free.get(nbytes) and self._limbo:
-            keep = []
-            for t in self._limbo:
-                # 2 = the buffer itself + the temporary storage object of this call
-                if torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2:
-                    self._dest_free.setdefault(t.numel(), []).append(t)
-                else:
-                    keep.append(t)
-            self._limbo = keep
-        free = self._dest_free.get(nbytes)
-        return free.pop() if free else torch.empty(nbytes, dtype=torch.uint8)
+        return self.dest.get(nbytes)
 
     def start_out(self, src: torch.Tensor) -> Ticket:
         buf = self.pool.acquire(src.numel())
@@ -68,6 +56,5 @@ class HostTransport(CopyRunner):
 
     def close(self) -> None:
         super().close()
-        self._dest_free.clear()
-        self._limbo.clear()
+        self.dest.clear()
         self.pool.trim()

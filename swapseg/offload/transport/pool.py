@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-__all__ = ["BufferPool", "get_pool", "clear_pools"]
+__all__ = ["BufferPool", "Recycler", "get_pool", "clear_pools"]
 
 
 class BufferPool:
@@ -78,6 +78,48 @@ class BufferPool:
         with self._lock:
             self.allocated_bytes -= sum(n * len(v) for n, v in self._free.items())
             self._free.clear()
+
+
+class Recycler:
+    """Reloaded CPU storages taken back from the engine and reused for later reloads.
+
+    A reload lands in a fresh buffer that the step then reads, so without reuse every
+    reload page-faults its buffer in again (glibc hands large freed blocks back to the
+    kernel). A taken-back buffer is reused only once nothing else references it: autograd
+    or the user may still hold the activation it became. What it keeps lives until
+    ``clear()``, when the transport closes.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[torch.Tensor]] = {}
+        self._limbo: list[torch.Tensor] = []
+        self.reused = 0
+        """Buffers handed out again instead of allocated."""
+
+    def take(self, buf: torch.Tensor) -> None:
+        if buf.device.type == "cpu":
+            self._limbo.append(buf)
+
+    def get(self, nbytes: int) -> torch.Tensor:
+        """A CPU uint8 buffer of ``nbytes``: a taken-back one that nobody holds, or new."""
+        if not self._free.get(nbytes) and self._limbo:
+            keep = []
+            for t in self._limbo:
+                # 2 = the buffer itself + the temporary storage object of this call
+                if torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2:
+                    self._free.setdefault(t.numel(), []).append(t)
+                else:
+                    keep.append(t)
+            self._limbo = keep
+        free = self._free.get(nbytes)
+        if free:
+            self.reused += 1
+            return free.pop()
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._limbo.clear()
 
 
 _POOLS: dict[bool, BufferPool] = {}
