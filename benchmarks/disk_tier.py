@@ -38,7 +38,7 @@ from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import train_step
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.transport import DiskTransport
-from swapseg.planner.devices import disk_rates
+from swapseg.planner.diskprobe import disk_rates
 
 #: name -> keyword arguments of ``swap_activations`` (None: no swapping)
 VARIANTS: dict[str, dict[str, Any] | None] = {

@@ -23,7 +23,7 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.measure import train_step
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.devices import DeviceProfile, layer_key
 
 __all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve"]
 
@@ -67,15 +67,20 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
             per[e.name].append((e.time_range.start, e.cpu_time_total / 1e6))
     t = {ev: sum(d for _, d in v) for ev, v in per.items()}
     out: dict[str, Any] = {"wall_s": wall, "conv_points": {}}
+    out["conv_layers"] = {}
     for phase, ev in zip(("fwd", "bwd"), _CONV_EVENTS, strict=True):
-        ops = [o.flops for o in tr.ops if o.conv and o.phase == phase]
+        conv_ops = [o for o in tr.ops if o.conv and o.phase == phase]
+        ops = [o.flops for o in conv_ops]
         f = sum(ops)
         if f and t[ev] > 0:
             out[phase] = f / t[ev]
             times = [d for _, d in sorted(per[ev])]
             if len(times) == len(ops):  # same ops in the same (deterministic) order
-                out["conv_points"][phase] = [(fl, s) for fl, s in zip(ops, times, strict=True)
-                                             if fl > 0 and s > 0]
+                pairs = [(o, s) for o, s in zip(conv_ops, times, strict=True)
+                         if o.flops > 0 and s > 0]
+                out["conv_points"][phase] = [(o.flops, s) for o, s in pairs]
+                out["conv_layers"][phase] = [(layer_key(phase, o.conv), o.flops, s)
+                                             for o, s in pairs]
         elif f:
             raise InputError(f"calibration: the profiler timed no {ev} in a step with "
                              "convolutions; cannot measure their rate")
@@ -85,6 +90,11 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
     out["other_io_bytes"] = io
     out["other_ops"] = len(other)
     out["mem"] = io / out["other_s"]
+    sized = [o.io_bytes for o in other if o.io_bytes > 0]
+    # where on the size axis this step's bandwidth was measured: the io-weighted
+    # geometric mean of its ops' sizes
+    out["other_io_centre"] = math.exp(sum(b * math.log(b) for b in sized) / sum(sized)) \
+        if sized else 0.0
     return out
 
 
@@ -124,6 +134,34 @@ def _fit_other(steps: list[dict[str, Any]]) -> tuple[float, float]:
     return sum(i for i, _, _ in xs) / sum(s for _, _, s in xs), 0.0
 
 
+def _layer_rates(steps: Sequence[dict[str, Any]], ovh: float
+                 ) -> dict[str, tuple[tuple[float, float], ...]]:
+    """Per layer shape: (FLOPs, FLOP/s) points, the ops of one shape and size pooled."""
+    pooled: dict[str, dict[float, list[float]]] = {}
+    for c in steps:
+        for rows in c.get("conv_layers", {}).values():
+            for key, fl, sec in rows:
+                acc = pooled.setdefault(key, {}).setdefault(float(fl), [0.0, 0.0])
+                acc[0] += fl
+                acc[1] += max(sec - ovh, 0.5 * sec)
+    return {key: tuple((fl, f / s) for fl, (f, s) in sorted(pts.items()))
+            for key, pts in pooled.items()}
+
+
+def _mem_curve(steps: Sequence[dict[str, Any]], ovh: float
+               ) -> tuple[tuple[float, float], ...]:
+    """(op size, bytes/s) per calibration shape: its other ops' bytes over their time
+    (less the per-op overhead), at their io-weighted mean size; shapes measured twice
+    give the median."""
+    at: dict[float, list[float]] = {}
+    for c in steps:
+        centre = c.get("other_io_centre", 0.0)
+        left = c["other_s"] - c["other_ops"] * ovh
+        if centre > 0 and left > 0:
+            at.setdefault(round(centre), []).append(c["other_io_bytes"] / left)
+    return tuple((float(x), statistics.median(v)) for x, v in sorted(at.items()))
+
+
 def calibrate(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tuple[int, ...]],
               loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
               repeats: int = 1) -> tuple[DeviceProfile, list[dict[str, Any]]]:
@@ -153,11 +191,15 @@ def calibrated(profile: DeviceProfile, steps: Sequence[dict[str, Any]]) -> Devic
             curve[phase] = conv_curve(pts)
     rates = {ph: statistics.median(c[ph] for c in steps if ph in c)
              for ph in ("fwd", "bwd") if any(ph in c for c in steps)}
+    layers = _layer_rates(steps, ovh)
+    mem_curve = _mem_curve(steps, ovh)
     shapes = sorted({tuple(c.get("shape", ())) for c in steps})
     how = (f"{len(steps)} profiled steps of the model at "
            f"{', '.join('x'.join(map(str, s)) for s in shapes)} "
            f"({time.strftime('%Y-%m-%d %H:%M:%S')}, {torch.get_num_threads()} threads): "
-           "conv rate per op size, the rest fitted as bytes/bandwidth + ops x overhead")
+           "conv rate per layer shape and op size, the other ops' bandwidth per op size "
+           "(each step's bandwidth at its ops' mean size), an overhead per op fitted")
     return profile.replace(conv_flops_per_s=rates, conv_rate_curve=curve,
+                           conv_layer_rates=layers, mem_rate_curve=mem_curve,
                            mem_bytes_per_s=bw, op_overhead_s=ovh,
                            sources={**profile.sources, "calibration": how})

@@ -24,9 +24,10 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.record import Record
+from swapseg.planner.diskprobe import disk_rates, page_cache_bytes, page_cache_rates
 
 __all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local", "calibration_shape",
-           "disk_rates", "page_cache_bytes"]
+           "layer_key"]
 
 GB = 1e9
 CPU = torch.device("cpu")
@@ -71,19 +72,44 @@ class DeviceProfile(Record):
     """Swap bytes the page cache takes at memory-copy speed: writes up to this many bytes
     per step cost a copy at ``d2h_bytes_per_s``, and reads of the last this-many bytes
     written cost one at ``h2d_bytes_per_s``; the rest run at the disk's bandwidth."""
+    disk_cache_write_bytes_per_s: float = 0.0
+    """What a disk-tier write costs the cores: the kernel's copy into the page cache
+    (0: ``d2h_bytes_per_s``, a plain memory copy)."""
+    disk_cache_read_bytes_per_s: float = 0.0
+    """What a disk-tier read costs the cores: the copy out of the page cache (0:
+    ``h2d_bytes_per_s``)."""
     conv_rate_curve: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     """Per phase (``"fwd"``, ``"bwd"``): (FLOPs of one conv op, measured FLOP/s) points,
     ascending; a conv op's rate is interpolated in log FLOPs between them (constant past
     the ends). Overrides ``conv_flops_per_s`` for the phases it has."""
+    conv_layer_rates: dict[str, tuple[tuple[float, float], ...]] = field(
+        default_factory=dict)
+    """Per conv layer shape (``layer_key``: phase, in and out channels, kernel, stride):
+    (FLOPs of one op, measured FLOP/s) points, ascending. The same FLOPs run at other
+    speeds in layers of other channel counts, so a conv op of a measured layer shape
+    takes its rate from these (interpolated in log FLOPs, constant past the ends), and
+    its time is its FLOPs at that rate alone. Other conv ops use ``conv_rate_curve``."""
+    mem_rate_curve: tuple[tuple[float, float], ...] = ()
+    """(bytes an op reads and writes, achieved bytes/s) points, ascending, for the ops
+    that are not convolutions: small tensors stay in the caches and run faster. Empty:
+    ``mem_bytes_per_s`` for every size."""
     sources: dict[str, str] = field(default_factory=dict)
     """Where each figure comes from."""
 
-    def op_seconds(self, flops: float, io_bytes: int, key: str = "") -> float:
+    def op_seconds(self, flops: float, io_bytes: int, key: str = "", layer: str = ""
+                   ) -> float:
+        """Seconds of one op; ``key``: a conv op's phase; ``layer``: its ``layer_key``."""
+        layer_curve = self.conv_layer_rates.get(layer) if layer else None
+        if layer_curve and flops > 0:
+            return flops / _interp_rate(layer_curve, flops) + self.op_overhead_s
         rate = self.conv_flops_per_s.get(key, self.flops_per_s) if key else self.flops_per_s
         curve = self.conv_rate_curve.get(key) if key else None
         if curve and flops > 0:
             rate = _interp_rate(curve, flops)
-        return max(flops / rate, io_bytes / self.mem_bytes_per_s) + self.op_overhead_s
+        bw = self.mem_bytes_per_s
+        if self.mem_rate_curve and io_bytes > 0:
+            bw = _interp_rate(self.mem_rate_curve, io_bytes)
+        return max(flops / rate, io_bytes / bw) + self.op_overhead_s
 
     @property
     def models_disk(self) -> bool:
@@ -91,10 +117,18 @@ class DeviceProfile(Record):
 
     @classmethod
     def _decode(cls, d: dict[str, Any]) -> dict[str, Any]:
-        if "conv_rate_curve" in d:  # JSON lists back to tuples
-            d["conv_rate_curve"] = {k: tuple(tuple(p) for p in v)
-                                    for k, v in d["conv_rate_curve"].items()}
+        for name in ("conv_rate_curve", "conv_layer_rates"):  # JSON lists back to tuples
+            if name in d:
+                d[name] = {k: tuple(tuple(p) for p in v) for k, v in d[name].items()}
+        if "mem_rate_curve" in d:
+            d["mem_rate_curve"] = tuple(tuple(p) for p in d["mem_rate_curve"])
         return d
+
+
+def layer_key(phase: str, conv: str) -> str:
+    """``"fwd|Cin,Cout,k,stride"`` from a trace op's phase and its ``conv`` description
+    (``"Cin,Cout,k,stride,D,H,W"``); "" for an op that is no convolution."""
+    return f"{phase}|{','.join(conv.split(',')[:4])}" if conv else ""
 
 
 def _interp_rate(curve: tuple[tuple[float, float], ...], flops: float) -> float:
@@ -224,47 +258,6 @@ def _copy_rate(nbytes: int) -> float:
     return nbytes / _median_time(lambda: dst.copy_(src))
 
 
-def disk_rates(nbytes: int = 512 * 2**20, folder: str | None = None
-               ) -> tuple[float, float]:
-    """(write, read) bytes/s of a file in ``folder``: ``nbytes`` written in 8 MiB
-    ``pwrite`` calls and ``fdatasync`` ed (the device's rate, not the page cache's), then
-    dropped from the page cache (``posix_fadvise`` DONTNEED) and read back."""
-    import numpy as np
-
-    chunk = 8 * 2**20
-    buf = np.random.default_rng(0).integers(0, 255, chunk, dtype=np.uint8).tobytes()
-    fd, path = tempfile.mkstemp(prefix="swapseg-probe-", dir=folder)
-    os.unlink(path)
-    try:
-        t0 = time.perf_counter()
-        for off in range(0, nbytes, chunk):
-            os.pwrite(fd, buf, off)
-        os.fdatasync(fd)
-        write = nbytes / (time.perf_counter() - t0)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        t0 = time.perf_counter()
-        for off in range(0, nbytes, chunk):
-            os.pread(fd, chunk, off)
-        read = nbytes / (time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-    return write, read
-
-
-def page_cache_bytes() -> int:
-    """Bytes of dirty page cache the kernel lets a writer build before it throttles it:
-    ``vm.dirty_ratio`` percent of MemAvailable (a lower bound of its dirtyable memory)."""
-    try:
-        with open("/proc/sys/vm/dirty_ratio") as fh:
-            ratio = int(fh.read().split()[0])
-        with open("/proc/meminfo") as fh:
-            avail = next(int(ln.split()[1]) * 1024 for ln in fh
-                         if ln.startswith("MemAvailable:"))
-    except (OSError, ValueError, StopIteration):
-        return 0
-    return ratio * avail // 100
-
-
 def measure_local(model: nn.Module | None = None, tier: str = "auto",
                   probe_bytes: int = 64 * 2**20, calibrate_shape: tuple[int, ...] | None = None,
                   loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
@@ -298,6 +291,7 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         flops = _matmul_rate(matmul_n)
     disk = tier in ("disk", "auto")  # on a CPU, auto means the disk tier
     disk_w, disk_r = disk_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
+    cache_w, cache_r = page_cache_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
     cache = page_cache_bytes() if disk else 0
     conv_rates: dict[str, float] = {}
     calib = ""
@@ -317,14 +311,17 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
         cpu_conv_workspace=True, conv_flops_per_s=conv_rates, copies_share_compute=True,
         unified_memory=True, disk_write_bytes_per_s=disk_w, disk_read_bytes_per_s=disk_r,
-        disk_cache_bytes=cache,
+        disk_cache_bytes=cache, disk_cache_write_bytes_per_s=cache_w,
+        disk_cache_read_bytes_per_s=cache_r,
         sources={"flops_per_s": f"{how}: fp32 matrix product {matmul_n}x{matmul_n}",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
                  "copy": f"{how}: host memory copy of {probe_bytes >> 20} MiB into a "
                          "reused buffer",
                  "disk": f"{how}: {disk_probe_bytes >> 20} MiB file in "
                          f"{disk_dir or tempfile.gettempdir()}: pwrite + fdatasync, then "
-                         "read after POSIX_FADV_DONTNEED" if disk_w else "not measured",
+                         "read after POSIX_FADV_DONTNEED; the page cache's rates: the "
+                         "same pwrite with no sync, read back cached" if disk_w
+                         else "not measured",
                  "disk_cache_bytes": "vm.dirty_ratio x MemAvailable" if cache else "none",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})

@@ -17,13 +17,15 @@ backward op that needs one of their saved tensors.
 from __future__ import annotations
 
 import bisect
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from swapseg.offload.engine import DISK_INFLIGHT_BYTES
 from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.devices import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]
@@ -148,7 +150,8 @@ def _cached(trace: StepTrace, swapped: list[int], out_at: dict[int, int],
 
 
 def _op_s(dev: DeviceProfile, op: Any) -> float:
-    return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "")
+    return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "",
+                          layer_key(op.phase, op.conv))
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
@@ -173,6 +176,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     disk = mode == "disk"
     cached = _cached(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
     written = 0
+    # the engine makes forward wait while more disk copy-out bytes than this are in flight
+    inflight: collections.deque[tuple[float, int]] = collections.deque()
+    inflight_bytes = 0
     t = d2h_free = h2d_free = stall = rec_s = 0.0
     copy_out: dict[int, tuple[float, float]] = {}
     copy_in: dict[int, tuple[float, float]] = {}
@@ -185,7 +191,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             return
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
-        cpu = n / dev.h2d_bytes_per_s  # the memory copy; a disk read adds the device's time
+        # the memory copy (or the page cache's); a disk read adds the device's time
+        cpu = n / (dev.disk_cache_read_bytes_per_s if disk and dev.disk_cache_read_bytes_per_s
+                   else dev.h2d_bytes_per_s)
         d = n / dev.disk_read_bytes_per_s if disk and u not in cached else cpu
         copy_in[u] = (s, s + d)
         h2d_free = copy_in[u][1]
@@ -193,11 +201,12 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             t += cpu
 
     def start_outs(i: int) -> None:
-        nonlocal d2h_free, t, written
+        nonlocal d2h_free, t, written, inflight_bytes, stall
         for u in outs_by_op.get(i, []):
             s = max(t, d2h_free)
             n = trace.storages[u].nbytes
-            cpu = n / dev.d2h_bytes_per_s
+            cpu = n / (dev.disk_cache_write_bytes_per_s
+                       if disk and dev.disk_cache_write_bytes_per_s else dev.d2h_bytes_per_s)
             written += n  # past the page cache's share, a write runs at the disk's pace
             d = n / dev.disk_write_bytes_per_s if disk and written > dev.disk_cache_bytes \
                 else cpu
@@ -205,6 +214,16 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
                 t += cpu
+            if disk:
+                inflight.append((s + d, n))
+                inflight_bytes += n
+        while inflight and (inflight[0][0] <= t or inflight_bytes > DISK_INFLIGHT_BYTES):
+            end, n = inflight.popleft()
+            inflight_bytes -= n
+            if end > t:
+                stalls.append((t, end))
+                stall += end - t
+                t = end
 
     start_outs(-1)  # saved before the first op ran (the step's input, saved by op 0)
     for op in trace.ops:

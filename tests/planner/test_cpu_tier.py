@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.policy import SwapPolicy
-from swapseg.planner.calibrate import _fit_other, conv_curve
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.calibrate import _fit_other, calibrated, conv_curve
+from swapseg.planner.devices import DeviceProfile, layer_key
 from swapseg.planner.search import search
 from swapseg.planner.simulate import simulate, swap_mode
 from swapseg.planner.trace import trace_step
@@ -88,3 +89,63 @@ def test_other_ops_fit_recovers_bandwidth_and_overhead():
     bw, ovh = _fit_other(steps)
     assert bw == pytest.approx(1e9, rel=1e-6) and ovh == pytest.approx(1e-4, rel=1e-6)
     assert _fit_other(steps[:1]) == pytest.approx((1e9 / 1.1, 0.0))
+
+
+def test_forward_waits_for_the_disk_past_the_in_flight_bound(monkeypatch):
+    sim = importlib.import_module("swapseg.planner.simulate")  # the package re-exports
+    monkeypatch.setattr(sim, "DISK_INFLIGHT_BYTES", 50)        # a function of that name
+    r = simulate(toy_trace(), CPU, SwapPolicy(tier="disk"))
+    # A (100 B > 50 B) is written 2..6; forward waits for it after op1 (2..6); ops 2, 3
+    # run 6..8; A is read 8..10 and op4 waits for it: 4 + 2 s stalled, 12 s in all
+    assert r.stall_s == pytest.approx(6.0)
+    assert r.step_s == pytest.approx(12.0)
+
+
+def test_disk_copies_cost_the_cores_the_page_cache_rates():
+    shared = dataclasses.replace(CPU, copies_share_compute=True, disk_cache_bytes=100,
+                                 d2h_bytes_per_s=1e30, h2d_bytes_per_s=1e30)
+    fast = simulate(toy_trace(), shared, SwapPolicy(tier="disk"))
+    assert fast.step_s == pytest.approx(6.0)  # memory copies of no cost
+    cache = dataclasses.replace(shared, disk_cache_write_bytes_per_s=50.0,
+                                disk_cache_read_bytes_per_s=100.0)
+    slow = simulate(toy_trace(), cache, SwapPolicy(tier="disk"))
+    # A's write (100 B at 50 B/s) takes 2 s of the cores, its read 1 s: 6 + 3 s
+    assert slow.step_s == pytest.approx(9.0)
+
+
+def test_layer_rates_and_the_size_dependent_bandwidth_by_hand():
+    prof = DeviceProfile("c", 1, 1.0, 1e9, 1.0, 1.0, op_overhead_s=0.0,
+                         conv_layer_rates={"fwd|16,16,3,1": ((1e9, 1e10), (8e9, 2e10))},
+                         mem_rate_curve=((1e6, 1e10), (1e8, 1e9)))
+    key = layer_key("fwd", "16,16,3,1,64,64,64")
+    assert key == "fwd|16,16,3,1" and layer_key("fwd", "") == ""
+    assert prof.op_seconds(1e9, 10**12, "fwd", key) == pytest.approx(0.1)  # FLOPs alone
+    # halfway in log FLOPs (sqrt(8) GFLOP) the rate is sqrt(2) x 1e10
+    assert prof.op_seconds(8**0.5 * 1e9, 0, "fwd", key) == pytest.approx(0.2)
+    assert prof.op_seconds(16e9, 0, "fwd", key) == pytest.approx(0.8)  # constant past it
+    # another layer shape: the flat 1 FLOP/s against the io at the size's bandwidth
+    assert prof.op_seconds(1e-3, 10**6, "fwd", "fwd|4,16,3,1") == pytest.approx(1e-3)
+    assert prof.op_seconds(0, 10**6, "") == pytest.approx(1e-4)
+    assert prof.op_seconds(0, 10**9, "") == pytest.approx(1.0)  # 1e9 B/s past 1e8 B
+    back = DeviceProfile.from_dict(prof.to_dict())
+    assert back.conv_layer_rates == prof.conv_layer_rates
+    assert back.mem_rate_curve == prof.mem_rate_curve
+
+
+def test_calibrated_pools_layer_rates_and_places_bandwidth_at_the_ops_size():
+    def step(side, conv_s, other_s, centre):
+        return {"shape": [1, 1, side], "fwd": 1.0, "other_io_bytes": 8e9, "other_ops": 10,
+                "other_s": other_s, "other_io_centre": centre,
+                "conv_points": {"fwd": [(1e9, conv_s), (1e9, conv_s)]},
+                "conv_layers": {"fwd": [("fwd|8,8,3,1", 1e9, conv_s),
+                                        ("fwd|8,8,3,1", 1e9, conv_s)]}}
+    # two shapes with the same io: the fit of bandwidth + overhead has no solution,
+    # so the overhead is 0 and the mean bandwidth stands beside the curve
+    prof = calibrated(DeviceProfile("c", 1, 1.0, 1.0, 1.0, 1.0),
+                      [step(32, 0.5, 2.0, 1e6), step(64, 0.25, 8.0, 4e6)])
+    assert prof.op_overhead_s == 0.0
+    # every op of one layer shape and FLOPs pooled, both steps': 4 GFLOP in 1.5 s
+    (point,) = prof.conv_layer_rates["fwd|8,8,3,1"]
+    assert point == pytest.approx((1e9, 4e9 / 1.5))
+    low, high = prof.mem_rate_curve  # 8e9 B in 2 s at 1e6 B, in 8 s at 4e6 B
+    assert low == pytest.approx((1e6, 4e9)) and high == pytest.approx((4e6, 1e9))

@@ -76,8 +76,8 @@ def test_order_of_use_is_reverse_of_production_for_a_chain():
                 assert min(a.uses) > min(b.uses)
 
 
-@pytest.mark.parametrize("side", [192, 256])
-def test_full_size_trace_is_fast_and_allocates_nothing_big(side):
+@pytest.mark.parametrize("side, saved", [(192, 174), (256, 176)])
+def test_full_size_trace_is_fast_and_allocates_nothing_big(side, saved):
     model = Isensee3DUNet()
     trace_step(model, (1, 4, 32, 32, 32))  # one-time FakeTensorMode set-up, paid once a process
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
@@ -89,4 +89,6 @@ def test_full_size_trace_is_fast_and_allocates_nothing_big(side):
     assert elapsed <= 10.0
     assert s["saved_bytes"] > 10 * 2**30   # what a real step would hold ...
     assert grown < 512 * 2**20              # ... and what tracing it cost
-    assert s["saved_tensors"] == 174        # the 192^3 figure quoted in docs/planner.md
+    # 174: the 192^3 figure quoted in docs/planner.md; at 256^3 the finest decoder level
+    # convolves its two 2 GiB inputs in pieces, each saved on its own (+2)
+    assert s["saved_tensors"] == saved
