@@ -9,8 +9,9 @@ its resident saved bytes at peak (engine accounting), and the rates the tier ach
 disk figures: ``dd`` (2 GiB, ``conv=fdatasync``) and ``planner.devices.disk_rates``.
 
 Variants are the disk tier (swap all, prefetch 4) with the copy-thread count, the
-in-flight bound (how many copy-out bytes forward may run ahead of the disk) and the reuse
-of read buffers (``DiskTransport(reuse_buffers=)``) varied.
+in-flight bound (how many copy-out bytes forward may run ahead of the disk), direct or
+buffered I/O (``DiskTransport(direct=)``) and the reuse of read buffers
+(``DiskTransport(reuse_buffers=)``) varied.
 
     python benchmarks/disk_tier.py --sides 128 192 --out benchmarks/results/disk-tier.json
 """
@@ -43,10 +44,12 @@ from swapseg.planner.diskprobe import disk_rates
 #: name -> keyword arguments of ``swap_activations`` (None: no swapping)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "none": None,
-    "disk (1 thread, 256 MiB in flight)": {"workers": 1},
-    "disk, fresh read buffers": {"workers": 1, "reuse_buffers": False},
-    "disk, 1 GiB in flight": {"workers": 1, "max_inflight_bytes": 2**30},
+    "disk (direct I/O, 1 thread, 256 MiB in flight)": {"workers": 1},
+    "disk, buffered I/O": {"workers": 1, "direct": False},
+    "disk, buffered I/O, fresh read buffers": {"workers": 1, "direct": False,
+                                               "reuse_buffers": False},
     "disk, 2 threads": {"workers": 2},
+    "disk, 1 GiB in flight": {"workers": 1, "max_inflight_bytes": 2**30},
     "disk, 2 threads, 1 GiB in flight": {"workers": 2, "max_inflight_bytes": 2**30},
 }
 
@@ -63,8 +66,9 @@ def dd_write(folder: str) -> str:
     return r.stderr.strip().splitlines()[-1]
 
 
-def _fresh(disk_dir: str, workers: int, device: torch.device) -> DiskTransport:
-    return DiskTransport(disk_dir, workers=workers, reuse_buffers=False)
+def _transport(disk_dir: str, workers: int, reuse: bool, direct: bool,
+               device: torch.device) -> DiskTransport:
+    return DiskTransport(disk_dir, workers=workers, reuse_buffers=reuse, direct=direct)
 
 
 def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dict[str, Any]]:
@@ -78,8 +82,9 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
     for i in range(1 + steps):
         for n in names:
             kw: dict[str, Any] = dict(VARIANTS[n] or {})
-            if not kw.pop("reuse_buffers", True):
-                kw["transport"] = partial(_fresh, disk_dir, kw["workers"])
+            reuse, direct = kw.pop("reuse_buffers", True), kw.pop("direct", True)
+            if not (reuse and direct):
+                kw["transport"] = partial(_transport, disk_dir, kw["workers"], reuse, direct)
             policy = None if VARIANTS[n] is None else SwapPolicy(tier="disk", prefetch=4,
                                                          disk_dir=disk_dir)
             t0 = time.perf_counter()
@@ -92,7 +97,7 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
             last[n] = {"wait_s": st.wait_s, "bytes_out": st.bytes_out,
                        "peak_saved_device_bytes": st.peak_device_bytes,
                        **(copy_rates(st.events) if st.events else {})}
-            print(f"{side:>4} step {i} {n:<36} {dt:8.1f} s  wait {st.wait_s:6.1f} s  "
+            print(f"{side:>4} step {i} {n:<48} {dt:8.1f} s  wait {st.wait_s:6.1f} s  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
     ref = statistics.median(times[names[0]])
     return [{"side": side, "variant": n, "median_s": statistics.median(times[n]),
@@ -122,7 +127,7 @@ def main() -> None:
                            "threads": torch.get_num_threads(), "load_before": load0,
                            "load_after": os.getloadavg(), "rows": rows})
     for row in rows:
-        print(f"{row['side']:>4} {row['variant']:<36} median {row['median_s']:8.1f} s "
+        print(f"{row['side']:>4} {row['variant']:<48} median {row['median_s']:8.1f} s "
               f"x{row['ratio_to_none']:.3f}  wait {row['wait_s']:6.1f} s  out "
               f"{row.get('out_bytes_per_s', 0) / 1e6:6.0f} MB/s  in "
               f"{row.get('in_bytes_per_s', 0) / 1e6:6.0f} MB/s")

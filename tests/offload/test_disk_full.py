@@ -16,7 +16,7 @@ from _tmpfs import tiny_tmpfs, used_bytes
 
 from swapseg.errors import InputError
 from swapseg.offload import SwapPolicy, swap_activations
-from swapseg.offload.transport import DiskFullError, DiskTransport
+from swapseg.offload.transport import DiskFullError, DiskTransport, SwapFile
 
 
 class FullAfter(DiskTransport):
@@ -27,7 +27,7 @@ class FullAfter(DiskTransport):
         super().__init__(disk_dir, workers=1)
         self.ok = ok
 
-    def _fill(self, fd: int, host: torch.Tensor) -> None:
+    def _fill(self, fd: int, host: torch.Tensor) -> SwapFile:
         self.ok -= 1
         if self.ok >= 0:
             return super()._fill(fd, host)
@@ -117,7 +117,7 @@ def _full_once_checkpointed(monkeypatch, run: Path, fill) -> dict[str, str]:
         if seen.get("double"):  # the double: a full disk after 100 more bytes
             os.write(fd, b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, host)
+        return real(self, fd, host)
     monkeypatch.setattr(DiskTransport, "_fill", fill_then_write)
     return seen
 

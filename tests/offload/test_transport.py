@@ -254,3 +254,69 @@ def test_disk_reads_land_in_taken_back_buffers_once_nobody_holds_them(tmp_path, 
     else:
         assert tr.dest is None
     tr.close()
+
+
+def _direct_io_works(folder) -> bool:
+    import mmap
+    try:
+        fd = os.open(folder, os.O_RDWR | os.O_TMPFILE | os.O_DIRECT, 0o600)
+    except (OSError, AttributeError):
+        return False
+    try:
+        os.pwrite(fd, mmap.mmap(-1, disk_mod.ALIGN), 0)  # page-aligned by construction
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _unaligned(nbytes: int) -> torch.Tensor:
+    """A storage-sized uint8 tensor at an address 100 bytes past a block boundary."""
+    gen = torch.Generator().manual_seed(5)
+    big = torch.randint(0, 255, (nbytes + 2 * disk_mod.ALIGN,), dtype=torch.uint8,
+                        generator=gen)
+    start = (100 - big.data_ptr()) % disk_mod.ALIGN
+    return big[start:start + nbytes]
+
+
+def test_direct_io_moves_the_aligned_middle_and_keeps_the_ends(tmp_path):
+    if not _direct_io_works(str(tmp_path)):
+        pytest.skip(f"{tmp_path}'s file system takes no O_DIRECT")
+    import fcntl
+    n = disk_mod.DIRECT_MIN_BYTES + 3 * disk_mod.ALIGN + 7
+    src = _unaligned(n)
+    tr = DiskTransport(str(tmp_path), workers=0)
+    stored = tr.start_out(src).result()
+    head = disk_mod.ALIGN - 100
+    assert stored.shift == 100 and len(stored.head) == head
+    assert len(stored.tail) == (n - head) % disk_mod.ALIGN == 7 + 100
+    assert os.fstat(stored.fd).st_size == n - head - len(stored.tail)
+    assert fcntl.fcntl(stored.fd, fcntl.F_GETFL) & os.O_DIRECT
+    back = tr.start_in(stored, CPU).result()  # whatever its alignment: same bytes
+    assert torch.equal(back, src)
+    same = torch.empty(n + 2 * disk_mod.ALIGN, dtype=torch.uint8)
+    off = (100 - same.data_ptr()) % disk_mod.ALIGN
+    tr._read(stored, same[off:off + n])  # the same alignment: the direct path
+    assert torch.equal(same[off:off + n], src)
+    small = tr.start_out(src[:1000].clone()).result()  # under DIRECT_MIN_BYTES: buffered
+    assert small.shift == -1 and os.fstat(small.fd).st_size == 1000
+    tr.close()
+
+
+def test_a_file_system_refusing_direct_io_gets_buffered_io(tmp_path, monkeypatch):
+    real = disk_mod._pwrite_all
+    import fcntl
+
+    def refuse_direct(fd, view):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view)
+    monkeypatch.setattr(disk_mod, "_pwrite_all", refuse_direct)
+    src = _unaligned(disk_mod.DIRECT_MIN_BYTES + 5)
+    tr = DiskTransport(str(tmp_path), workers=0)
+    stored = tr.start_out(src).result()
+    assert not tr.direct and stored.shift == -1
+    assert os.fstat(stored.fd).st_size == src.numel()
+    assert torch.equal(tr.start_in(stored, CPU).result(), src)
+    tr.close()
