@@ -9,7 +9,8 @@ its resident saved bytes at peak (engine accounting), and the rates the tier ach
 disk figures: ``dd`` (2 GiB, ``conv=fdatasync``) and ``planner.devices.disk_rates``.
 
 Variants are the disk tier (swap all, prefetch 4) with the copy-thread count, the
-in-flight bound (how many copy-out bytes forward may run ahead of the disk), direct or
+in-flight bound (how many copy-out bytes forward may run ahead of the disk), the
+prefetch depth (default 4), direct or
 buffered I/O (``DiskTransport(direct=)``) and the reuse of read buffers
 (``DiskTransport(reuse_buffers=)``) varied.
 
@@ -51,6 +52,9 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "disk, 2 threads": {"workers": 2},
     "disk, 1 GiB in flight": {"workers": 1, "max_inflight_bytes": 2**30},
     "disk, 2 threads, 1 GiB in flight": {"workers": 2, "max_inflight_bytes": 2**30},
+    "disk, 2 GiB in flight": {"workers": 1, "max_inflight_bytes": 2 * 2**30},
+    "disk, 2 GiB in flight, prefetch 8": {"workers": 1, "max_inflight_bytes": 2 * 2**30,
+                                          "prefetch": 8},
 }
 
 
@@ -83,10 +87,11 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
         for n in names:
             kw: dict[str, Any] = dict(VARIANTS[n] or {})
             reuse, direct = kw.pop("reuse_buffers", True), kw.pop("direct", True)
+            prefetch = kw.pop("prefetch", 4)
             if not (reuse and direct):
                 kw["transport"] = partial(_transport, disk_dir, kw["workers"], reuse, direct)
-            policy = None if VARIANTS[n] is None else SwapPolicy(tier="disk", prefetch=4,
-                                                         disk_dir=disk_dir)
+            policy = None if VARIANTS[n] is None else SwapPolicy(
+                tier="disk", prefetch=prefetch, disk_dir=disk_dir)
             t0 = time.perf_counter()
             with swap_activations(runs[n], policy, trace=policy is not None,
                                   **kw) as st:

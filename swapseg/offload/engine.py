@@ -51,11 +51,19 @@ from swapseg.offload.tracker import (
 )
 from swapseg.offload.transport import Ticket, TransportFactory, TransportSet
 
-__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING"]
+__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING",
+           "inflight_bound"]
 
 #: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
 DISK_INFLIGHT_BYTES = 256 * 2**20
 
+
+
+def inflight_bound(policy: SwapPolicy) -> int | None:
+    """The copy-out bytes in flight past which forward waits (None: no bound)."""
+    if policy.max_inflight_bytes >= 0:
+        return policy.max_inflight_bytes
+    return DISK_INFLIGHT_BYTES if policy.tier == "disk" else None
 
 
 class SwapEngine:
@@ -67,7 +75,7 @@ class SwapEngine:
         self.model = model
         self.policy = policy
         if max_inflight_bytes == -1:
-            max_inflight_bytes = DISK_INFLIGHT_BYTES if policy.tier == "disk" else None
+            max_inflight_bytes = inflight_bound(policy)
         self.max_inflight_bytes = max_inflight_bytes
         self.stats = SwapStats()
         self.log = EventLog(self.stats, trace)
@@ -333,7 +341,7 @@ def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool
     for CPU tensors on the host tier, where a copy thread would only compete with compute
     for the same cores, and one thread otherwise. ``max_inflight_bytes``
     makes a pack wait while more copy-out bytes are in flight (None: never; the default
-    -1 means ``DISK_INFLIGHT_BYTES`` for the disk tier, None otherwise). ``transport``:
+    -1 means the policy's ``max_inflight_bytes``, see ``inflight_bound``). ``transport``:
     ``factory(device) -> Transport`` replaces the tier's transports (see
     ``swapseg.offload.transport.Transport``).
     """

@@ -84,6 +84,12 @@ class SwapPolicy(Record):
     """Directory of the disk tier; None uses the system temporary directory (the files
     there have no names, so nothing is left behind)."""
 
+    max_inflight_bytes: int = -1
+    """Forward waits while more copy-out bytes than this are in flight, so a slow tier
+    cannot keep forward's activations alive; a larger bound lets forward run ahead of
+    the disk at the cost of that much memory. -1: the tier's default (the engine's
+    ``DISK_INFLIGHT_BYTES`` for the disk tier, no bound for the others)."""
+
     def __post_init__(self) -> None:
         # lists from JSON or the CLI become tuples, so the policy stays hashable
         object.__setattr__(self, "include", tuple(self.include))
@@ -92,6 +98,9 @@ class SwapPolicy(Record):
             raise InputError(f"n_tensors must be -1 (all) or >= 0, got {self.n_tensors}")
         if self.min_bytes < 0:
             raise InputError(f"min_bytes must be >= 0, got {self.min_bytes}")
+        if self.max_inflight_bytes < -1:
+            raise InputError(f"max_inflight_bytes must be -1 (the tier's default) or >= 0, "
+                             f"got {self.max_inflight_bytes}")
         if self.prefetch < 1:
             raise InputError(f"prefetch must be >= 1, got {self.prefetch}")
         if self.tier not in TIERS:

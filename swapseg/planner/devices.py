@@ -24,7 +24,7 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.record import Record
-from swapseg.planner.diskprobe import disk_rates, page_cache_bytes, page_cache_rates
+from swapseg.planner.diskprobe import disk_rates, page_cache_bytes, tier_rates
 
 __all__ = ["DeviceProfile", "PROFILES", "get_profile", "measure_local", "calibration_shape",
            "layer_key"]
@@ -72,12 +72,12 @@ class DeviceProfile(Record):
     """Swap bytes the page cache takes at memory-copy speed: writes up to this many bytes
     per step cost a copy at ``d2h_bytes_per_s``, and reads of the last this-many bytes
     written cost one at ``h2d_bytes_per_s``; the rest run at the disk's bandwidth."""
-    disk_cache_write_bytes_per_s: float = 0.0
-    """What a disk-tier write costs the cores: the kernel's copy into the page cache
-    (0: ``d2h_bytes_per_s``, a plain memory copy)."""
-    disk_cache_read_bytes_per_s: float = 0.0
-    """What a disk-tier read costs the cores: the copy out of the page cache (0:
-    ``h2d_bytes_per_s``)."""
+    disk_write_cpu_bytes_per_s: float = 0.0
+    """Bytes a disk-tier write moves per second of its thread's CPU time: what it takes
+    from the cores compute runs on (a kernel copy into the page cache; little with
+    direct I/O). 0: a memory copy at ``d2h_bytes_per_s``."""
+    disk_read_cpu_bytes_per_s: float = 0.0
+    """The same for a disk-tier read (0: ``h2d_bytes_per_s``)."""
     conv_rate_curve: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     """Per phase (``"fwd"``, ``"bwd"``): (FLOPs of one conv op, measured FLOP/s) points,
     ascending; a conv op's rate is interpolated in log FLOPs between them (constant past
@@ -290,9 +290,12 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         copy = _copy_rate(probe_bytes)
         flops = _matmul_rate(matmul_n)
     disk = tier in ("disk", "auto")  # on a CPU, auto means the disk tier
-    disk_w, disk_r = disk_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
-    cache_w, cache_r = page_cache_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
-    cache = page_cache_bytes() if disk else 0
+    tier = tier_rates(disk_probe_bytes, disk_dir) if disk else {}
+    if tier.get("direct"):  # no page cache in the way: the tier's own rates are the disk's
+        disk_w, disk_r, cache = tier["write"], tier["read"], 0
+    else:
+        disk_w, disk_r = disk_rates(disk_probe_bytes, disk_dir) if disk else (0.0, 0.0)
+        cache = page_cache_bytes() if disk else 0
     conv_rates: dict[str, float] = {}
     calib = ""
     if calibrate_shape is not None:
@@ -311,17 +314,18 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         d2h_bytes_per_s=copy, h2d_bytes_per_s=copy, op_overhead_s=overhead,
         cpu_conv_workspace=True, conv_flops_per_s=conv_rates, copies_share_compute=True,
         unified_memory=True, disk_write_bytes_per_s=disk_w, disk_read_bytes_per_s=disk_r,
-        disk_cache_bytes=cache, disk_cache_write_bytes_per_s=cache_w,
-        disk_cache_read_bytes_per_s=cache_r,
+        disk_cache_bytes=cache, disk_write_cpu_bytes_per_s=tier.get("write_cpu", 0.0),
+        disk_read_cpu_bytes_per_s=tier.get("read_cpu", 0.0),
         sources={"flops_per_s": f"{how}: fp32 matrix product {matmul_n}x{matmul_n}",
                  "mem_bytes_per_s": f"{how}: leaky_relu over {probe_bytes >> 20} MiB",
                  "copy": f"{how}: host memory copy of {probe_bytes >> 20} MiB into a "
                          "reused buffer",
                  "disk": f"{how}: {disk_probe_bytes >> 20} MiB file in "
-                         f"{disk_dir or tempfile.gettempdir()}: pwrite + fdatasync, then "
-                         "read after POSIX_FADV_DONTNEED; the page cache's rates: the "
-                         "same pwrite with no sync, read back cached" if disk_w
-                         else "not measured",
+                         f"{disk_dir or tempfile.gettempdir()} through the disk tier's "
+                         "transport, its thread's CPU time too; "
+                         + ("direct I/O" if tier.get("direct") else "buffered I/O: the "
+                            "device's rates from pwrite + fdatasync, then a read after "
+                            "POSIX_FADV_DONTNEED") if disk_w else "not measured",
                  "disk_cache_bytes": "vm.dirty_ratio x MemAvailable" if cache else "none",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})

@@ -1,9 +1,10 @@
 """Probes of the disk tier's folder: the device's bandwidth, the page cache's, its share.
 
-The disk tier writes with ``pwrite`` into the page cache and the kernel writes back; a
-write costs the copying thread a kernel copy into the cache (at the cache's rate, on the
-same cores as compute), and past the dirty limit it waits for the device. Reads of data
-still cached cost a copy out of the cache; the rest wait for the device too.
+With buffered I/O the disk tier writes into the page cache and the kernel writes back: a
+write costs the copying thread a kernel copy into the cache (on the cores compute runs
+on), and past the dirty limit it waits for the device; reads of data still cached cost a
+copy out of it. With direct I/O the device moves the bytes: a copy costs the cores little
+and always waits for the device.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import Any
 
-__all__ = ["disk_rates", "page_cache_rates", "page_cache_bytes"]
+__all__ = ["disk_rates", "tier_rates", "page_cache_bytes"]
 
 _CHUNK = 8 * 2**20
 
@@ -47,26 +49,31 @@ def disk_rates(nbytes: int = 512 * 2**20, folder: str | None = None
     return write, read
 
 
-def page_cache_rates(nbytes: int = 512 * 2**20, folder: str | None = None
-                     ) -> tuple[float, float]:
-    """(write, read) bytes/s of the page cache: ``nbytes`` written in 8 MiB ``pwrite``
-    calls with no sync (under the dirty limit, so the kernel copy alone), then read back
-    while still cached. What a disk-tier copy costs the cores, apart from waiting."""
-    chunk, buf = _CHUNK, _buffer()
-    fd, path = tempfile.mkstemp(prefix="swapseg-probe-", dir=folder)
-    os.unlink(path)
+def tier_rates(nbytes: int = 512 * 2**20, folder: str | None = None) -> dict[str, Any]:
+    """What the disk tier itself achieves in ``folder``: ``nbytes`` written and read back
+    by its transport, inline. Returns ``write`` and ``read`` (bytes/s of wall time),
+    ``write_cpu`` and ``read_cpu`` (bytes per second of the thread's CPU time, what a
+    copy takes from the cores) and ``direct`` (whether the transport used direct I/O).
+    The kernel's writeback of buffered writes runs in its own threads, uncounted here."""
+    import torch
+
+    from swapseg.offload.transport import DiskTransport
+
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(0))
+    tr = DiskTransport(folder, workers=0)
     try:
-        t0 = time.perf_counter()
-        for off in range(0, nbytes, chunk):
-            os.pwrite(fd, buf, off)
-        write = nbytes / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for off in range(0, nbytes, chunk):
-            os.pread(fd, chunk, off)
-        read = nbytes / (time.perf_counter() - t0)
+        w0, c0 = time.perf_counter(), time.thread_time()
+        stored = tr.start_out(src).result()
+        w1, c1 = time.perf_counter(), time.thread_time()
+        tr.start_in(stored, torch.device("cpu")).result()
+        w2, c2 = time.perf_counter(), time.thread_time()
+        direct = stored.shift >= 0
     finally:
-        os.close(fd)
-    return write, read
+        tr.close()
+    return {"write": nbytes / (w1 - w0), "read": nbytes / (w2 - w1),
+            "write_cpu": nbytes / max(c1 - c0, 1e-9), "read_cpu": nbytes / max(c2 - c1, 1e-9),
+            "direct": direct}
 
 
 def page_cache_bytes() -> int:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from swapseg.offload.engine import DISK_INFLIGHT_BYTES
+from swapseg.offload.engine import inflight_bound
 from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
 from swapseg.planner.devices import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
@@ -155,7 +156,8 @@ def _op_s(dev: DeviceProfile, op: Any) -> float:
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
-               prefetch: int, mode: str = "link") -> dict[str, Any]:
+               prefetch: int, mode: str = "link", inflight_max: int | None = None
+               ) -> dict[str, Any]:
     """Walk the ops in order; returns op start/end times and copy intervals per storage."""
     uniq = trace.unique_saved()
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
@@ -176,7 +178,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     disk = mode == "disk"
     cached = _cached(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
     written = 0
-    # the engine makes forward wait while more disk copy-out bytes than this are in flight
+    # the engine makes forward wait while more copy-out bytes than ``inflight_max`` are
+    # in flight (modelled for the disk tier, the only one with a bound by default)
+    bound = inflight_max if disk and inflight_max is not None else float("inf")
     inflight: collections.deque[tuple[float, int]] = collections.deque()
     inflight_bytes = 0
     t = d2h_free = h2d_free = stall = rec_s = 0.0
@@ -192,7 +196,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
         # the memory copy (or the page cache's); a disk read adds the device's time
-        cpu = n / (dev.disk_cache_read_bytes_per_s if disk and dev.disk_cache_read_bytes_per_s
+        cpu = n / (dev.disk_read_cpu_bytes_per_s if disk and dev.disk_read_cpu_bytes_per_s
                    else dev.h2d_bytes_per_s)
         d = n / dev.disk_read_bytes_per_s if disk and u not in cached else cpu
         copy_in[u] = (s, s + d)
@@ -205,8 +209,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         for u in outs_by_op.get(i, []):
             s = max(t, d2h_free)
             n = trace.storages[u].nbytes
-            cpu = n / (dev.disk_cache_write_bytes_per_s
-                       if disk and dev.disk_cache_write_bytes_per_s else dev.d2h_bytes_per_s)
+            cpu = n / (dev.disk_write_cpu_bytes_per_s
+                       if disk and dev.disk_write_cpu_bytes_per_s else dev.d2h_bytes_per_s)
             written += n  # past the page cache's share, a write runs at the disk's pace
             d = n / dev.disk_write_bytes_per_s if disk and written > dev.disk_cache_bytes \
                 else cpu
@@ -217,7 +221,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             if disk:
                 inflight.append((s + d, n))
                 inflight_bytes += n
-        while inflight and (inflight[0][0] <= t or inflight_bytes > DISK_INFLIGHT_BYTES):
+        while inflight and (inflight[0][0] <= t or inflight_bytes > bound):
             end, n = inflight.popleft()
             inflight_bytes -= n
             if end > t:
@@ -313,7 +317,8 @@ def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = Non
              recompute: RecomputePolicy | None = None) -> SimResult:
     dec = decide(trace, swap, recompute)
     mode = swap_mode(swap, dev)
-    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1, mode)
+    bound = inflight_bound(dataclasses.replace(swap, tier="disk")) if swap else None
+    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1, mode, bound)
     mem, saved = _memory(trace, dec, lanes, dev.cpu_conv_workspace)
     base = trace.persistent_bytes
     swapped = [u for u, f in dec.fate.items() if f == SWAP]

@@ -16,6 +16,7 @@ from _swap_models import (
     train_steps,
 )
 
+from swapseg.errors import InputError
 from swapseg.offload import SwapPolicy, SwapStats, swap_activations
 from swapseg.offload.tracker import scope_matches
 
@@ -275,3 +276,13 @@ def test_escaped_reload_is_never_recycled():
     assert len(_Stash.kept) == 4
     for got, want in zip(_Stash.kept, expected, strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_in_flight_bound_comes_from_the_policy_or_the_tier():
+    from swapseg.offload.engine import DISK_INFLIGHT_BYTES, inflight_bound
+    assert inflight_bound(SwapPolicy(tier="disk")) == DISK_INFLIGHT_BYTES
+    assert inflight_bound(SwapPolicy(tier="host")) is None
+    assert inflight_bound(SwapPolicy(tier="disk", max_inflight_bytes=2**31)) == 2**31
+    assert inflight_bound(SwapPolicy(tier="host", max_inflight_bytes=0)) == 0
+    with pytest.raises(InputError, match="max_inflight_bytes"):
+        SwapPolicy(max_inflight_bytes=-2)

@@ -92,22 +92,25 @@ def test_other_ops_fit_recovers_bandwidth_and_overhead():
 
 
 def test_forward_waits_for_the_disk_past_the_in_flight_bound(monkeypatch):
-    sim = importlib.import_module("swapseg.planner.simulate")  # the package re-exports
-    monkeypatch.setattr(sim, "DISK_INFLIGHT_BYTES", 50)        # a function of that name
-    r = simulate(toy_trace(), CPU, SwapPolicy(tier="disk"))
+    r = simulate(toy_trace(), CPU, SwapPolicy(tier="disk", max_inflight_bytes=50))
     # A (100 B > 50 B) is written 2..6; forward waits for it after op1 (2..6); ops 2, 3
     # run 6..8; A is read 8..10 and op4 waits for it: 4 + 2 s stalled, 12 s in all
     assert r.stall_s == pytest.approx(6.0)
     assert r.step_s == pytest.approx(12.0)
+    eng = importlib.import_module("swapseg.offload.engine")  # the default is the engine's
+    monkeypatch.setattr(eng, "DISK_INFLIGHT_BYTES", 50)
+    assert simulate(toy_trace(), CPU, SwapPolicy(tier="disk")).step_s == pytest.approx(12.0)
+    free = simulate(toy_trace(), CPU, SwapPolicy(tier="disk", max_inflight_bytes=100))
+    assert free.step_s == pytest.approx(10.0)  # A fits the bound: as without one
 
 
-def test_disk_copies_cost_the_cores_the_page_cache_rates():
+def test_disk_copies_cost_the_cores_their_measured_cpu_rates():
     shared = dataclasses.replace(CPU, copies_share_compute=True, disk_cache_bytes=100,
                                  d2h_bytes_per_s=1e30, h2d_bytes_per_s=1e30)
     fast = simulate(toy_trace(), shared, SwapPolicy(tier="disk"))
     assert fast.step_s == pytest.approx(6.0)  # memory copies of no cost
-    cache = dataclasses.replace(shared, disk_cache_write_bytes_per_s=50.0,
-                                disk_cache_read_bytes_per_s=100.0)
+    cache = dataclasses.replace(shared, disk_write_cpu_bytes_per_s=50.0,
+                                disk_read_cpu_bytes_per_s=100.0)
     slow = simulate(toy_trace(), cache, SwapPolicy(tier="disk"))
     # A's write (100 B at 50 B/s) takes 2 s of the cores, its read 1 s: 6 + 3 s
     assert slow.step_s == pytest.approx(9.0)

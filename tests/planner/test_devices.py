@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from torch import nn
 
@@ -71,3 +73,14 @@ def test_calibrated_local_profile_has_conv_rates():
 def test_local_cuda_profile_needs_a_gpu():
     with pytest.raises(InputError, match="CUDA"):
         measure_local(tier="cuda")
+
+
+def test_the_disk_tier_probe_reports_what_its_transport_did(tmp_path, monkeypatch):
+    from swapseg.offload.transport import disk as disk_mod
+    from swapseg.planner.diskprobe import tier_rates
+
+    r = tier_rates(4 * 2**20, str(tmp_path))
+    assert r["write"] > 1e6 and r["read"] > 1e6 and r["write_cpu"] > 0 and r["read_cpu"] > 0
+    assert os.listdir(tmp_path) == []  # the probe's file had no name and is gone
+    monkeypatch.setattr(disk_mod, "_set_direct", lambda fd, on: not on)  # no O_DIRECT here
+    assert tier_rates(4 * 2**20, str(tmp_path))["direct"] is False
