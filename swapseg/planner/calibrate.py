@@ -37,9 +37,12 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
     The step is traced too, so its FLOPs and bytes are known. Returns ``fwd`` and ``bwd``
     (conv FLOP/s per phase; absent when the model has no convolutions), ``mem`` (an
     effective bandwidth for everything else: norms, activations, matmuls, adds, copies,
-    dispatch), ``wall_s``, and for the multi-shape fit ``conv_points`` (phase -> list of
-    (FLOPs, seconds) per conv op, when the profiler's conv events pair one to one with
-    the trace's), ``other_s``, ``other_io_bytes`` and ``other_ops``.
+    dispatch), ``wall_s`` (of the same step run again without the profiler: every time is
+    scaled by ``profiler_scale``, that wall over the profiled one), and for the multi-shape
+    fit ``conv_points`` (phase -> list of (FLOPs, seconds) per conv op, when the
+    profiler's conv events pair one to one with the trace's), ``conv_layers`` (the same
+    per layer shape), ``other_s``, ``other_io_bytes``, ``other_ops`` and
+    ``other_io_centre``.
     Raises InputError when the step cannot run at ``shape``.
     """
     from torch.profiler import ProfilerActivity, profile
@@ -60,13 +63,19 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
         t0 = time.perf_counter()
         train_step(model, x, loss_fn, autocast_dtype)
         wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_step(model, x, loss_fn, autocast_dtype)
+    # the profiler's own cost per op inflates the profiled step (most at small shapes):
+    # every measured time is scaled to the wall time of the same step without it
+    scale = (time.perf_counter() - t0) / wall
     model.zero_grad(set_to_none=True)
     per: dict[str, list[Any]] = {ev: [] for ev in _CONV_EVENTS}
     for e in prof.events():  # top-level conv events only (backends run inside them)
         if e.name in per and (e.cpu_parent is None or e.cpu_parent.name not in per):
-            per[e.name].append((e.time_range.start, e.cpu_time_total / 1e6))
+            per[e.name].append((e.time_range.start, scale * e.cpu_time_total / 1e6))
     t = {ev: sum(d for _, d in v) for ev, v in per.items()}
-    out: dict[str, Any] = {"wall_s": wall, "conv_points": {}}
+    wall *= scale
+    out: dict[str, Any] = {"wall_s": wall, "profiler_scale": scale, "conv_points": {}}
     out["conv_layers"] = {}
     for phase, ev in zip(("fwd", "bwd"), _CONV_EVENTS, strict=True):
         conv_ops = [o for o in tr.ops if o.conv and o.phase == phase]
