@@ -88,9 +88,12 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
             kw: dict[str, Any] = dict(VARIANTS[n] or {})
             reuse, direct = kw.pop("reuse_buffers", True), kw.pop("direct", True)
             prefetch = kw.pop("prefetch", 4)
-            if not (reuse and direct):
+            policy_on = VARIANTS[n] is not None
+            if policy_on:
+                # every disk variant builds its transport: read-buffer reuse on unless a
+                # variant says otherwise (as in the runs recorded on 2026-12-01)
                 kw["transport"] = partial(_transport, disk_dir, kw["workers"], reuse, direct)
-            policy = None if VARIANTS[n] is None else SwapPolicy(
+            policy = None if not policy_on else SwapPolicy(
                 tier="disk", prefetch=prefetch, disk_dir=disk_dir)
             t0 = time.perf_counter()
             with swap_activations(runs[n], policy, trace=policy is not None,

@@ -134,11 +134,13 @@ class DiskTransport(CopyRunner):
     kind = "disk"
 
     def __init__(self, disk_dir: str | None = None, workers: int = 1,
-                 reuse_buffers: bool = True, direct: bool = True) -> None:
+                 reuse_buffers: bool = False, direct: bool = True) -> None:
         super().__init__(workers)
         self.direct = direct and hasattr(os, "O_DIRECT")
         """Move each file's bulk with ``O_DIRECT``; turned off for good where the folder's
         file system refuses it."""
+        # Off by default: reuse measured no faster here, and buffers of a size no later
+        # read needs are held until the context closes (the 256^3 step went past its cap)
         self.dest = Recycler() if reuse_buffers else None
         """Where reads land: reloaded buffers taken back and reused (None: always new)."""
         self.dir = os.path.abspath(disk_dir if disk_dir is not None else tempfile.gettempdir())
