@@ -10,7 +10,8 @@ Time (needs a quiet machine): the ``local`` profile is calibrated with one real 
 
 The clock check (``--clock``, issue 13): the profile is calibrated with one profiled step
 at each of ``--calibrate`` sides (per-op conv rates, everything else fitted), its disk
-tier measured (write + fdatasync, read after DONTNEED), and then predicts the median of
+tier probed through its transport and then fitted from one disk-tier step per side
+(``calibrate_tier``), and then predicts the median of
 ``--steps`` steps (after one warm-up) of no swapping, the disk tier (swap all, prefetch 4)
 and recompute-speed at each side; memory rows are skipped. Writes the profile next to
 the result (``*-profile.json``) for ``swapseg bench largest --profile``.
@@ -39,7 +40,7 @@ from swapseg.offload import apply_plan
 from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
-from swapseg.planner.calibrate import calibrate, calibrate_step, calibrated
+from swapseg.planner.calibrate import calibrate, calibrate_step, calibrate_tier, calibrated
 from swapseg.planner.devices import measure_local
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
@@ -125,6 +126,9 @@ def clock_check(a: argparse.Namespace) -> None:
         calib = calibrate(base, model, [(1, 4, s, s, s) for s in a.calibrate], dice_loss)[1]
         measured = {s: _round_robin(model, (1, 4, s, s, s), a.steps) for s in a.sides}
     local = calibrated(base, calib)
+    # the disk tier's costs beyond its probes, from a disk-tier step at each calibration side
+    local, tier_steps = calibrate_tier(local, model, [(1, 4, s, s, s) for s in a.calibrate],
+                                       dice_loss)
     write_json(a.out.replace(".json", "-profile.json"), local.to_dict())
     rows = []
     for side in a.sides:
@@ -139,6 +143,7 @@ def clock_check(a: argparse.Namespace) -> None:
                   f"{p.step_s:8.2f} s error {rows[-1]['error']:+.1%}", flush=True)
     write_json(a.out, {"environment": environment(), "local_profile": local.to_dict(),
                        "calibrate_sides": a.calibrate, "calibration_steps": calib,
+                       "tier_calibration_steps": tier_steps,
                        "load_before": load0, "load_after": os.getloadavg(), "rows": rows})
 
 

@@ -25,7 +25,7 @@ from swapseg.errors import InputError
 from swapseg.offload.measure import train_step
 from swapseg.planner.devices import DeviceProfile, layer_key
 
-__all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve"]
+__all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve", "calibrate_tier"]
 
 _CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
 
@@ -212,3 +212,44 @@ def calibrated(profile: DeviceProfile, steps: Sequence[dict[str, Any]]) -> Devic
                            conv_layer_rates=layers, mem_rate_curve=mem_curve,
                            mem_bytes_per_s=bw, op_overhead_s=ovh,
                            sources={**profile.sources, "calibration": how})
+
+
+def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tuple[int, ...]],
+                   loss_fn: Any = None, policy: Any = None
+                   ) -> tuple[DeviceProfile, list[dict[str, Any]]]:
+    """``profile`` with the disk tier's costs beyond its probes fitted from real steps.
+
+    At each shape, one warm-up and one timed step swapping as ``policy`` says (default:
+    everything to disk, prefetch 4) are set against the profile's prediction of that
+    step; the shortfall is fitted by least squares as ``copies x disk_copy_overhead_s +
+    bytes x disk_copy_s_per_byte``. Returns the profile and the per-shape measurements.
+    """
+    from swapseg.offload.engine import swap_activations
+    from swapseg.offload.policy import SwapPolicy
+    from swapseg.planner.simulate import simulate
+    from swapseg.planner.trace import trace_step
+
+    policy = policy or SwapPolicy(tier="disk", prefetch=4)
+    base = profile.replace(disk_copy_overhead_s=0.0, disk_copy_s_per_byte=0.0)
+    rows = []
+    for shape in shapes:
+        x = torch.randn(shape)
+        walls = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with swap_activations(model, policy) as st:
+                train_step(model, x, loss_fn)
+            walls.append(time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+        pred = simulate(trace_step(model, tuple(shape), loss_fn), base, policy).step_s
+        rows.append({"shape": list(shape), "wall_s": walls[-1], "predicted_s": pred,
+                     "copies": 2 * st.swapped, "bytes": st.bytes_out + st.bytes_in})
+    # the same least squares as the other ops' fit: gap = bytes * s_per_byte + copies * c
+    rate, per_copy = _fit_other([{"other_io_bytes": r["bytes"], "other_ops": r["copies"],
+                                      "other_s": max(r["wall_s"] - r["predicted_s"], 1e-9)}
+                                     for r in rows])
+    return profile.replace(disk_copy_overhead_s=per_copy, disk_copy_s_per_byte=1 / rate,
+                           sources={**profile.sources, "disk_copies": (
+                               f"fitted from a disk-tier step at each of "
+                               f"{', '.join('x'.join(map(str, s)) for s in shapes)}")}), rows
+

@@ -78,6 +78,12 @@ class DeviceProfile(Record):
     direct I/O). 0: a memory copy at ``d2h_bytes_per_s``."""
     disk_read_cpu_bytes_per_s: float = 0.0
     """The same for a disk-tier read (0: ``h2d_bytes_per_s``)."""
+    disk_copy_overhead_s: float = 0.0
+    """Cores' time per disk-tier copy (either way) beyond the probes: file creation, the
+    copy thread's hand-offs, the engine's hooks. Fitted by ``calibrate_tier``."""
+    disk_copy_s_per_byte: float = 0.0
+    """Cores' time per byte copied beyond the copying thread's own CPU time (kernel work
+    in other threads, memory-bandwidth contention). Fitted by ``calibrate_tier``."""
     conv_rate_curve: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     """Per phase (``"fwd"``, ``"bwd"``): (FLOPs of one conv op, measured FLOP/s) points,
     ascending; a conv op's rate is interpolated in log FLOPs between them (constant past

@@ -155,6 +155,11 @@ def _op_s(dev: DeviceProfile, op: Any) -> float:
                           layer_key(op.phase, op.conv))
 
 
+def _copy_extra(dev: DeviceProfile, nbytes: int) -> float:
+    """The cores' time a disk-tier copy takes beyond its probed CPU rate."""
+    return dev.disk_copy_overhead_s + nbytes * dev.disk_copy_s_per_byte
+
+
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                prefetch: int, mode: str = "link", inflight_max: int | None = None
                ) -> dict[str, Any]:
@@ -202,7 +207,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         copy_in[u] = (s, s + d)
         h2d_free = copy_in[u][1]
         if dev.copies_share_compute:
-            t += cpu
+            t += cpu + (_copy_extra(dev, n) if disk else 0.0)
 
     def start_outs(i: int) -> None:
         nonlocal d2h_free, t, written, inflight_bytes, stall
@@ -217,7 +222,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             copy_out[u] = (s, s + d)
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
-                t += cpu
+                t += cpu + (_copy_extra(dev, n) if disk else 0.0)
             if disk:
                 inflight.append((s + d, n))
                 inflight_bytes += n

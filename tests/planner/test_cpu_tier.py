@@ -9,7 +9,7 @@ import pytest
 
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.policy import SwapPolicy
-from swapseg.planner.calibrate import _fit_other, calibrated, conv_curve
+from swapseg.planner.calibrate import _fit_other, calibrate_tier, calibrated, conv_curve
 from swapseg.planner.devices import DeviceProfile, layer_key
 from swapseg.planner.search import search
 from swapseg.planner.simulate import simulate, swap_mode
@@ -152,3 +152,24 @@ def test_calibrated_pools_layer_rates_and_places_bandwidth_at_the_ops_size():
     assert point == pytest.approx((1e9, 4e9 / 1.5))
     low, high = prof.mem_rate_curve  # 8e9 B in 2 s at 1e6 B, in 8 s at 4e6 B
     assert low == pytest.approx((1e6, 4e9)) and high == pytest.approx((4e6, 1e9))
+
+
+def test_fitted_disk_copy_costs_land_on_the_cores():
+    shared = dataclasses.replace(CPU, copies_share_compute=True, disk_cache_bytes=100,
+                                 d2h_bytes_per_s=1e30, h2d_bytes_per_s=1e30)
+    extra = dataclasses.replace(shared, disk_copy_overhead_s=0.5, disk_copy_s_per_byte=0.01)
+    # A (100 B) out and back: each copy 0.5 s + 100 B x 0.01 s/B on the compute lane
+    assert simulate(toy_trace(), extra, SwapPolicy(tier="disk")).step_s == pytest.approx(9.0)
+    assert simulate(toy_trace(), extra).step_s == pytest.approx(6.0)  # nothing copied
+
+
+def test_calibrate_tier_fits_non_negative_costs_from_real_steps(tmp_path):
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    prof = dataclasses.replace(CPU, copies_share_compute=True)
+    shapes = [(1, 4, 16, 16, 16), (1, 4, 24, 24, 24)]
+    fitted, rows = calibrate_tier(prof, model, shapes,
+                                  policy=SwapPolicy(tier="disk", disk_dir=str(tmp_path)))
+    assert [r["shape"] for r in rows] == [list(s) for s in shapes]
+    assert all(r["copies"] > 0 and r["bytes"] > 0 and r["wall_s"] > 0 for r in rows)
+    assert fitted.disk_copy_overhead_s >= 0 and fitted.disk_copy_s_per_byte >= 0
+    assert "disk-tier step" in fitted.sources["disk_copies"]
