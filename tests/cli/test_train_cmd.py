@@ -92,7 +92,7 @@ def test_train_with_swap_flags_records_resolved_policy(tmp_path, synth, capsys):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["plan"]["swap"] == {"n_tensors": -1, "include": [], "exclude": ["decoder.*"],
                            "min_bytes": 1024, "prefetch": 3, "swap_branches": False,
-                           "tier": "host", "disk_dir": None}
+                           "tier": "host", "disk_dir": None, "max_inflight_bytes": -1}
     assert cfg["batch_size"] == 1 and cfg["trace_step"] == (1 if trace else None)
     if trace:
         assert json.loads((run / "timeline.json").read_text())["step"] == 1
