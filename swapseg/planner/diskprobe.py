@@ -1,4 +1,5 @@
-"""Probes of the disk tier's folder: the device's bandwidth, the page cache's, its share.
+"""Probes of the disk tier's folder: the device's bandwidth, the tier's own rates and CPU
+cost, the page cache's share.
 
 With buffered I/O the disk tier writes into the page cache and the kernel writes back: a
 write costs the copying thread a kernel copy into the cache (on the cores compute runs

@@ -155,9 +155,17 @@ def _op_s(dev: DeviceProfile, op: Any) -> float:
                           layer_key(op.phase, op.conv))
 
 
-def _copy_extra(dev: DeviceProfile, nbytes: int) -> float:
-    """The cores' time a disk-tier copy takes beyond its probed CPU rate."""
-    return dev.disk_copy_overhead_s + nbytes * dev.disk_copy_s_per_byte
+def _cpu_rates(dev: DeviceProfile, disk: bool) -> tuple[float, float]:
+    """(out, in) bytes per second of the cores' time a copy takes: a memory copy, or for
+    the disk tier its probed CPU rates where measured."""
+    out_rate = dev.disk_write_cpu_bytes_per_s if disk else 0.0
+    in_rate = dev.disk_read_cpu_bytes_per_s if disk else 0.0
+    return out_rate or dev.d2h_bytes_per_s, in_rate or dev.h2d_bytes_per_s
+
+
+def _copy_extra(dev: DeviceProfile, nbytes: int, disk: bool) -> float:
+    """The cores' time a disk-tier copy takes beyond its probed CPU rate (0 otherwise)."""
+    return dev.disk_copy_overhead_s + nbytes * dev.disk_copy_s_per_byte if disk else 0.0
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
@@ -183,6 +191,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     disk = mode == "disk"
     cached = _cached(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
     written = 0
+    out_rate, in_rate = _cpu_rates(dev, disk)
     # the engine makes forward wait while more copy-out bytes than ``inflight_max`` are
     # in flight (modelled for the disk tier, the only one with a bound by default)
     bound = inflight_max if disk and inflight_max is not None else float("inf")
@@ -200,29 +209,26 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             return
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
-        # the memory copy (or the page cache's); a disk read adds the device's time
-        cpu = n / (dev.disk_read_cpu_bytes_per_s if disk and dev.disk_read_cpu_bytes_per_s
-                   else dev.h2d_bytes_per_s)
+        cpu = n / in_rate  # the cores' part; a disk read adds the device's time
         d = n / dev.disk_read_bytes_per_s if disk and u not in cached else cpu
         copy_in[u] = (s, s + d)
         h2d_free = copy_in[u][1]
         if dev.copies_share_compute:
-            t += cpu + (_copy_extra(dev, n) if disk else 0.0)
+            t += cpu + _copy_extra(dev, n, disk)
 
     def start_outs(i: int) -> None:
         nonlocal d2h_free, t, written, inflight_bytes, stall
         for u in outs_by_op.get(i, []):
             s = max(t, d2h_free)
             n = trace.storages[u].nbytes
-            cpu = n / (dev.disk_write_cpu_bytes_per_s
-                       if disk and dev.disk_write_cpu_bytes_per_s else dev.d2h_bytes_per_s)
+            cpu = n / out_rate
             written += n  # past the page cache's share, a write runs at the disk's pace
             d = n / dev.disk_write_bytes_per_s if disk and written > dev.disk_cache_bytes \
                 else cpu
             copy_out[u] = (s, s + d)
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
-                t += cpu + (_copy_extra(dev, n) if disk else 0.0)
+                t += cpu + _copy_extra(dev, n, disk)
             if disk:
                 inflight.append((s + d, n))
                 inflight_bytes += n
