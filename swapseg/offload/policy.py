@@ -20,11 +20,31 @@ from typing import Any, Literal, get_args
 from swapseg.errors import InputError
 from swapseg.offload.record import Record, json_object
 
-__all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "RecomputeMode",
-           "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches", "read_plan"]
+__all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "ConcreteTier",
+           "RecomputeMode", "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches",
+           "read_plan", "concrete_tier"]
 
 Tier = Literal["auto", "cuda", "host", "disk"]
 TIERS: tuple[str, ...] = get_args(Tier)
+ConcreteTier = Literal["cuda", "host", "disk"]
+
+
+def concrete_tier(tier: str, device_type: str) -> ConcreteTier:
+    """What ``tier`` means for tensors on a device of type ``device_type`` (``cpu``,
+    ``cuda``): the one place that says it, for the engine, the planner and the CLI.
+
+    ``auto`` is the tier that frees that device's memory: pinned host memory over side
+    streams (``cuda``) for CUDA tensors, files (``disk``) for CPU tensors, since a copy
+    from CPU memory to CPU memory (``host``) frees nothing there. Explicit tiers mean
+    themselves; ``cuda`` on a device that is not CUDA is refused.
+    """
+    if tier not in TIERS:
+        raise InputError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    if tier == "auto":
+        return "cuda" if device_type == "cuda" else "disk"
+    if tier == "cuda" and device_type != "cuda":
+        raise InputError(f"tier 'cuda' needs CUDA tensors, got device type {device_type!r}")
+    return tier  # type: ignore[return-value]
 RecomputeMode = Literal["full", "speed"]
 MODES: tuple[str, ...] = get_args(RecomputeMode)
 
@@ -108,6 +128,11 @@ class SwapPolicy(Record):
         if self.disk_dir is not None and self.tier not in ("disk", "auto"):
             raise InputError(f"disk_dir is only used by the disk tier, not {self.tier!r}")
 
+    def concrete(self, device_type: str) -> SwapPolicy:
+        """This policy with its tier made concrete for ``device_type`` (``concrete_tier``)."""
+        tier = concrete_tier(self.tier, device_type)
+        return self if tier == self.tier else self.replace(tier=tier)
+
 
 @dataclass(frozen=True)
 class RecomputePolicy(Record):
@@ -158,6 +183,14 @@ class MemoryPlan(Record):
             raise InputError("plan recompute must be a RecomputePolicy, got "
                              f"{type(self.recompute).__name__}")
         object.__setattr__(self, "name", str(self.name))
+
+    def concrete(self, device_type: str) -> MemoryPlan:
+        """This plan with its swap tier made concrete for ``device_type``: the plan that
+        is simulated, run and recorded (``concrete_tier``)."""
+        if self.swap is None:
+            return self
+        swap = self.swap.concrete(device_type)
+        return self if swap is self.swap else self.replace(swap=swap)
 
     @classmethod
     def _decode(cls, d: dict[str, Any]) -> dict[str, Any]:
