@@ -40,7 +40,9 @@ import torch
 from _cuda_clock import Block, BlockLog, Race, merge
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["FakeCuda", "FakeStream", "FakeEvent", "Race", "POISON"]
+from swapseg.offload.transport import BufferPool, CudaTransport
+
+__all__ = ["FakeCuda", "FakeStream", "FakeEvent", "Race", "POISON", "CudaDoubleFactory"]
 
 POISON = 0x5A
 COPY_BYTES_PER_S = 10e9  # the fake device's copy rate, for event times
@@ -171,6 +173,7 @@ class FakeCuda:
         self.log = BlockLog(self)
         self.ran: list[str] = []  # side-stream copies, in the order they ran
         self.issued: list[str] = []  # the same, in the order they were queued
+        self.schedule: list[tuple[str, int]] = []  # (copy, compute ops run before it)
         self._busy = False
         self.races: list[str] = []  # every Race raised, also those swallowed by callers
 
@@ -211,7 +214,7 @@ class FakeCuda:
         with self._lock:
             self._scan()
             merge(s.vc, self.host_vc)
-            desc = f"copy #{len(self.issued)} of {src.numel()} B on {s.name}"
+            desc = f"copy #{len(self.issued)} of {src.numel()} B"
             self.issued.append(desc)
             epoch = s.epoch + 1
             bs = self.log.block(src, s), self.log.block(dest, s)
@@ -225,6 +228,7 @@ class FakeCuda:
                     d.copy_(c)
                 self.device_t += 1e-6 + c.numel() / COPY_BYTES_PER_S
                 self.ran.append(desc)
+                self.schedule.append((desc, self.compute.epoch))
             self._issue(s, run, None, desc, bs)
             self._tick()
 
@@ -342,3 +346,17 @@ class FakeCuda:
             s.done = s.vc[s.id]
             self.log.compute(func, args, kwargs, s)
             self._tick()
+
+
+class CudaDoubleFactory:
+    """``swap_activations(..., transport=CudaDoubleFactory(rt))``: the real cuda transport
+    on ``rt``, with a pool of its own (pinned, as the double allocates it)."""
+
+    def __init__(self, rt: FakeCuda, pin: bool = True) -> None:
+        self.rt, self.pin = rt, pin
+        self.made: list[CudaTransport] = []
+
+    def __call__(self, device: torch.device) -> CudaTransport:
+        tr = CudaTransport(device, pool=BufferPool(self.pin), runtime=self.rt, pin=self.pin)
+        self.made.append(tr)
+        return tr
