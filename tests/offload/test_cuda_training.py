@@ -51,6 +51,8 @@ def test_bitwise_under_random_completion_orders(baselines, arch, seed):
     assert not rt.races
     for st in run[3]:
         assert st.swapped > 0 and st.bytes_in > 0 and st.device_bytes == 0
+        # one pinned buffer per swapped storage, each rounded up to a power of two
+        assert st.bytes_out <= st.host_reserved_bytes < 2 * st.bytes_out
     assert len(factory.made) == STEPS[arch] and _pools_whole(factory)
 
 
