@@ -21,7 +21,7 @@ def test_gpu_check_dry_run_passes_and_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True
     assert {k: v["rc"] for k, v in report["parts"].items()} == \
-        {"tests": 0, "swap": 0, "copies": 0, "largest": 0}
+        {"tests": 0, "copies": 0, "scripts": 0}
     copies = report["parts"]["copies"]["result"]
     assert copies["pinned"]["pinned"] and not copies["pageable"]["pinned"]
     assert copies["pinned"]["device_to_host_gb_s"] > 0
