@@ -29,7 +29,7 @@ from _cuda_double import POISON, CudaDoubleFactory, FakeCuda, Race
 
 from swapseg.offload.transport import BufferPool, CudaTransport
 from swapseg.offload.transport import cuda as cuda_mod
-from swapseg.offload.transport.cuda_runtime import pinned_reserved_bytes
+from swapseg.offload.transport.cuda_runtime import CudaRuntime, TorchCuda, pinned_reserved_bytes
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]
@@ -43,6 +43,12 @@ def _transport(seed: int = 0, lazy: float = 0.7, **kw):
 def _program_bytes(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 255, (n,), dtype=torch.uint8, generator=g)
+
+
+def test_the_double_and_torch_cuda_offer_the_same_runtime():
+    assert isinstance(FakeCuda(), CudaRuntime) and isinstance(TorchCuda(), CudaRuntime)
+    assert isinstance(CudaTransport(CPU, pool=BufferPool(True), runtime=FakeCuda(),
+                                    pin=True).rt, FakeCuda)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
