@@ -1,22 +1,26 @@
 """The cuda transport's stream protocol, run on CPU under the runtime double.
 
 One test per race class that comparable tools shipped (issue 22), at the transport's
-own interface. The mutation check: deleting any single ordering call in
-``swapseg/offload/transport/cuda.py`` fails at least these tests (checked by hand, each
-call deleted in turn; "training" = tests/offload/test_cuda_training.py):
+own interface. The mutation check, run on 2026-12-07 (each call replaced by ``pass`` in
+turn, then this module and test_cuda_training.py run; "training" = that module):
 
-- ``out_stream.wait_stream(compute)`` in ``start_out``: every test here that copies
-  out a program tensor, first ``test_round_trip_and_pool_reuse``, and every training test;
-- ``in_stream.wait_stream(compute)`` in ``start_in``:
-  ``test_inline_reload_racing_its_own_copy_out``, ``test_round_trip_and_pool_reuse``
-  and every training test;
-- ``stream.wait_event(self._end)`` in ``EventTicket.result``:
+- ``out_stream.wait_stream(compute)`` in ``start_out``: 31 of 32 fail, among them
+  ``test_round_trip_and_pool_reuse``, ``test_source_freed_while_its_copy_is_in_flight``,
   ``test_inline_reload_racing_its_own_copy_out`` and every training test;
+- ``in_stream.wait_stream(compute)`` in ``start_in``: 26 fail, among them
+  ``test_round_trip_and_pool_reuse``, ``test_inline_reload_racing_its_own_copy_out``,
+  ``test_reload_landing_in_a_block_freed_mid_backward`` and the bitwise training tests;
+- ``stream.wait_event(self._end)`` in ``EventTicket.result``: 24 fail, among them
+  ``test_inline_reload_racing_its_own_copy_out``, ``test_round_trip_and_pool_reuse``,
+  ``test_poison_shows_a_reload_read_without_the_protocol`` and the bitwise training tests;
 - ``record_stream(src, out_stream)`` in ``start_out``:
-  ``test_source_freed_while_its_copy_is_in_flight``;
+  ``test_source_freed_while_its_copy_is_in_flight`` (its 3 seeds);
 - ``record_stream(dest, in_stream)`` in ``start_in``:
-  ``test_reload_landing_in_a_block_freed_mid_backward``.
+  ``test_reload_landing_in_a_block_freed_mid_backward`` (its 3 seeds).
 
+The engine itself keeps sources alive until their copy is seen done and syncs a reload
+before dropping it, so only the transport-level tests catch the two ``record_stream``
+deletions; they are what keeps the transport safe under a caller that lets go early.
 The double raises ``Race`` where the protocol breaks, whatever order the copies then
 complete in; poisoned buffers make a late copy's data show as well.
 """
