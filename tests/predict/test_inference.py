@@ -12,7 +12,7 @@ import torch
 from evalcases import AFFINE, constant_model, save_checkpoint, tiny_model
 
 from swapseg.errors import InputError
-from swapseg.evaluation.inference import load_model, predict_cases, predict_volume
+from swapseg.predict.inference import load_model, predict_cases, predict_volume
 
 
 def _image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
