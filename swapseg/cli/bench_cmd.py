@@ -8,8 +8,12 @@ from typing import Any
 
 from swapseg.cli import grammar as g
 from swapseg.cli.largest_cmd import add_largest_flags, run_largest_cmd
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.experiments.methods_bench import run_bench
 from swapseg.io import write_json, write_text
+from swapseg.planner.devices import get_profile
+from swapseg.progress import cli_progress, line_printer
 
 EXAMPLES = """examples:
   swapseg bench --quick --out bench-quick          # 32^3, 2 steps each: a smoke test
@@ -117,11 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    from swapseg.devices import resolve_device
-    from swapseg.experiments.methods_bench import run_bench
-    from swapseg.planner.devices import get_profile
-    from swapseg.progress import cli_progress, line_printer
-
     shape = (1, 4, 32, 32, 32) if args.quick else _shape(args.shape)
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     if steps < 1 or warmup < 0:

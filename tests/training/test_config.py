@@ -88,8 +88,8 @@ def test_presets_are_valid_and_distinct():
 
 def test_demo_swaps_to_disk_on_a_cpu_and_to_pinned_host_memory_on_cuda(tmp_path,
                                                                        monkeypatch):
-    from swapseg.training.config import swap_all_plan
     from swapseg.experiments.demo import demo_config
+    from swapseg.training.config import swap_all_plan
 
     # on a CPU, host memory is device memory: only the disk tier frees any
     for config in (demo(), demo_config(tmp_path), demo_config(tmp_path, quick=True)):
