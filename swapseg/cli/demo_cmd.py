@@ -25,7 +25,7 @@ DESCRIPTION = ("Generate BraTS-like phantoms, train the Isensee U-Net on whole v
 
 
 def register(subparsers: Any) -> None:
-    from swapseg.training.demo import DEFAULT_CASES, DEFAULT_OUT
+    from swapseg.experiments.demo import DEFAULT_CASES, DEFAULT_OUT
 
     p = g.add_command(subparsers, "demo", HELP, DESCRIPTION, EPILOG)
     p.add_argument("--out", type=g.output_dir, default=DEFAULT_OUT,
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.training.demo import run_demo
+    from swapseg.experiments.demo import run_demo
 
     summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
                        quick=args.quick, seed=args.seed, time_limit=args.time_limit,

@@ -25,6 +25,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from swapseg.data.brats import find_cases, load_case
+from swapseg.data.labels import CONVENTIONS, check_labels, labels_to_regions
+from swapseg.data.layouts import Case, looks_like_case
 from swapseg.errors import InputError
 from swapseg.evaluation import report
 from swapseg.evaluation.metrics import EMPTY_MODES, region_metrics
@@ -60,8 +63,6 @@ class _Pair:
 
 
 def _label_folder(root: Path, files: list[Path], convention: str) -> list[Truth]:
-    from swapseg.data.layouts import looks_like_case
-
     if looks_like_case(root):
         raise InputError(f"{root}: this looks like a single case; pass its parent folder")
     truths: dict[str, Truth] = {}
@@ -78,9 +79,6 @@ def _label_folder(root: Path, files: list[Path], convention: str) -> list[Truth]
 
 def find_truths(truth_dir: str | Path, convention: str | None = None) -> list[Truth]:
     """The truth cases of a dataset folder or of a folder of label files."""
-    from swapseg.data.brats import find_cases
-    from swapseg.data.labels import CONVENTIONS
-
     if convention is not None and convention not in CONVENTIONS:
         raise InputError(f"--convention {convention}: not one of {', '.join(CONVENTIONS)}")
     root = Path(truth_dir)
@@ -169,8 +167,6 @@ def _labels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 def score_case(pair: _Pair, empty: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Metrics row of one case, and its (truth, prediction) region masks."""
-    from swapseg.data.labels import check_labels, labels_to_regions
-
     case = pair.case
     t_img = _header(case.seg)
     truth = _labels(case.seg, t_img.shape[:3])
@@ -198,9 +194,6 @@ def flair_volume(case: Any) -> np.ndarray | None:
         return None
     if isinstance(case.images, dict):
         return np.asarray(_header(case.images["flair"]).dataobj, dtype=np.float32)
-    from swapseg.data.brats import load_case
-    from swapseg.data.layouts import Case
-
     return load_case(Case(case.case_id, case.images, None, case.convention,
                           case.channels)).image[0]
 

@@ -1,7 +1,7 @@
 """The one predictor: region logits of a whole volume, in one pass or by sliding windows.
 
 Validation inside training (:mod:`swapseg.training.validation`) and test-time prediction
-(:mod:`swapseg.evaluation.inference`) both call :func:`predict_logits`, so a checkpoint is
+(:mod:`swapseg.predict.inference`) both call :func:`predict_logits`, so a checkpoint is
 chosen on the numbers it will be reported with.
 
 - One pass: the whole volume, zero-padded at the far end of each axis up to a multiple of

@@ -172,7 +172,7 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """Train, predict and score one mode of one fold; returns (and saves) its record."""
     from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.evaluation.inference import predict_cases
+    from swapseg.predict.inference import predict_cases
     from swapseg.training.loop import train
 
     run_dir = Path(config.out)

@@ -311,7 +311,7 @@ def test_unknown_option_shows_the_subcommands_usage(cmd, world, tmp_path, capsys
 
 
 @pytest.mark.parametrize("argv, target", [
-    (["demo", "--out", "{out}", "--quick"], "swapseg.training.demo.run_demo"),
+    (["demo", "--out", "{out}", "--quick"], "swapseg.experiments.demo.run_demo"),
     (["experiment", "full-vs-patch", "--data", "{data}", "--out", "{out}", "--folds", "3"],
      "swapseg.experiments.full_vs_patch.run_full_vs_patch"),
 ])

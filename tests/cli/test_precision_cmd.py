@@ -86,8 +86,8 @@ def test_bad_precision_exits_2(tmp_path, synth, capsys):
 
 
 def test_demo_and_experiment_pass_precision_on(tmp_path, monkeypatch):
+    import swapseg.experiments.demo as demo
     import swapseg.experiments.full_vs_patch as fvp
-    import swapseg.training.demo as demo
 
     seen = {}
 

@@ -88,8 +88,8 @@ def test_presets_are_valid_and_distinct():
 
 def test_demo_swaps_to_disk_on_a_cpu_and_to_pinned_host_memory_on_cuda(tmp_path,
                                                                        monkeypatch):
+    from swapseg.experiments.demo import demo_config
     from swapseg.training.config import swap_all_plan
-    from swapseg.training.demo import demo_config
 
     # on a CPU, host memory is device memory: only the disk tier frees any
     for config in (demo(), demo_config(tmp_path), demo_config(tmp_path, quick=True)):
@@ -109,7 +109,7 @@ def test_demo_swaps_to_disk_on_a_cpu_and_to_pinned_host_memory_on_cuda(tmp_path,
 
 
 def test_demo_config_time_limit(tmp_path):
-    from swapseg.training.demo import demo_config
+    from swapseg.experiments.demo import demo_config
 
     assert demo_config(tmp_path).max_train_s == demo().max_train_s == 420.0
     assert demo_config(tmp_path, time_limit=0).max_train_s is None

@@ -82,7 +82,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     ``precision`` and ``compile`` are the TrainConfig fields of the same names."""
     from swapseg.data.synthetic import synthesize
     from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.evaluation.inference import predict_cases
+    from swapseg.predict.inference import predict_cases
     from swapseg.training.loop import train
 
     if cases < 5:
