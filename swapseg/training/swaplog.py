@@ -11,7 +11,6 @@ per-epoch averages that go into log.csv.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -89,33 +88,13 @@ def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _event_dict(e: Any) -> Any:
-    if hasattr(e, "as_dict"):
-        return e.as_dict()
-    if dataclasses.is_dataclass(e):
-        return dataclasses.asdict(e)
-    return e
-
-
-def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
-    """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``.
-
-    The events of the step are those the engine numbered with its step counter at the end
-    of the step (the epoch's context counts its own forwards from 1); engines whose events
-    carry no step number are cut by ``window``, the step's (start, end) in the engine's
-    clock (seconds since ``stats.t0``).
-    """
+def write_trace(stats: Any, run_dir: Path, step: int) -> None:
+    """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``: the
+    engine's events numbered with its step counter at the end of the step."""
     from swapseg.offload.timeline import plot_timeline
 
-    events = [_event_dict(e) for e in (getattr(stats, "events", None) or [])]
-    engine_step = getattr(stats, "steps", None)
-    if events and all(isinstance(e, dict) and "step" in e for e in events):
-        events = [e for e in events if e["step"] == engine_step]
-    else:
-        lo, hi = window
-        events = [e for e in events if not isinstance(e, dict) or lo <= e.get("t", lo) <= hi]
-    write_json(run_dir / "timeline.json", {"step": step, "engine_step": engine_step,
-                                           "window_s": list(window),
+    events = [e for e in stats.events if e["step"] == stats.steps]
+    write_json(run_dir / "timeline.json", {"step": step, "engine_step": stats.steps,
                                            "stats": stats.as_dict(), "events": events})
     if events:  # an auto plan may swap nothing: then there is no timeline to draw
         plot_timeline(events, run_dir / "timeline.png",
