@@ -134,9 +134,11 @@ def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
 
 def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
     """Whether a saved config describes the same run; fields added to TrainConfig since it
-    was saved take their defaults, and JSON turns tuples into lists on both sides."""
+    was saved take their defaults, a plan saved with tier ``auto`` is the concrete plan it
+    ran as, and JSON turns tuples into lists on both sides."""
     try:
-        saved = TrainConfig.from_dict(dict(saved)).to_dict()
+        config = TrainConfig.from_dict(dict(saved))
+        saved = planning.on_device(config, resolve_device(config.device)).to_dict()
     except (InputError, TypeError, ValueError):
         return False
     return json.loads(json.dumps(saved)) == json.loads(json.dumps(requested))

@@ -206,3 +206,11 @@ def test_saved_configs_from_older_versions_still_match() -> None:
     assert _same_config(older, config)
     assert not _same_config({**config, "max_epochs": 3}, config)
     assert not _same_config({**config, "no_such_field": 1}, config)
+    # a full arm saved with tier auto ran as the concrete plan the same settings give now
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+
+    swapped = tiny(data="d", out="o", plan=MemoryPlan(swap=SwapPolicy(tier="disk")))
+    assert _same_config({**swapped.to_dict(), "plan": {"swap": {"tier": "auto"}}},
+                        swapped.to_dict())
+    assert not _same_config({**swapped.to_dict(), "plan": {"swap": {"tier": "host"}}},
+                            swapped.to_dict())
