@@ -229,7 +229,8 @@ def _resumed_config(args: argparse.Namespace, saved: Path) -> tuple[Any, int | N
     if not plan_given(args):
         return config, None
     with g.fields_as_flags(FLAGS):
-        plan, budget = _swap_plan(args, None, resolve_device(config.device))
+        # --swap-* flags alone change the run's own plan
+        plan, budget = _swap_plan(args, config.plan, resolve_device(config.device))
         config = config.replace(plan=plan)
     print(f"swapseg: --resume with a new memory plan ({_plan_name(config, budget)}): a plan "
           "changes where saved tensors live, not what a step computes, so the run goes on "
