@@ -2,8 +2,10 @@
 
 The training loop holds one swap context per epoch; the engine's counters are cumulative
 over it. A step's figures are the differences of ``SwapStats.as_dict()`` taken before and
-after it; ``peak_device_bytes`` is the running peak of the context at the end of the
-step (the engine keeps no per-step peak), which for a static graph is the step's own peak.
+after it; ``peak_saved_bytes`` (the saved bytes resident at the engine's peak, the name
+the planner's prediction and plan.json use) is the running peak of the context at the end
+of the step (the engine keeps no per-step peak), which for a static graph is the step's
+own peak.
 This module keeps the first step whole (with its per-scope table), averages the numeric
 fields per epoch and over the run, writes them to ``swap_stats.json`` and gives the
 per-epoch averages that go into log.csv.
@@ -19,7 +21,7 @@ from swapseg.io import write_json
 __all__ = ["SwapLog", "write_trace", "LOG_FIELDS"]
 
 #: SwapStats fields copied into log.csv as ``swap_<name>`` (per-step averages).
-LOG_FIELDS = ("swapped", "bytes_out", "peak_device_bytes", "wait_s")
+LOG_FIELDS = ("swapped", "bytes_out", "peak_saved_bytes", "wait_s")
 
 
 class _Mean:
@@ -68,12 +70,17 @@ class SwapLog:
 
 
 #: Fields that are levels or peaks, not counters: a step reports the value after it.
-_LEVELS = ("device_bytes", "peak_device_bytes")
+_LEVELS = ("device_bytes", "peak_saved_bytes")
+#: The engine's names that the run record spells the planner's way (the engine's
+#: ``peak_device_bytes`` is being renamed ``peak_saved_bytes`` itself).
+_RECORD_NAMES = {"peak_device_bytes": "peak_saved_bytes"}
 
 
 def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """One step's figures from two snapshots of the cumulative counters."""
     out: dict[str, Any] = {}
+    before = {_RECORD_NAMES.get(k, k): v for k, v in before.items()}
+    after = {_RECORD_NAMES.get(k, k): v for k, v in after.items()}
     for k, v in after.items():
         if k == "by_scope":
             continue
