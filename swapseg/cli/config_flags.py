@@ -77,7 +77,8 @@ def _kind(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
         hint = args[0]
     low, high = meta.get("low"), meta.get("high")
     if typing.get_origin(hint) is typing.Literal:
-        return {"choices": typing.get_args(hint)}
+        return {"choices": typing.get_args(hint),
+                "type": _one_of(field.name, typing.get_args(hint))}
     if typing.get_origin(hint) is tuple:
         return {"type": g.spatial_shape}
     if hint is bool:
@@ -89,6 +90,17 @@ def _kind(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
     if hint is float and low is not None and high is not None:
         return {"type": g.number(low, high, high_open=meta.get("high_open", False))}
     return {"type": hint if hint in (float, str) else str}
+
+
+def _one_of(name: str, values: tuple[str, ...]) -> Any:
+    """An argparse ``type=`` that names the field and its values, as the config's check."""
+    def convert(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"{name} must be one of {', '.join(values)}, "
+                                             f"got {text!r}")
+        return text
+    convert.__name__ = name
+    return convert
 
 
 def add_config_args(parser: Any, names: Iterable[str]) -> None:
