@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _shape(vol) -> tuple[int, ...]:  # noqa: ANN001 - a grammar.Volume
+def _shape(vol) -> tuple[int, ...]:  # a grammar.Volume
     bad = [x for x in vol.spatial if x < 32 or x % 16]
     if bad:
         raise InputError(f"--shape {'x'.join(map(str, vol.spatial))}: sides must be multiples "

@@ -4,7 +4,7 @@ The whole pipeline of the project on a laptop CPU in minutes:
 
 1. write BraTS-like phantoms (``swapseg.data.synthetic``) to ``<out>/data``;
 2. split them 60/20/20 (fold 0 of 5) and train the Isensee U-Net on whole volumes with
-   every activation swapped (to disk on a CPU: ``config.swap_all_plan``) to ``<out>/run``;
+   every activation swapped (to disk on a CPU: ``config.SWAP_ALL``) to ``<out>/run``;
 3. predict the held-out test cases from the best checkpoint (``<out>/predictions``) and
    score them (``swapseg.evaluation``): ``summary.json``, ``per_case.csv``,
    ``boxplot.png``, ``overlays/`` land in ``<out>``, beside copies of ``log.csv`` and
@@ -54,9 +54,8 @@ def demo_config(out: Path, shape: int | None = None, epochs: int | None = None,
 def choose_threads() -> int:
     """Intra-op threads for the demo: all cores, or 1 when the CPU is already busy.
 
-    Measured on the shared 2-core machine at load average ~8: an epoch took 171 s with
-    2 threads and 67 s with 1. Spin-waiting OpenMP threads that lose their core to other
-    processes stall each other; one thread cannot.
+    Spin-waiting OpenMP threads that lose their core to other processes stall each other;
+    one thread cannot (measured 2026-11-29: benchmarks/results/2026-11-29-demo-threads-cpu.md).
     """
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0] > cores if hasattr(os, "getloadavg") else False

@@ -6,7 +6,7 @@ device bytes (everything: parameters, optimizer state, gradients, live activatio
 op temporaries) and peak saved bytes resident (what the engine's ``peak_device_bytes``
 counts), plus the timeline as data.
 
-Semantics follow the engine (DESIGN.md): a swapped storage leaves the device once its
+Semantics follow the engine (docs/swapping.md): a swapped storage leaves the device once its
 copy-out ends and no forward code still holds it; in backward, the unpack at position p
 of the swapped-unpack order starts the swap-in of positions p+1..p+prefetch, the first
 window starts when backward starts, and a swap-in cannot start before the copy-out of the

@@ -225,7 +225,7 @@ class _Recorder(TorchDispatchMode):
             del self.live[key]
             self.storages[uid].freed_at = max(self.now(), self.storages[uid].produced_at)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = str(func._overloadpacket)

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 pytest.importorskip("nnunetv2")
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
-from nnunetv2.utilities.find_class_by_name import recursive_find_python_class  # noqa: E402
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-from swapseg.integrations._plan import MemoryPlan, SwapPolicy  # noqa: E402
-from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder  # noqa: E402
-from swapseg.integrations.nnunet.trainer import (  # noqa: E402
+from swapseg.integrations._plan import MemoryPlan, SwapPolicy
+from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder
+from swapseg.integrations.nnunet.trainer import (
     BUDGET_ENV,
     PROFILE_ENV,
     nnUNetTrainerSwap,
     nnUNetTrainerSwapFullImage,
 )
-from swapseg.integrations.steps import StepSwapper  # noqa: E402
+from swapseg.integrations.steps import StepSwapper
 
 PLANS = json.loads((Path(__file__).parent / "tiny_nnunet_plans.json").read_text())
 DATASET = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
