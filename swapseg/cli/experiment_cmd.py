@@ -8,6 +8,12 @@ import sys
 
 from swapseg.cli import grammar as g
 from swapseg.cli.config_flags import add_config_args, config_changes, flags
+from swapseg.cli.grammar import parse_bytes
+from swapseg.devices import resolve_device
+from swapseg.experiments import full_vs_patch
+from swapseg.progress import cli_progress
+from swapseg.training.config import brats_full
+from swapseg.training.interrupt import Interrupted, stop_signals
 
 #: The config fields that experiment's flags set: the protocol both arms share.
 CONFIG_FIELDS = ("folds", "max_epochs", "early_stop", "lr_patience", "max_train_s", "shape",
@@ -37,8 +43,6 @@ reuses finished folds and resumes an interrupted one.
 
 
 def _bytes(text: str) -> int:
-    from swapseg.cli.grammar import parse_bytes
-
     return parse_bytes(text)
 
 
@@ -73,21 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.experiments.full_vs_patch import run_full_vs_patch
-    from swapseg.progress import cli_progress
-    from swapseg.training.config import brats_full
-
     with g.fields_as_flags(flags()):
         base = brats_full(data=str(args.data), out=str(args.out),
                           **config_changes(args, CONFIG_FIELDS))
-    from swapseg.devices import resolve_device
-    from swapseg.training.interrupt import Interrupted, stop_signals
 
     resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
     command = "swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
     try:
         with stop_signals():
-            summary = run_full_vs_patch(
+            summary = full_vs_patch.run_full_vs_patch(
                 base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
                 swap=args.swap, memory_budget=args.memory_budget, run_folds=args.run_folds,
                 overlays=args.overlays, command=command,

@@ -16,7 +16,15 @@ from swapseg.cli import grammar as g
 from swapseg.cli.config_flags import add_config_args, config_changes, resume_fields
 from swapseg.cli.config_flags import flags as config_flags
 from swapseg.cli.grammar import parse_bytes
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.offload.policy import SwapPolicy
+from swapseg.progress import cli_progress
+from swapseg.training.config import PRESETS, TrainConfig
+from swapseg.training.interrupt import Interrupted, stop_signals
+from swapseg.training.loop import train, train_all_folds
+from swapseg.training.planning import swap_plan
+from swapseg.training.rundir import absolute_paths, clear_run, holds_run
 
 __all__ = ["register", "run", "parse_bytes", "config_from_args", "config_and_budget",
            "resume_command", "RESUME_FLAGS"]
@@ -44,8 +52,6 @@ current step with a checkpoint written (exit 143 or 130).
 """
 
 def register(subparsers: Any) -> None:
-    from swapseg.training.config import PRESETS
-
     p = g.add_command(
         subparsers, "train", "train the 3D U-Net (full volumes or patches, k-fold)",
         "Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
@@ -81,9 +87,6 @@ def _flag_value(value: Any) -> str:
 
 def preset_flags() -> dict[str, str]:
     """Each preset as the command-line flags it sets over ``TrainConfig``'s defaults."""
-    from swapseg.offload.policy import SwapPolicy
-    from swapseg.training.config import PRESETS, TrainConfig
-
     base, out = TrainConfig(), {}
     for name, preset in PRESETS.items():
         c = preset()
@@ -150,8 +153,6 @@ def _swap_plan(args: argparse.Namespace, preset: Any, device: Any) -> tuple[Any,
     for), starting from the preset's plan ``preset`` when ``--swap`` is not given.
     ``--swap`` means what ``training.planning.swap_plan`` says; ``--swap-*`` flags change
     the plan's swap policy."""
-    from swapseg.training.planning import swap_plan
-
     flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
     budget = None if args.memory_budget_bytes is None else \
         parse_bytes(args.memory_budget_bytes, "--memory-budget")
@@ -200,10 +201,6 @@ _IGNORED_ON_RESUME = {f: flag for f, flag in FLAGS.items()
 def _resumed_config(args: argparse.Namespace, saved: Path) -> tuple[Any, int | None]:
     """The run's own config, with absolute paths and the flags that apply on resume; a
     new memory plan when one is given (and the budget ``--swap auto`` plans for)."""
-    from swapseg.devices import resolve_device
-    from swapseg.training.config import TrainConfig
-    from swapseg.training.rundir import absolute_paths
-
     try:
         d = absolute_paths(json.loads(saved.read_text()), args.out)
     except json.JSONDecodeError as exc:
@@ -252,9 +249,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def config_and_budget(args: argparse.Namespace) -> tuple[Any, int | None]:
     """The TrainConfig that the command line describes (or the run's own, with --resume),
     and the memory budget that ``--swap auto`` plans for (None: no planning)."""
-    from swapseg.devices import resolve_device
-    from swapseg.training.config import PRESETS
-
     saved = Path(args.out) / "config.json"
     if args.resume and args.overwrite:
         raise InputError("--resume continues the run in --out, --overwrite replaces it: "
@@ -284,8 +278,6 @@ def config_and_budget(args: argparse.Namespace) -> tuple[Any, int | None]:
 
 def _claim_out(args: argparse.Namespace) -> None:
     """Refuse to train over a run without --resume or --overwrite; clear it on --overwrite."""
-    from swapseg.training.rundir import clear_run, holds_run
-
     # under torchrun only rank 0 decides: the others would see the files it just wrote
     if args.resume or int(os.environ.get("RANK", "0")) != 0 or not holds_run(args.out):
         return
@@ -320,8 +312,6 @@ def _what(config: Any, args: argparse.Namespace, budget: int | None) -> str:
 def host_tier_warning(policy: Any, device: str) -> str | None:
     """The one warning line for host-tier swapping (asked for with --swap-tier host) on a
     CPU, where it frees nothing."""
-    from swapseg.devices import resolve_device
-
     if policy is None or policy.tier != "host" or policy.n_tensors == 0 \
             or resolve_device(device).type != "cpu":
         return None
@@ -331,10 +321,6 @@ def host_tier_warning(policy: Any, device: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
-    from swapseg.training.interrupt import Interrupted, stop_signals
-    from swapseg.training.loop import train, train_all_folds
-
     config, budget = config_and_budget(args)  # a bad size fails before --overwrite clears
     _claim_out(args)
     print(_what(config, args, budget))

@@ -35,12 +35,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from swapseg.data.brats import find_cases
 from swapseg.devices import available_memory, resolve_device
 from swapseg.errors import InputError
+from swapseg.evaluation.evaluate import evaluate_folders
+from swapseg.experiments import stats
 from swapseg.io import write_json
+from swapseg.predict.inference import predict_cases
 from swapseg.training import planning
 from swapseg.training.config import TrainConfig
+from swapseg.training.datasets import find_training_cases
+from swapseg.training.loop import train
 from swapseg.training.model import build_model
+from swapseg.training.planning import PLAN_FILE
 from swapseg.training.runlog import read_log
 
 __all__ = ["MODES", "default_patch", "default_patches_per_volume",
@@ -118,7 +125,6 @@ def _check_fits(config: TrainConfig, echo: Callable[[str], None]) -> None:
 def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
     """``out/test/fold<k>``: links to the fold's test cases, so predict/evaluate see only them."""
     index = {}
-    from swapseg.data.brats import find_cases
 
     for case in find_cases(data).cases:
         first = case.seg or (next(iter(case.images.values())) if isinstance(case.images, dict)
@@ -147,10 +153,6 @@ def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
 def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """Train, predict and score one mode of one fold; returns (and saves) its record."""
-    from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.predict.inference import predict_cases
-    from swapseg.training.loop import train
-
     run_dir = Path(config.out)
     requested = config.to_dict()
     record_path = run_dir / "record.json"
@@ -165,7 +167,6 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
         raise InputError(f"{run_dir} holds a run with other settings; use another --out")
     write_json(saved, requested)
     t0 = time.perf_counter()
-    from swapseg.training.planning import PLAN_FILE
 
     result = train(config, resume=resume, progress=progress, echo=echo,
                    splits_path=out / "splits.json", plan_path=out / PLAN_FILE)
@@ -209,13 +210,10 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
     ``swap`` and ``memory_budget`` set the full arm's plan (:func:`full_plan`); with
     ``auto`` it is chosen once, into ``out/plan.json``, for every fold.
     """
-    from swapseg.experiments import stats
-
     out = Path(out)
     n_folds = base.folds if run_folds is None else run_folds
     if not 1 <= n_folds <= base.folds:
         raise InputError(f"--run-folds must be in 1..{base.folds}, got {run_folds}")
-    from swapseg.training.datasets import find_training_cases
 
     # check the data and every setting before anything is written
     n_cases = len(find_training_cases(base.data))

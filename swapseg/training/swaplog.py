@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from swapseg.io import write_json
+from swapseg.offload.timeline import plot_timeline
 
 __all__ = ["SwapLog", "write_trace", "LOG_FIELDS"]
 
@@ -98,8 +99,6 @@ def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def write_trace(stats: Any, run_dir: Path, step: int) -> None:
     """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``: the
     engine's events numbered with its step counter at the end of the step."""
-    from swapseg.offload.timeline import plot_timeline
-
     events = [e for e in stats.events if e["step"] == stats.steps]
     write_json(run_dir / "timeline.json", {"step": step, "engine_step": stats.steps,
                                            "stats": stats.as_dict(), "events": events})

@@ -178,10 +178,10 @@ class FakeCuda:
         self.races: list[str] = []  # every Race raised, also those swallowed by callers
 
     # ------------------------------------------------------------ the runtime's calls
-    def Stream(self, device: torch.device) -> FakeStream:  # noqa: N802
+    def Stream(self, device: torch.device) -> FakeStream:
         return FakeStream(self, f"side{len(self.streams)}")
 
-    def Event(self, enable_timing: bool = False) -> FakeEvent:  # noqa: N802
+    def Event(self, enable_timing: bool = False) -> FakeEvent:
         return FakeEvent(self, enable_timing)
 
     def current_stream(self, device: torch.device) -> FakeStream:

@@ -95,11 +95,11 @@ def test_swap_branches_and_recompute_hybrid(baselines):
 
 class _Boom(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         raise RuntimeError("boom mid-backward")
 
 

@@ -89,8 +89,8 @@ def test_presets_are_valid_and_distinct():
 def test_demo_swaps_all_to_the_tier_that_frees_its_devices_memory(tmp_path):
     import torch
 
-    from swapseg.training.config import SWAP_ALL
     from swapseg.experiments.demo import demo_config
+    from swapseg.training.config import SWAP_ALL
     from swapseg.training.planning import on_device
 
     for config in (demo(), demo_config(tmp_path), demo_config(tmp_path, quick=True)):

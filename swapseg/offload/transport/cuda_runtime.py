@@ -33,11 +33,11 @@ def pinned_reserved_bytes(nbytes: int) -> int:
 class CudaRuntime(Protocol):
     """Streams, events, buffers and copies, as the cuda transport uses them."""
 
-    def Stream(self, device: torch.device) -> Any:  # noqa: N802 - mirrors torch.cuda
+    def Stream(self, device: torch.device) -> Any:
         """A new stream on ``device`` (``wait_stream``, ``wait_event``, ``synchronize``)."""
         ...
 
-    def Event(self, enable_timing: bool = False) -> Any:  # noqa: N802 - mirrors torch.cuda
+    def Event(self, enable_timing: bool = False) -> Any:
         """A new event (``record``, ``query``, ``synchronize``, ``elapsed_time``)."""
         ...
 
@@ -73,10 +73,10 @@ class CudaRuntime(Protocol):
 class TorchCuda:
     """The real runtime: ``torch.cuda``, one-to-one."""
 
-    def Stream(self, device: torch.device) -> Any:  # noqa: N802
+    def Stream(self, device: torch.device) -> Any:
         return torch.cuda.Stream(device)
 
-    def Event(self, enable_timing: bool = False) -> Any:  # noqa: N802
+    def Event(self, enable_timing: bool = False) -> Any:
         return torch.cuda.Event(enable_timing=enable_timing)
 
     def current_stream(self, device: torch.device) -> Any:
