@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def run_methods(args: argparse.Namespace) -> int:
     from swapseg.devices import resolve_device
     from swapseg.experiments.methods_bench import run_bench
-    from swapseg.planner.devices import get_profile
+    from swapseg.planner.local import get_profile
     from swapseg.progress import cli_progress, line_printer
 
     shape = (1, 4, 32, 32, 32) if args.quick else _shape(args.shape)

@@ -61,7 +61,8 @@ def parse_sides(text: str | None, side_range: str, divisor: int) -> list[int]:
 
 
 def _profile(spec: str | None, model: Any, cuda: bool, channels: int) -> Any:
-    from swapseg.planner.devices import DeviceProfile, get_profile
+    from swapseg.planner.local import get_profile
+    from swapseg.planner.profiles import DeviceProfile
 
     if spec and Path(spec).is_file():
         try:

@@ -20,10 +20,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from swapseg.errors import InputError
+from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import train_step
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.offload.policy import SwapPolicy
+from swapseg.planner.profiles import DeviceProfile, layer_key
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 
 __all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve", "calibrate_tier"]
 
@@ -45,10 +50,6 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
     ``other_io_centre``.
     Raises InputError when the step cannot run at ``shape``.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    from swapseg.planner.trace import trace_step
-
     x = torch.randn(shape)
     try:
         tr = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
@@ -224,11 +225,6 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     step; the shortfall is fitted by least squares as ``copies x disk_copy_overhead_s +
     bytes x disk_copy_s_per_byte``. Returns the profile and the per-shape measurements.
     """
-    from swapseg.offload.engine import swap_activations
-    from swapseg.offload.policy import SwapPolicy
-    from swapseg.planner.simulate import simulate
-    from swapseg.planner.trace import trace_step
-
     policy = policy or SwapPolicy(tier="disk", prefetch=4)
     base = profile.replace(disk_copy_overhead_s=0.0, disk_copy_s_per_byte=0.0)
     rows = []

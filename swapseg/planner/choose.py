@@ -9,7 +9,8 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import MemoryPlan
-from swapseg.planner.devices import DeviceProfile, calibration_shape, get_profile
+from swapseg.planner.local import calibration_shape, get_profile
+from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.search import DEFAULT_MARGIN, Candidate, search
 from swapseg.planner.trace import LossFn, trace_step
 

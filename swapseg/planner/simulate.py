@@ -26,7 +26,7 @@ import numpy as np
 
 from swapseg.offload.engine import inflight_bound
 from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]

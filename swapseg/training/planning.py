@@ -114,7 +114,7 @@ def _tier(device: torch.device) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _quick_profile(device_type: str) -> Any:
-    from swapseg.planner.devices import measure_local
+    from swapseg.planner.local import measure_local
 
     # probes only (no model step); "host" so that no disk probe runs before every run
     return measure_local(None, tier="cuda" if device_type == "cuda" else "host")

@@ -10,7 +10,7 @@ import pytest
 from swapseg.experiments import largest as L
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import MemoryPlan
-from swapseg.planner.devices import PROFILES
+from swapseg.planner.profiles import PROFILES
 
 SIDES = list(range(16, 161, 16))  # 10 sides
 
