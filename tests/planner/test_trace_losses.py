@@ -28,12 +28,13 @@ def _model():
 def _real_saved_bytes(model, x, loss_fn):
     """Bytes of the unique non-parameter storages autograd saves in a real step."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
+    seen, held = {}, []  # held: no storage is freed, so no address is reused
 
     def pack(t):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in params:
             seen[ptr] = t.untyped_storage().nbytes()
+            held.append(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
