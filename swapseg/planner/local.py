@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -107,26 +108,31 @@ def _copy_rate(nbytes: int) -> float:
 def measure_local(model: nn.Module | None = None, tier: str = "auto",
                   probe_bytes: int = 64 * 2**20, calibrate_shape: tuple[int, ...] | None = None,
                   loss_fn: Any = None, autocast_dtype: torch.dtype | None = None,
-                  matmul_n: int = 512) -> DeviceProfile:
+                  matmul_n: int = 512, fallback_shape: tuple[int, ...] | None = None
+                  ) -> DeviceProfile:
     """Measure this machine: the CPU ('device' memory is host memory), or with
     ``tier="cuda"`` the current CUDA GPU and its pinned-memory link.
 
     With ``calibrate_shape`` (CPU only), one real step of ``model`` at that shape sets
     the conv forward and backward FLOP/s and the bandwidth of everything else
     (``calibrate_step``); CPU conv speed depends on the shape, so calibrate near the
-    shape to predict.
+    shape to predict. ``fallback_shape`` (the shape to predict): where the model rejects
+    ``calibrate_shape`` (a network built for one input size), the step runs at it
+    instead, with a warning that says so. ``loss_fn`` runs for real on real tensors.
     """
     # the probes draw random numbers; a training run that plans first must not see its
     # dropout masks and initial data order shift
     with torch.random.fork_rng(devices=[]):
         if tier == "cuda":
             return _measure_cuda(probe_bytes, matmul_n)
-        return _measure_cpu(model, tier, probe_bytes, calibrate_shape, loss_fn,
+        shapes = [] if calibrate_shape is None else \
+            [s for s in (calibrate_shape, fallback_shape) if s is not None]
+        return _measure_cpu(model, tier, probe_bytes, shapes, loss_fn,
                             autocast_dtype, matmul_n, disk_probe_bytes=8 * probe_bytes)
 
 
 def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
-                 calibrate_shape: tuple[int, ...] | None, loss_fn: Any,
+                 calibrate_shapes: list[tuple[int, ...]], loss_fn: Any,
                  autocast_dtype: torch.dtype | None, matmul_n: int,
                  disk_probe_bytes: int = 512 * 2**20,
                  disk_dir: str | None = None) -> DeviceProfile:
@@ -144,13 +150,13 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
         cache = page_cache_bytes() if disk else 0
     conv_rates: dict[str, float] = {}
     calib = ""
-    if calibrate_shape is not None:
+    if calibrate_shapes:
         assert model is not None
-        c = calibrate_step(model, calibrate_shape, loss_fn, autocast_dtype)
+        c, shape = _calibrate(model, calibrate_shapes, loss_fn, autocast_dtype)
         conv_rates = {k: c[k] for k in ("fwd", "bwd") if k in c}
         mem = c["mem"]
         overhead = 0.0  # dispatch is inside the measured "everything else" bandwidth
-        calib = f"one profiled step of the model at {'x'.join(map(str, calibrate_shape))}"
+        calib = f"one profiled step of the model at {'x'.join(map(str, shape))}"
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     how = f"measured {time.strftime('%Y-%m-%d %H:%M:%S')} with {torch.get_num_threads()} threads"
     return DeviceProfile(
@@ -173,6 +179,20 @@ def _measure_cpu(model: nn.Module | None, tier: str, probe_bytes: int,
                  "disk_cache_bytes": "vm.dirty_ratio x MemAvailable" if cache else "none",
                  "memory_bytes": "physical memory (sysconf)",
                  "calibration": calib or "none (probes only)"})
+
+
+def _calibrate(model: nn.Module, shapes: list[tuple[int, ...]], loss_fn: Any,
+               autocast_dtype: torch.dtype | None) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """``calibrate_step`` at the first shape the model accepts, and that shape."""
+    first, rest = tuple(shapes[0]), [tuple(s) for s in shapes[1:] if tuple(s) != tuple(shapes[0])]
+    try:
+        return calibrate_step(model, first, loss_fn, autocast_dtype), first
+    except InputError as exc:
+        if not rest:
+            raise
+        warnings.warn(f"{exc}; calibrating at {'x'.join(map(str, rest[0]))} instead "
+                      "(the shape to predict: slower, but the model takes it)", stacklevel=3)
+    return calibrate_step(model, rest[0], loss_fn, autocast_dtype), rest[0]
 
 
 def _measure_cuda(probe_bytes: int, matmul_n: int) -> DeviceProfile:
