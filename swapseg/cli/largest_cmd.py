@@ -128,7 +128,10 @@ def largest_markdown(res: dict[str, Any]) -> str:
     lines = [f"# Largest cube side under a {res['cap_bytes'] / 2**30:.1f} GiB cap", "",
              f"{env['cpu']}, {env.get('torch_threads')} threads, torch {env['torch']}; cap "
              f"enforced with {res['cap_enforced']}; peak = {res['peak_is']}; one probe "
-             "process per side, bisection over sides.", "",
+             "process per side, bisection over sides." + (
+                 f" The probe process's own {res['process_bytes'] / 2**20:.0f} MiB "
+                 f"({res.get('process_bytes_is', '')}) are counted against the cap in "
+                 "the predictions." if res.get("process_bytes") else ""), "",
              "| method | largest side | predicted | peak GiB | step s | plan | probes |",
              "|---|---|---|---|---|---|---|"]
     for name, r in res["methods"].items():
