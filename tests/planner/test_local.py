@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from monai.losses import DiceCELoss
+from monai.networks.nets import UNETR
 from torch import nn
 
 from swapseg.errors import InputError
@@ -85,3 +86,13 @@ def test_calibration_keeps_kineto_lines_off_stderr_and_passes_the_rest(capfd):
     err = capfd.readouterr().err
     assert "profiler_start" not in err and "profiler_stop" not in err and "USDT" not in err
     assert "the user's own line" in err
+
+
+@pytest.mark.slow
+def test_monai_unetr_built_for_one_size_plans_on_local():
+    torch.manual_seed(0)
+    model = UNETR(in_channels=1, out_channels=2, img_size=80, feature_size=8,
+                  hidden_size=48, mlp_dim=96, num_heads=4)
+    with pytest.warns(UserWarning, match="calibrating at 1x1x80x80x80 instead"):
+        plan = choose_plan(model, (1, 1, 80, 80, 80), "local", 2**34, tier="host")
+    assert plan.name == "keep-all"
