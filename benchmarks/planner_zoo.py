@@ -7,7 +7,8 @@ this machine, measured once; the plan's peak does not depend on the clock, its c
 does). Each plan, and keep-all, runs three Adam steps (one ``apply_plan`` per step); each
 step's peak is the profiler's allocation peak of forward + backward (gradients set to
 None first) plus weights and Adam state, the planner's definition. With ``--rss`` each
-plan also runs in a fresh process, whose peak RSS less an idle process's is reported.
+plan also runs in a fresh process: its peak RSS over the steps less its RSS once the
+model is built (the imports, MONAI's included, are not the step's).
 Writes a JSON and a markdown table.
 
     python benchmarks/planner_zoo.py --quick --out benchmarks/results/zoo-quick
@@ -31,7 +32,6 @@ from torch import nn
 
 from swapseg.envinfo import environment
 from swapseg.errors import InputError
-from swapseg.experiments.largest_probe import idle_process_bytes
 from swapseg.io import write_json, write_text
 from swapseg.offload import apply_plan
 from swapseg.offload.measure import default_loss, profiled_peak_bytes
@@ -125,15 +125,15 @@ def measured_steps(model: nn.Module, shape: tuple[int, ...], plan: MemoryPlan | 
     return peaks, times
 
 
-def rss_in_fresh_process(name: str, plan: MemoryPlan | None, idle: int) -> int:
-    """Peak RSS of ``--child`` running three steps of ``name`` under ``plan``, less an
-    idle process's."""
+def rss_in_fresh_process(name: str, plan: MemoryPlan | None) -> int:
+    """Peak RSS of ``--child`` running three steps of ``name`` under ``plan``, less its
+    RSS before the first step."""
     with tempfile.TemporaryDirectory(prefix="swapseg-zoo-") as d:
         plan_path, out = Path(d, "plan.json"), Path(d, "out.json")
         plan_path.write_text(json.dumps((plan or MemoryPlan(name="none")).to_dict()))
         subprocess.run([sys.executable, __file__, "--child", name, "--plan", str(plan_path),
                         "--out", str(out)], check=True)
-        return int(json.loads(out.read_text())["peak_rss_bytes"]) - idle
+        return int(json.loads(out.read_text())["step_rss_bytes"])
 
 
 def _child(name: str, plan_path: str, out: str) -> None:
@@ -142,18 +142,22 @@ def _child(name: str, plan_path: str, out: str) -> None:
     model = build()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(shape)
+    before = _status("VmRSS")
     for _ in range(3):
         opt.zero_grad(set_to_none=True)
         with apply_plan(model, plan):
             default_loss(model(x)).backward()
         opt.step()
+    Path(out).write_text(json.dumps({"step_rss_bytes": _status("VmHWM") - before}))
+
+
+def _status(key: str) -> int:
     with open("/proc/self/status") as fh:
-        hwm = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmHWM:"))
-    Path(out).write_text(json.dumps({"peak_rss_bytes": hwm}))
+        return next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith(key + ":"))
 
 
-def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bool,
-             idle: int) -> list[dict[str, Any]]:
+def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bool
+             ) -> list[dict[str, Any]]:
     build, shape = ZOO[name]
     torch.manual_seed(0)
     model = build()
@@ -162,7 +166,7 @@ def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bo
     base_peaks, base_times = measured_steps(model, shape, None)
     rows = [{"net": name, "shape": list(shape), "budget": None, "plan": "keep-all",
              "predicted": keep, "measured": base_peaks, "step_ratio": 1.0,
-             "rss": rss_in_fresh_process(name, None, idle) if rss else None}]
+             "rss": rss_in_fresh_process(name, None) if rss else None}]
     for f in budgets:
         budget = int(f * keep)
         try:
@@ -177,7 +181,7 @@ def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bo
                      "plan": plan.name, "predicted": pred, "measured": peaks,
                      "step_ratio": times[-1] / base_times[-1],
                      "fits": all(p <= budget for p in peaks),
-                     "rss": rss_in_fresh_process(name, plan, idle) if rss else None})
+                     "rss": rss_in_fresh_process(name, plan) if rss else None})
     return rows
 
 
@@ -186,8 +190,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], took: float) -> st
     out = ["# The planner on a zoo of networks (CPU)", "",
            f"{env['cpu']}, torch {env['torch']}; {took / 60:.1f} min. Peaks in MiB: "
            "predicted, then measured on steps 1-3 (profiler allocations + weights + Adam "
-           "state); error of step 3; step time ratio to keep-all at step 3; RSS: peak "
-           "RSS of a fresh process less an idle one's.", "",
+           "state); error of step 3; step time ratio to keep-all at step 3; RSS: a fresh "
+           "process's peak RSS over the three steps less its RSS before them.", "",
            "| net | budget | plan | predicted | measured 1 / 2 / 3 | error | time | fits |"
            " RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -227,14 +231,13 @@ def main() -> None:
     budgets = (0.6,) if a.quick else BUDGETS
     t0 = time.perf_counter()
     prof = measure_local(tier="disk")  # probes only, once for the zoo
-    idle = idle_process_bytes() if a.rss else 0
     rows: list[dict[str, Any]] = []
     env = environment()
     for name in names:
-        rows += zoo_rows(name, budgets, prof, a.rss, idle)
+        rows += zoo_rows(name, budgets, prof, a.rss)
         print(markdown(rows, env, time.perf_counter() - t0).splitlines()[-1], flush=True)
         write_json(a.out + ".json", {"environment": env, "profile": prof.to_dict(),
-                                     "idle_process_bytes": idle, "rows": rows})
+                                     "rows": rows})
         write_text(a.out + ".md", markdown(rows, env, time.perf_counter() - t0))
 
 
