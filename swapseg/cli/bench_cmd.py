@@ -12,7 +12,7 @@ from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.experiments import methods_bench
 from swapseg.io import write_json, write_text
-from swapseg.planner.devices import get_profile
+from swapseg.planner.local import get_profile
 from swapseg.progress import cli_progress, line_printer
 
 EXAMPLES = """examples:

@@ -25,7 +25,7 @@ Exit status 2 with the missing bytes when no plan fits.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from swapseg.planner.devices import PROFILES
+    from swapseg.planner.profiles import PROFILES
 
     p = g.add_command(
         subparsers, "plan", "plan swapping/recomputation of any model to fit a memory budget",

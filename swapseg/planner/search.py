@@ -16,7 +16,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import RecomputePolicy, SwapPolicy
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.simulate import SimResult, simulate
 from swapseg.planner.trace import StepTrace
 

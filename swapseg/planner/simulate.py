@@ -26,7 +26,7 @@ import numpy as np
 
 from swapseg.offload.engine import inflight_bound
 from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]
@@ -205,8 +205,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
 
     def swap_in(u: int, now: float) -> None:
         nonlocal h2d_free, t
-        if u in copy_in:
-            return
+        if u in copy_in or u not in copy_out:  # not packed yet (a checkpoint's rerun in
+            return                             # backward packs late): no prefetch
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
         cpu = n / in_rate  # the cores' part; a disk read adds the device's time

@@ -48,7 +48,7 @@ from swapseg.offload.measure import peak_rss_bytes
 from swapseg.offload.policy import MemoryPlan, SwapPolicy, concrete_tier, read_plan
 from swapseg.offload.transport.disk import disk_shortfall
 from swapseg.planner.choose import choose_plan, resolve_profile
-from swapseg.planner.devices import measure_local
+from swapseg.planner.local import measure_local
 from swapseg.planner.search import DEFAULT_MARGIN
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
