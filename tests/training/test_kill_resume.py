@@ -44,7 +44,11 @@ def _start(data: Path, run: Path, **env: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
+#: A hang guard, not a time limit: beside two CPU burners a 4-epoch run took over 120 s.
+HANG_S = 900
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = HANG_S) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
     finally:
@@ -57,7 +61,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen[str], run: Path) -> None:
     """Until last.pt exists. Not until log.csv has a row: the log is written before the
     checkpoints, so a loaded machine may be killed between them, with no last.pt yet."""
     last = run / "checkpoints" / "last.pt"  # renamed into place whole: existing is complete
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline and proc.poll() is None:
         if last.exists():
             return
