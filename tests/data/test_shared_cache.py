@@ -20,6 +20,7 @@ from swapseg.data.loader import load_case
 from swapseg.data.preprocess import preprocess
 
 SHAPE = 32  # 512 KiB images: writes long enough for a reader to catch one mid-way
+HANG_S = 900  # a hang guard, not a time limit: a loaded machine is slow, not hung
 
 # Each round, every process drops the entry's .json (forcing a rewrite of the whole
 # entry), loads the case, and reads whatever complete entry is on disk directly, without
@@ -98,7 +99,7 @@ def test_two_processes_rewriting_and_reading_one_cache(synth, tmp_path):
     cmd = [sys.executable, "-c", CHILD, str(synth), str(cache), str(expected), "12"]
     procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
+    results = [p.communicate(timeout=HANG_S) for p in procs]
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
         assert int(out) == 12 * 4  # every round read every complete entry directly
@@ -115,7 +116,7 @@ def test_two_train_runs_started_together_share_a_cache(synth, tmp_path):
          "--cache-dir", str(cache), "--no-progress"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for run in runs]
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG_S)
         assert p.returncode == 0, err
     # same seed, same data: runs that both read whole, correct volumes end identical
     a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in runs)

@@ -44,7 +44,7 @@ def _start(data: Path, run: Path, **env: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-#: A hang guard, not a time limit: beside two CPU burners a 4-epoch run took over 120 s.
+#: A hang guard, not a time limit: a loaded machine is slow, not hung.
 HANG_S = 900
 
 
