@@ -11,7 +11,7 @@ The whole pipeline of the project on a laptop CPU in minutes:
    ``swap_stats.json`` and ``demo.json`` (timings, settings, environment).
 
 The demo stops by epochs (25, or ``epochs``), not by time: a busy machine makes it
-slower, not worse, so its Dice is the README's on any machine. It prints the time to
+slower, not worse: it trains every epoch, as the README's figure did. It prints the time to
 expect before it starts; ``time_limit`` (``--time-limit``) adds a guard on request.
 """
 
@@ -70,7 +70,7 @@ def expected_time(config: TrainConfig, quick: bool) -> str:
         return f"{plan}"
     low, high = (config.max_epochs * s / 60 for s in QUIET_EPOCH_S)
     return (f"{plan}: expect {low:.0f}-{high:.0f} min on a quiet 2-core CPU "
-            "(a busy one takes longer; the result is the same)")
+            "(a busy one takes longer; it still trains every epoch)")
 
 
 def choose_threads() -> int:

@@ -67,7 +67,7 @@ def test_the_default_demo_stops_by_epochs_and_says_how_long_up_front(tmp_path, m
     assert config.max_train_s is None and config.max_epochs == 25 and config.shape == (48,) * 3
     lines = _first_lines(["--out", str(tmp_path / "d")], monkeypatch, capsys)
     assert lines[0] == ("demo: 25 epochs at 48^3: expect 6-10 min on a quiet 2-core CPU "
-                        "(a busy one takes longer; the result is the same)")
+                        "(a busy one takes longer; it still trains every epoch)")
     lines = _first_lines(["--out", str(tmp_path / "d"), "--time-limit", "300"], monkeypatch,
                          capsys)
     assert lines[0].startswith("demo: 25 epochs at 48^3, or fewer when --time-limit 300 s "
