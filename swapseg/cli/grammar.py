@@ -10,10 +10,10 @@ never part of a shape: it is the ``--batch`` flag. Spatial-only flags (``train
 
 Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.sizes``)::
 
-    SIZE := NUMBER [UNIT]              e.g. 16GiB, 16G, 12.5GB, 1e9, 17179869184
+    SIZE := NUMBER UNIT                e.g. 16GiB, 16G, 12.5GB, 1e9B, 17179869184B
 
 Units: B; K, M, G, T and KB, MB, GB, TB (powers of 1000); KiB, MiB, GiB, TiB (powers
-of 1024). Case-insensitive. A plain number is bytes.
+of 1024). Case-insensitive. A bare number is an error that suggests a unit.
 
 Each grammar comes twice: ``parse_*`` raises :class:`InputError` (library and config
 use), the argparse ``type=`` callables raise ``argparse.ArgumentTypeError``.

@@ -220,4 +220,6 @@ def _on_device(c: Candidate, device: DeviceProfile) -> Candidate:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """GiB, or MiB below one GiB (a small budget is not "0.00 GiB"); as
+    ``swapseg.sizes.format_bytes``, which the planner's layer may not import."""
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.2f} MiB"

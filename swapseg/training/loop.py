@@ -32,7 +32,7 @@ from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training import planning as plans
 from swapseg.training.checkpoint import remove_stale_temporaries, restore, resume_line
-from swapseg.training.compiling import compile_model
+from swapseg.training.compiling import compile_model, compile_notice
 from swapseg.training.config import TrainConfig
 from swapseg.training.datasets import worker_error_message
 from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, engine, run_epochs
@@ -106,6 +106,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     run = engine(ctx, config.trace_step is not None) if config.compile else \
         contextlib.nullcontext(None)
     start_epoch = state.epoch
+    if config.compile and info.is_main:
+        ctx.on_first_step = compile_notice(echo, then=ctx.on_first_step)
     with run as ctx.run_engine:
         stop_reason = run_epochs(ctx, val_loader, sched, log, gen, progress, echo, partial,
                                  last)

@@ -122,6 +122,7 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--out": bad("--out", "{under_file}"), "--empty": bad("--empty", "zero"),
         "--overlays": bad("--overlays", "many", "-1"),
         "--convention": bad("--convention", "brats1999"), "--no-progress": SWITCH,
+        "--only-predicted": SWITCH,
     },
     "plan": {
         "--model": bad("--model", "nosuch", "nosuch.module:Net"),

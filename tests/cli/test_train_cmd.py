@@ -20,7 +20,7 @@ def _train(data: Path, out: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("text, value", [("16GiB", 16 * 2**30), ("500MB", 500 * 10**6),
-                                         ("1e9", 10**9), ("2 kib", 2048)])
+                                         ("1e9B", 10**9), ("2 kib", 2048)])
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 

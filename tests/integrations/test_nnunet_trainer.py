@@ -116,13 +116,19 @@ def test_full_image_trainer_stops_with_the_missing_bytes(
     assert t.dataloader_train is None
 
 
+@pytest.mark.parametrize("value, words", [
+    ("12 parsecs", "SWAPSEG_MEMORY_BUDGET: not a memory size"),
+    ("6", "SWAPSEG_MEMORY_BUDGET: memory size '6' has no unit: write 6GiB"),  # not 6 bytes
+])
 def test_bad_budget_is_one_line(nnunet_env: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+                                capsys: pytest.CaptureFixture[str], value: str,
+                                words: str) -> None:
     t = _trainer(nnUNetTrainerSwap)
-    monkeypatch.setenv(BUDGET_ENV, "12 parsecs")
+    monkeypatch.setenv(BUDGET_ENV, value)
     with pytest.raises(SystemExit):
         t.choose_swap_plan()
-    assert "SWAPSEG_MEMORY_BUDGET: not a memory size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_nnunet_finds_the_trainers_in_the_ext_folder() -> None:

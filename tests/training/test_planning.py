@@ -49,7 +49,7 @@ def test_fit_check_refuses_in_one_line_and_names_the_ways_out(monkeypatch):
     assert "\n" not in msg and str(3 * 2**20 + data) in msg
     assert "--shape" in msg and "--zoom" in msg and "--swap auto --memory-budget" in msg
     # 10% of what is free stays free: a peak just under 90% of it fits
-    monkeypatch.setenv(AVAILABLE_ENV, str(int((3 * 2**20 + data) / 0.9) + 1))
+    monkeypatch.setenv(AVAILABLE_ENV, f"{int((3 * 2**20 + data) / 0.9) + 1}B")
     lines = []
     planning.check_fits(cfg, _pred(), CPU, 3, echo=lines.append)
     assert lines and "6 s per epoch of 3 steps" in lines[0]
