@@ -61,7 +61,7 @@ def test_the_default_demo_stops_by_epochs_and_says_how_long_up_front(tmp_path, m
                                                                         capsys):
     """Under load the time guard used to stop it at epoch 14 of 25, with another Dice than
     the README's; now it stops by epochs and says what to expect."""
-    from swapseg.training.demo import demo_config
+    from swapseg.experiments.demo import demo_config
 
     config = demo_config(tmp_path)
     assert config.max_train_s is None and config.max_epochs == 25 and config.shape == (48,) * 3
