@@ -18,7 +18,7 @@ MAX_LINES = 400
 #: package -> the swapseg packages it may import (besides itself and third parties)
 ALLOWED = {
     "offload": {"swapseg.offload", "swapseg.errors"},
-    "planner": {"swapseg.offload", "swapseg.errors", "swapseg.planner"},
+    "planner": {"swapseg.offload", "swapseg.errors", "swapseg.planner", "swapseg.sizes"},
 }
 
 

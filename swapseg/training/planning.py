@@ -172,7 +172,7 @@ def resolve_auto(config: TrainConfig, budget_bytes: int, path: str | Path,
     once the run is known to fit, so a refused run leaves nothing behind.
     """
     from swapseg.devices import resolve_device
-    from swapseg.planner.choose import choose_plan, resolve_profile
+    from swapseg.planner.choose import plan_memory
     from swapseg.training.model import build_model
 
     path = Path(path)
@@ -190,10 +190,12 @@ def resolve_auto(config: TrainConfig, budget_bytes: int, path: str | Path,
     model = model if model is not None else build_model(config)
     device = resolve_device(config.device)
     loss, dtype, tier = _trace_loss(config), autocast_dtype(config.precision), _tier(device)
-    prof = resolve_profile("local", model, shape, tier, loss, dtype)
-    plan = choose_plan(model, shape, prof, budget_bytes, loss_fn=loss, autocast_dtype=dtype,
-                       tier=tier)
-    pred = predict(config, model, plan, device, prof)
+    found = plan_memory(model, shape, "local", budget_bytes=budget_bytes, loss_fn=loss,
+                        autocast_dtype=dtype, tier=tier)  # one trace: its evidence is used
+    plan, r, base = found.plan, found.predicted, found.keep_all
+    pred = Prediction(r.peak_bytes, r.peak_saved_bytes, r.step_s, base.step_s,
+                      r.swapped_tensors, r.swapped_bytes, r.recomputed_tensors, shape,
+                      f"{found.profile.name}: calibrated local profile")
     line = plan_line(plan, pred, budget_bytes)
     echo(line)
     record = {"plan": plan.to_dict(), "budget_bytes": budget_bytes,
