@@ -279,7 +279,8 @@ def _scope_hooks(model: nn.Module, rec: _Recorder, module_inputs: dict[str, list
 
 def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> Any:
     def pack(t: torch.Tensor) -> Any:
-        if t.untyped_storage()._cdata in params:
+        # as the swap engine: parameters, buffers and empty storages make no entry
+        if t.untyped_storage()._cdata in params or t.untyped_storage().nbytes() == 0:
             return ("param", t)
         uid = rec.uid_of(t)
         if uid is None:  # saved before we saw it (e.g. a buffer): treat as a step input
@@ -361,7 +362,8 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
                    for n, p in real_params.items()}
         fbuffers = {n: fm.from_tensor(b) for n, b in real_buffers.items()}
         x = torch.empty(input_shape, dtype=dtype)
-        param_keys = {p.untyped_storage()._cdata for p in fparams.values()}
+        param_keys = {p.untyped_storage()._cdata for p in [*fparams.values(),
+                                                            *fbuffers.values()]}
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
                 _saved_hooks(rec, param_keys, saved):
             rec.register(x, "input")

@@ -170,8 +170,8 @@ def test_swap_auto_for_all_folds_plans_once(tmp_path, synth, monkeypatch):
     from swapseg.planner import choose
 
     calls = []
-    real = choose.choose_plan
-    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = choose.plan_memory
+    monkeypatch.setattr(choose, "plan_memory", lambda *a, **k: calls.append(1) or real(*a, **k))
     run = tmp_path / "cv"
     assert _train(synth, run, "--epochs", "1", "--folds", "3", "--fold", "all",
                   "--swap", "auto", "--memory-budget", "64MiB") == 0

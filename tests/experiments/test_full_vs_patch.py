@@ -96,8 +96,8 @@ def test_swap_auto_is_planned_once_for_every_fold(tmp_path: Path, monkeypatch) -
     from swapseg.planner import choose
 
     calls = []
-    real = choose.choose_plan
-    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = choose.plan_memory
+    monkeypatch.setattr(choose, "plan_memory", lambda *a, **k: calls.append(1) or real(*a, **k))
     data = _synth(tmp_path / "data", 4, 16)
     base = tiny(data=str(data), out=str(tmp_path / "exp"), folds=3, max_epochs=1)
     run_full_vs_patch(base, tmp_path / "exp", swap="auto", memory_budget=64 * 2**20,
