@@ -6,10 +6,13 @@ timeline: at the step's peak op, the storages saved before it and needed after i
 what swapping can free there. Those whose copy-out and copy-in fit in the time between
 their save and their first use (the link's transfer window) go first, largest first,
 until the bytes freed cover the excess; then the plan is simulated again, and the pass
-repeats at the new peak. The set found is offered at several prefetch depths and, on
-the disk tier, several in-flight bounds; the search simulates each and keeps the
-fastest that fits. Plans name storages by forward index (``SwapPolicy.storages``), so
-the engine carries them out exactly.
+repeats at the new peak. A pruning pass then keeps on the device, latest saved first
+(backward needs those soonest, so their copies are the likeliest to stall it), every
+storage whose swap the plan can do without: it still fits and is predicted no slower.
+Both sets are offered at several prefetch depths and, on the disk tier, several
+in-flight bounds; the search simulates each and keeps the fastest that fits. Plans
+name storages by forward index (``SwapPolicy.storages``), so the engine carries them
+out exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from swapseg.planner.devices import DeviceProfile
 from swapseg.planner.simulate import SimResult, simulate, swap_mode
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["storage_plans", "PREFETCH_DEPTHS", "INFLIGHT_BOUNDS"]
+__all__ = ["storage_plans", "greedy_set", "prune", "PREFETCH_DEPTHS", "INFLIGHT_BOUNDS"]
 
 #: Prefetch depths each per-storage set is offered at.
 PREFETCH_DEPTHS = (1, 2, 4, 8, 20)
@@ -32,6 +35,12 @@ INFLIGHT_BOUNDS = (-1, 2**30, 2 * 2**30)
 
 #: Re-simulations the greedy pass may take before it gives up.
 MAX_ROUNDS = 24
+
+#: Storages the pruning pass tries to keep (one simulation each).
+MAX_PRUNE = 64
+
+#: The prefetch depth the greedy and pruning passes simulate at.
+PASS_PREFETCH = 8
 
 
 @dataclass(frozen=True)
@@ -81,22 +90,52 @@ def greedy_set(trace: StepTrace, dev: DeviceProfile, usable: int,
             freed += s.nbytes
             if freed >= excess:
                 break
-        r = simulate(trace, dev, SwapPolicy(storages=tuple(sorted(chosen)), prefetch=8))
+        r = simulate(trace, dev, SwapPolicy(storages=tuple(sorted(chosen)),
+                                            prefetch=PASS_PREFETCH))
     return tuple(sorted(chosen))
+
+
+def prune(trace: StepTrace, dev: DeviceProfile, usable: int,
+          chosen: tuple[int, ...]) -> tuple[int, ...]:
+    """``chosen`` less the storages, latest saved first, whose swap the plan can do
+    without: it still fits ``usable`` and is predicted no slower."""
+    keep = list(chosen)
+
+    def run(storages: list[int]) -> SimResult:
+        return simulate(trace, dev, SwapPolicy(storages=tuple(storages),
+                                               prefetch=PASS_PREFETCH))
+
+    best = run(keep)
+    if best.peak_bytes > usable:
+        return chosen
+    for i in sorted(chosen, reverse=True)[:MAX_PRUNE]:
+        trial = [x for x in keep if x != i]
+        if not trial:
+            break
+        r = run(trial)
+        if r.peak_bytes <= usable and r.step_s <= best.step_s:
+            keep, best = trial, r
+    return tuple(keep)
 
 
 def storage_plans(trace: StepTrace, dev: DeviceProfile, usable: int,
                   keep: SimResult) -> list[MemoryPlan]:
-    """The greedy set at every prefetch depth (and in-flight bound on the disk tier)."""
-    chosen = greedy_set(trace, dev, usable, keep)
-    if not chosen:
+    """The greedy set and its pruned subset at every prefetch depth (and in-flight bound
+    on the disk tier)."""
+    greedy = greedy_set(trace, dev, usable, keep)
+    if not greedy:
         return []
+    sets = [greedy]
+    pruned = prune(trace, dev, usable, greedy)
+    if pruned != greedy:
+        sets.append(pruned)
     bounds = INFLIGHT_BOUNDS if swap_mode(SwapPolicy(), dev) == "disk" else (-1,)
     plans = []
-    for pf in PREFETCH_DEPTHS:
-        for b in bounds:
-            name = f"per-storage-{len(chosen)}-pf{pf}" + (f"-inflight{b >> 20}MiB"
-                                                           if b >= 0 else "")
-            plans.append(MemoryPlan(SwapPolicy(storages=chosen, prefetch=pf,
-                                               max_inflight_bytes=b), name=name))
+    for chosen in sets:
+        for pf in PREFETCH_DEPTHS:
+            for b in bounds:
+                name = f"per-storage-{len(chosen)}-pf{pf}" + (f"-inflight{b >> 20}MiB"
+                                                               if b >= 0 else "")
+                plans.append(MemoryPlan(SwapPolicy(storages=chosen, prefetch=pf,
+                                                   max_inflight_bytes=b), name=name))
     return plans
