@@ -7,17 +7,17 @@ op temporaries) and peak saved bytes resident (what the engine's ``peak_device_b
 counts), plus the timeline as data.
 
 Semantics follow the engine (DESIGN.md): a swapped storage leaves the device once its
-copy-out ends and no forward code still holds it; in backward, the unpack at position p
-of the swapped-unpack order starts the swap-in of positions p+1..p+prefetch, the first
-window starts when backward starts, and a swap-in cannot start before the copy-out of the
+copy-out ends and no forward code still holds it; in backward, the first unpack of the
+entry at position p of the unpack order (every storage the engine's hooks see, kept or
+swapped) starts the swap-in of positions p+1..p+prefetch, the first window starts when
+backward starts, and a swap-in cannot start before the copy-out of the
 same storage ended. Recomputed scopes rerun their forward ops just before the first
 backward op that needs one of their saved tensors.
 
-The first step is simulated apart: the engine has not seen an unpack order yet, so it
-prefetches in reverse forward order over all its entries; a storage needed out of that
-order is copied in on demand, and one prefetched early stays resident longer. A plan's
-``peak_bytes`` is the higher of the first step's and the later steps' peaks, so a plan
-that fits fits on every step.
+The first step is simulated apart: with no unpack order learned yet, the engine
+prefetches in reverse forward order; a storage needed out of that order is copied in on
+demand, one prefetched early stays resident longer. ``peak_bytes`` is the higher of the
+first and later steps' peaks, so a plan that fits fits on every step.
 """
 
 from __future__ import annotations
@@ -199,15 +199,17 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                first_step: bool = False) -> dict[str, Any]:
     """Walk the ops in order; returns op start/end times and copy intervals per storage.
 
-    Prefetch windows run over the swapped-unpack order the engine learned in the step
-    before; on the ``first_step`` over reverse forward order of all its entries."""
+    Prefetch windows run over the unpack order of all entries the engine learned in the
+    step before; on the ``first_step`` over their reverse forward order."""
     uniq = trace.unique_saved()
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
     is_swapped = set(swapped)
     first_use = {u: min((x for r in recs for x in r.uses), default=len(trace.ops))
                  for u, recs in uniq.items()}
-    order = sorted(swapped, key=lambda u: first_use[u])     # swapped-unpack order
-    if first_step:  # every entry's first unpack starts the next window
+    # the engine's entries (every storage its hooks see), in the order backward unpacks
+    # them: each first unpack, kept or swapped, starts the next window
+    order = sorted((u for u in uniq if dec.fate[u] != RECOMPUTE), key=first_use.__getitem__)
+    if first_step:  # no order learned yet: reverse forward order
         order = [u for u in reversed(list(uniq)) if dec.fate[u] != RECOMPUTE]
     pos = {u: i for i, u in enumerate(order)}
     out_at = {u: uniq[u][0].packed_at for u in swapped}

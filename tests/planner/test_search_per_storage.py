@@ -39,8 +39,9 @@ def test_chosen_is_no_slower_than_the_best_named_candidate(trace, frac):
     # the search's own order (time within 0.1%, then fewer bytes moved, ...)
     assert rank(res.chosen.result, base) <= rank(best.result, base)
     assert res.chosen.result.step_s <= best.result.step_s * 1.001
-    depths = {c.swap.prefetch for c in per}
-    assert depths == {1, 2, 4, 8, 20}  # the prefetch depth is tuned
+    offered = storage_plans(trace, DEV, res.usable_bytes, res.candidates[0].result)
+    assert {p.swap.prefetch for p in offered} == {1, 2, 4, 8, 20}  # the depth is tuned
+    assert {c.plan for c in per} <= {p.concrete("cuda") for p in offered}  # listed once
 
 
 def test_no_per_storage_plans_when_keeping_everything_fits(trace):
