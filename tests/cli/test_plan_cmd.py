@@ -4,6 +4,7 @@ import pytest
 
 from swapseg.cli import main
 from swapseg.offload.policy import MemoryPlan
+from swapseg.training.planning import read_plan_file
 
 
 def test_plan_writes_json_and_timeline(tmp_path, capsys):
@@ -29,6 +30,8 @@ def test_plan_writes_json_and_timeline(tmp_path, capsys):
     assert plan.name == d["chosen"]["name"] and plan.to_dict() == d["memory_plan"]
     assert plan.model_class == "swapseg.models.unet3d:Isensee3DUNet"
     assert plan.swap is None or plan.swap.tier == "cuda"  # concrete for the profile's GPU
+    # the report can be given to --swap FILE as well: it is read for the plan it holds
+    assert read_plan_file(out / "plan_search.json", "plan_search.json") == plan
     text = capsys.readouterr().out
     assert "paper-config-4" in text and f"chosen: {d['chosen']['name']}" in text
 
