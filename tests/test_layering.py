@@ -77,8 +77,6 @@ PENDING: dict[str, set[str]] = {
                             "swapseg.progress"},
     "cli/nnunet_cmd.py": {"swapseg.integrations.nnunet", "swapseg.integrations.nnunet.dataset",
                           "swapseg.integrations.nnunet.trainer", "torch"},
-    "cli/plan_cmd.py": {"swapseg.planner.profiles", "swapseg.errors",
-                        "swapseg.experiments.plan_report", "swapseg.models.registry"},
     "experiments/demo.py": {"swapseg.data.synthetic", "swapseg.evaluation.evaluate",
                             "swapseg.predict.inference", "swapseg.training.loop"},
     "experiments/largest.py": {"swapseg.envinfo"},
