@@ -36,7 +36,7 @@ from swapseg.experiments.largest_probe import copy_rates
 from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.measure import train_step
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.transport import DiskTransport

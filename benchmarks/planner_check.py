@@ -37,7 +37,7 @@ from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import apply_plan
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
 from swapseg.planner.calibrate import calibrate, calibrate_step, calibrate_tier, calibrated

@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     from swapseg.experiments.methods_bench import dice_loss
     from swapseg.models.registry import build_model
     from swapseg.offload import MemoryPlan
-    from swapseg.offload.engine import swap_activations
+    from swapseg.offload.apply import swap_activations
     from swapseg.offload.measure import train_step
     from swapseg.offload.recompute import recompute
 

@@ -41,7 +41,7 @@ class EventLog:
             return
         st = self.stats
         ev: dict[str, Any] = {"t": time.perf_counter() - st.t0, "kind": kind,
-                              "step": st.steps, "resident_bytes": st.device_bytes}
+                              "step": st.forwards, "resident_bytes": st.device_bytes}
         if e is not None:
             ev.update(self._tag(e))
         ev.update(extra)
@@ -55,7 +55,7 @@ class EventLog:
             if stall:
                 self.stats.wait_s += ticket.wait_s
             return
-        item = (direction, self._tag(e), self.stats.steps, ticket, stall)
+        item = (direction, self._tag(e), self.stats.forwards, ticket, stall)
         if ticket.timed():
             self._settle(*item)
         else:

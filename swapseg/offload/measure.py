@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.stats import SwapStats
 from swapseg.offload.tracker import ScopeTracker

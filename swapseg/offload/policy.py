@@ -13,6 +13,7 @@ engine, the recompute wrapper and the planner's simulator share.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -22,7 +23,7 @@ from swapseg.offload.record import Record, json_object
 
 __all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "ConcreteTier",
            "RecomputeMode", "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches",
-           "read_plan", "concrete_tier"]
+           "read_plan", "concrete_tier", "as_plan"]
 
 Tier = Literal["auto", "cuda", "host", "disk"]
 TIERS: tuple[str, ...] = get_args(Tier)
@@ -71,6 +72,14 @@ def scope_matches(scope: str, globs: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
 
 
+def _globs(value: str | Iterable[str], what: str) -> tuple[str, ...]:
+    globs = (value,) if isinstance(value, str) else tuple(value)
+    for g in globs:
+        if not isinstance(g, str):
+            raise InputError(f"{what} globs must be strings, got {g!r}")
+    return globs
+
+
 @dataclass(frozen=True)
 class SwapPolicy(Record):
     what = "policy"
@@ -98,11 +107,13 @@ class SwapPolicy(Record):
     tier: Tier = "auto"
     """Where swapped bytes go: ``cuda`` (pinned host memory over side streams), ``host``
     (CPU copies through a thread pool), ``disk`` (files in ``disk_dir``), or ``auto``
-    (``cuda`` for CUDA tensors, ``host`` otherwise)."""
+    (the tier that frees the device's memory: ``cuda`` for CUDA tensors, ``disk`` for CPU
+    ones; see :func:`concrete_tier`)."""
 
     disk_dir: str | None = None
-    """Directory of the disk tier; None uses the system temporary directory (the files
-    there have no names, so nothing is left behind)."""
+    """Directory of the disk tier, which must exist (it is never created); None uses the
+    system temporary directory (the files there have no names, so nothing is left
+    behind)."""
 
     max_inflight_bytes: int = -1
     """Forward waits while more copy-out bytes than this are in flight, so a slow tier
@@ -111,9 +122,10 @@ class SwapPolicy(Record):
     ``DISK_INFLIGHT_BYTES`` for the disk tier, no bound for the others)."""
 
     def __post_init__(self) -> None:
-        # lists from JSON or the CLI become tuples, so the policy stays hashable
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        # lists from JSON or the CLI become tuples, so the policy stays hashable; a bare
+        # string is one glob, not a tuple of its characters
+        object.__setattr__(self, "include", _globs(self.include, "include"))
+        object.__setattr__(self, "exclude", _globs(self.exclude, "exclude"))
         if self.n_tensors < -1:
             raise InputError(f"n_tensors must be -1 (all) or >= 0, got {self.n_tensors}")
         if self.min_bytes < 0:
@@ -127,6 +139,9 @@ class SwapPolicy(Record):
             raise InputError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
         if self.disk_dir is not None and self.tier not in ("disk", "auto"):
             raise InputError(f"disk_dir is only used by the disk tier, not {self.tier!r}")
+        if self.disk_dir is not None and not os.path.isdir(self.disk_dir):
+            raise InputError(f"disk_dir {self.disk_dir}: no such directory (the disk tier "
+                             "does not create it)")
 
     def concrete(self, device_type: str) -> SwapPolicy:
         """This policy with its tier made concrete for ``device_type`` (``concrete_tier``)."""
@@ -175,6 +190,10 @@ class MemoryPlan(Record):
     """Which scopes are checkpointed and how; None recomputes nothing."""
     name: str = ""
     """The planner's candidate name (e.g. ``swap-all-lb8``); informational."""
+    model_class: str = ""
+    """``module:QualName`` of the model the plan was made for, whose module names its
+    globs are relative to; the integrations find that module inside a wrapper (a
+    LightningModule). ``""``: any model, scopes relative to the model given."""
 
     def __post_init__(self) -> None:
         if self.swap is not None and not isinstance(self.swap, SwapPolicy):
@@ -183,6 +202,7 @@ class MemoryPlan(Record):
             raise InputError("plan recompute must be a RecomputePolicy, got "
                              f"{type(self.recompute).__name__}")
         object.__setattr__(self, "name", str(self.name))
+        object.__setattr__(self, "model_class", str(self.model_class))
 
     def concrete(self, device_type: str) -> MemoryPlan:
         """This plan with its swap tier made concrete for ``device_type``: the plan that
@@ -201,10 +221,22 @@ class MemoryPlan(Record):
         return d
 
 
+def as_plan(plan: MemoryPlan | SwapPolicy | None, what: str = "plan") -> MemoryPlan:
+    """A ``MemoryPlan``; a ``SwapPolicy`` is the plan that only swaps, None the empty plan."""
+    if plan is None:
+        return MemoryPlan()
+    if isinstance(plan, SwapPolicy):
+        return MemoryPlan(swap=plan)
+    if isinstance(plan, MemoryPlan):
+        return plan
+    raise InputError(f"{what} must be a MemoryPlan, a SwapPolicy or None, "
+                     f"got {type(plan).__name__} {plan!r:.60}")
+
+
 def read_plan(text: str, what: str = "plan") -> MemoryPlan:
     """A plan file's text: ``MemoryPlan`` JSON (what ``swapseg plan`` writes to
     memory_plan.json), or a bare ``SwapPolicy`` JSON, read as a plan that only swaps."""
     d = json_object(text, what)
-    if set(d) <= {"swap", "recompute", "name"}:
+    if set(d) <= {"swap", "recompute", "name", "model_class"}:
         return MemoryPlan.from_dict(d)
     return MemoryPlan(swap=SwapPolicy.from_dict(d))

@@ -224,7 +224,7 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     step; the shortfall is fitted by least squares as ``copies x disk_copy_overhead_s +
     bytes x disk_copy_s_per_byte``. Returns the profile and the per-shape measurements.
     """
-    from swapseg.offload.engine import swap_activations
+    from swapseg.offload.run import OffloadEngine
     from swapseg.offload.policy import SwapPolicy
     from swapseg.planner.simulate import simulate
     from swapseg.planner.trace import trace_step
@@ -235,11 +235,16 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     for shape in shapes:
         x = torch.randn(shape)
         walls = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            with swap_activations(model, policy) as st:
-                train_step(model, x, loss_fn)
-            walls.append(time.perf_counter() - t0)
+        # one engine for both steps: the timed step prefetches by the order the warm-up
+        # learned, as a training run's steps do
+        with OffloadEngine(model, policy) as engine:
+            for _ in range(2):
+                t0 = time.perf_counter()
+                with engine.step():
+                    train_step(model, x, loss_fn)
+                walls.append(time.perf_counter() - t0)
+        st = engine.stats.last_step
+        assert st is not None
         model.zero_grad(set_to_none=True)
         pred = simulate(trace_step(model, tuple(shape), loss_fn), base, policy).step_s
         rows.append({"shape": list(shape), "wall_s": walls[-1], "predicted_s": pred,

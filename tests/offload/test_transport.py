@@ -152,7 +152,9 @@ def test_disk_full_is_one_line_naming_folder_and_bytes(tmp_path, monkeypatch):
 
 
 def test_make_transport_tiers(tmp_path):
-    assert make_transport("auto", CPU).kind == "host"
+    auto = make_transport("auto", CPU)  # what frees a CPU's memory: concrete_tier
+    assert auto.kind == "disk"
+    auto.close()
     assert make_transport("host", CPU).kind == "host"
     d = make_transport("disk", CPU, disk_dir=str(tmp_path))
     assert d.kind == "disk"
