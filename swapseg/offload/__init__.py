@@ -32,7 +32,8 @@ from swapseg.offload.run import OffloadEngine
 from swapseg.offload.stats import ScopeStats, SwapStats
 from swapseg.offload.transport import BufferPool, clear_pools, get_pool
 
-__all__ = ["OffloadEngine", "swap_activations", "SwapEngine", "as_plan", "concrete_tier", "SwapPolicy", "RecomputePolicy", "MemoryPlan",
+__all__ = ["OffloadEngine", "swap_activations", "SwapEngine", "as_plan", "concrete_tier",
+           "SwapPolicy", "RecomputePolicy", "MemoryPlan",
            "apply_plan", "recompute", "scope_matches", "TIERS", "SwapStats", "ScopeStats",
            "BufferPool", "get_pool", "clear_pools", "plot_timeline"]
 

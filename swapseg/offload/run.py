@@ -103,6 +103,11 @@ class OffloadEngine:
         return None if self._swap is None else self._swap.policy
 
     @property
+    def in_step(self) -> bool:
+        """A step is open (between ``begin_step`` and ``end_step``)."""
+        return self._before is not None
+
+    @property
     def recomputed(self) -> list[str]:
         """Qualified names of the checkpointed modules."""
         return [n for n, _ in self._wrapped]
@@ -133,7 +138,9 @@ class OffloadEngine:
         return self._stats
 
     def end_step(self, error: BaseException | None = None) -> None:
-        """End the open step (idempotent). After ``error`` the step's entries are released."""
+        """End the open step (idempotent). After ``error`` the step's entries are released
+        and the step is not counted (``stats.steps`` and ``last_step`` are of finished
+        steps)."""
         before, self._before = self._before, None
         if before is None:
             return
@@ -143,8 +150,12 @@ class OffloadEngine:
                 hooks.__exit__(None, None, None)
             if self._swap is not None:
                 self._swap.end_step(error=error is not None)
+        except BaseException:
+            error = error or RuntimeError("the step's copies failed")
+            raise
         finally:
-            self._stats.end_step(before)
+            if error is None:
+                self._stats.end_step(before)
 
     @contextlib.contextmanager
     def step(self) -> Iterator[SwapStats]:

@@ -132,7 +132,7 @@ class SwapStats:
         if self.device_bytes > self._step_peak:
             self._step_peak = self.device_bytes
             if self.device_bytes > self.peak_device_bytes:
-                self.peak_device_bytes = self._step_peak = self.device_bytes
+                self.peak_device_bytes = self.device_bytes
 
     def begin_step(self) -> SwapStats:
         """A step starts: its peak window opens; returns the counters to subtract at its end."""
@@ -160,29 +160,6 @@ class SwapStats:
     def reset_peak(self) -> None:
         """Start a new peak window from the current resident bytes."""
         self.peak_device_bytes = self._step_peak = self.device_bytes
-
-    def begin_step(self) -> SwapStats:
-        """A step starts: its peak window opens; returns the counters to subtract at its end."""
-        self._step_peak = self.device_bytes
-        snap = SwapStats(**{k: getattr(self, k) for k in _COUNTERS})
-        snap.by_scope = {k: ScopeStats(**v.as_dict()) for k, v in self.by_scope.items()}
-        return snap
-
-    def end_step(self, before: SwapStats) -> SwapStats:
-        """The step that ``begin_step`` returned ``before`` for has ended: its own figures
-        become ``last_step`` (and are returned)."""
-        self.steps += 1
-        step = SwapStats(**{k: getattr(self, k) - getattr(before, k) for k in _COUNTERS},
-                         device_bytes=self.device_bytes, peak_device_bytes=self._step_peak,
-                         t0=self.t0)
-        for name, sc in self.by_scope.items():
-            old = before.by_scope.get(name)
-            d = sc.as_dict() if old is None else {k: v - getattr(old, k)
-                                                   for k, v in sc.as_dict().items()}
-            if any(d.values()):
-                step.by_scope[name] = ScopeStats(**d)
-        self.last_step = step
-        return step
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (events excluded; see ``events``)."""

@@ -224,8 +224,8 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     step; the shortfall is fitted by least squares as ``copies x disk_copy_overhead_s +
     bytes x disk_copy_s_per_byte``. Returns the profile and the per-shape measurements.
     """
-    from swapseg.offload.run import OffloadEngine
     from swapseg.offload.policy import SwapPolicy
+    from swapseg.offload.run import OffloadEngine
     from swapseg.planner.simulate import simulate
     from swapseg.planner.trace import trace_step
 

@@ -14,7 +14,6 @@ step it reports the measured peak (``training.planning``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
+from swapseg.offload import OffloadEngine
 from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training import planning as plans
@@ -35,7 +35,7 @@ from swapseg.training.checkpoint import remove_stale_temporaries, restore, resum
 from swapseg.training.compiling import compile_model
 from swapseg.training.config import TrainConfig
 from swapseg.training.datasets import worker_error_message
-from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, engine, run_epochs
+from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, run_epochs
 from swapseg.training.losses import make_loss
 from swapseg.training.model import build_model, model_kwargs
 from swapseg.training.precision import MixedPrecision
@@ -101,12 +101,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
               run_dir, state, SwapLog(config.swap), info)
     if config.plan is not None and info.is_main:
         ctx.on_first_step = _first_step_report(config, device, plan_path, echo)
-    # --compile: one engine context for the run, since each new context registers new
-    # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
-    run = engine(ctx, config.trace_step is not None) if config.compile else \
-        contextlib.nullcontext(None)
     start_epoch = state.epoch
-    with run as ctx.run_engine:
+    # one engine for the run: it learns the unpack order in one step and prefetches by it
+    # in the next, and its module hooks, registered once, keep --compile's guards valid
+    with OffloadEngine(model, config.plan) as ctx.engine:
         stop_reason = run_epochs(ctx, val_loader, sched, log, gen, progress, echo, partial,
                                  last)
     if resume and state.epoch == start_epoch and info.is_main:

@@ -1,11 +1,9 @@
 """Swap statistics of a training run: the first step, the average step, per epoch.
 
-The training loop holds one swap context per epoch; the engine's counters are cumulative
-over it. A step's figures are the differences of ``SwapStats.as_dict()`` taken before and
-after it; ``peak_device_bytes`` is the running peak of the context at the end of the
-step (the engine keeps no per-step peak), which for a static graph is the step's own peak.
-This module keeps the first step whole (with its per-scope table), averages the numeric
-fields per epoch and over the run, writes them to ``swap_stats.json`` and gives the
+The training loop holds one ``OffloadEngine`` for the run; a step's figures are the
+engine's ``stats.last_step`` (its counters, its own peak). This module keeps the first
+step whole (with its per-scope table), averages the numeric fields per epoch and over the
+run, writes them to ``swap_stats.json`` and gives the
 per-epoch averages that go into log.csv.
 """
 
@@ -47,8 +45,8 @@ class SwapLog:
         self.run = _Mean()
         self.epochs: dict[int, _Mean] = {}
 
-    def add_step(self, before: dict[str, Any], after: dict[str, Any], epoch: int) -> None:
-        d = step_delta(before, after)
+    def add_step(self, d: dict[str, Any], epoch: int) -> None:
+        """One step's own figures (``SwapStats.last_step.as_dict()``)."""
         if self.first_step is None:
             self.first_step = d
         self.run.add(d)
@@ -68,27 +66,6 @@ class SwapLog:
         })
 
 
-#: Fields that are levels or peaks, not counters: a step reports the value after it.
-_LEVELS = ("device_bytes", "peak_device_bytes")
-
-
-def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """One step's figures from two snapshots of the cumulative counters."""
-    out: dict[str, Any] = {}
-    for k, v in after.items():
-        if k == "by_scope":
-            continue
-        if k in _LEVELS or not isinstance(v, (int, float)) or isinstance(v, bool):
-            out[k] = v
-        else:
-            out[k] = v - before.get(k, 0)
-    scopes_before = before.get("by_scope", {})
-    out["by_scope"] = {
-        name: {f: c - scopes_before.get(name, {}).get(f, 0) for f, c in sc.items()}
-        for name, sc in after.get("by_scope", {}).items()}
-    return out
-
-
 def _event_dict(e: Any) -> Any:
     if hasattr(e, "as_dict"):
         return e.as_dict()
@@ -100,15 +77,15 @@ def _event_dict(e: Any) -> Any:
 def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
     """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``.
 
-    The events of the step are those the engine numbered with its step counter at the end
-    of the step (the epoch's context counts its own forwards from 1); engines whose events
+    The events of the step are those the engine numbered with its forward count at the
+    end of the step (the run's engine counts forwards from 1); engines whose events
     carry no step number are cut by ``window``, the step's (start, end) in the engine's
     clock (seconds since ``stats.t0``).
     """
     from swapseg.offload.timeline import plot_timeline
 
     events = [_event_dict(e) for e in (getattr(stats, "events", None) or [])]
-    engine_step = getattr(stats, "steps", None)
+    engine_step = getattr(stats, "forwards", None)
     if events and all(isinstance(e, dict) and "step" in e for e in events):
         events = [e for e in events if e["step"] == engine_step]
     else:
