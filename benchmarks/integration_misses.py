@@ -1,7 +1,8 @@
 """Prefetch misses per training step of each integration (MONAI, Lightning, StepSwapper).
 
-Each integration trains a U-Net with skip connections (MONAI's DynUNet) for a few steps
-with ``SwapPolicy(tier="host", prefetch=4)`` and prints the misses of every step, read as
+Each integration trains a U-Net with skip connections (MONAI's DynUNet, 4 levels) for a
+few steps, in two settings: plain blocks with ``SwapPolicy(tier="host", prefetch=1)``, and
+residual blocks with ``prefetch=4``, and prints the misses of every step, read as
 differences of the integration's cumulative stats, which both the engine before the
 run-long rewrite (a context per step) and after it report. Run it against any source
 tree::
@@ -25,12 +26,17 @@ import swapseg
 STEPS = 4
 
 
+#: (name, DynUNet res_block, prefetch)
+SETTINGS = (("plain blocks, prefetch 1", False, 1), ("residual blocks, prefetch 4", True, 4))
+_SETTING = {"res_block": False, "prefetch": 1}
+
+
 def _net() -> torch.nn.Module:
     from monai.networks.nets import DynUNet
     torch.manual_seed(0)
     return DynUNet(spatial_dims=3, in_channels=1, out_channels=2, kernel_size=[3, 3, 3, 3],
                    strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2], filters=[4, 8, 16, 32],
-                   norm_name="instance")
+                   norm_name="instance", res_block=_SETTING["res_block"])
 
 
 def _data(side: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -41,7 +47,7 @@ def _data(side: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def _policy():  # noqa: ANN202 - the tree's own SwapPolicy
     from swapseg.integrations._plan import SwapPolicy
-    return SwapPolicy(tier="host", prefetch=4)
+    return SwapPolicy(tier="host", prefetch=_SETTING["prefetch"])
 
 
 def _per_step(totals: list[int]) -> list[int]:
@@ -116,9 +122,11 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=32, help="cube side of the input")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out = {"source": swapseg.__file__, "side": args.side, "steps": STEPS,
-           "monai": monai_misses(args.side), "lightning": lightning_misses(args.side),
-           "step_swapper": steps_misses(args.side)}
+    out: dict = {"source": swapseg.__file__, "side": args.side, "steps": STEPS}
+    for name, res_block, prefetch in SETTINGS:
+        _SETTING.update(res_block=res_block, prefetch=prefetch)
+        out[name] = {"monai": monai_misses(args.side), "lightning": lightning_misses(args.side),
+                     "step_swapper": steps_misses(args.side)}
     print(json.dumps(out))
 
 

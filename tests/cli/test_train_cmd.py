@@ -229,6 +229,7 @@ def test_disk_tier_short_of_space_warns_in_one_line(tmp_path, synth, capsys, mon
     monkeypatch.setattr(disk, "disk_shortfall",
                         lambda folder, nbytes: seen.append((folder, nbytes)) or 12345)
     disk_dir = tmp_path / "swapdisk"
+    disk_dir.mkdir()  # the disk tier never creates its folder
     assert _train(synth, tmp_path / "run", "--epochs", "1", "--swap", "all", "--swap-tier",
                   "disk", "--swap-disk-dir", str(disk_dir)) == 0
     warn = [ln for ln in capsys.readouterr().out.splitlines() if "disk tier's folder" in ln]
