@@ -54,8 +54,8 @@ def _fit(callbacks: list, fail_at: int | None = None, epochs: int = 1) -> Module
     return module
 
 
-@pytest.mark.parametrize("plan", [SwapPolicy(prefetch=2),
-                                  MemoryPlan(swap=SwapPolicy(exclude=("net.head",)))])
+@pytest.mark.parametrize("plan", [SwapPolicy(prefetch=2, tier="host"),
+                                  MemoryPlan(swap=SwapPolicy(exclude="net.head", tier="host"))])
 def test_callback_swaps_and_matches_plain_training(plan: SwapPolicy | MemoryPlan) -> None:
     plain = _fit([])
     cb = SwapCallback(plan)

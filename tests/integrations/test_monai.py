@@ -33,7 +33,7 @@ def _trainer(epochs: int = 2, fail: bool = False) -> SupervisedTrainer:
 
 def test_swapped_run_matches_plain_run_bitwise() -> None:
     plain, swapped, short = _trainer(), _trainer(), _trainer(epochs=1)
-    stats = attach_swapping(swapped, SwapPolicy(prefetch=3))
+    stats = attach_swapping(swapped, SwapPolicy(prefetch=3, tier="host"))
     plain.run()
     swapped.run()
     short.run()
