@@ -140,7 +140,7 @@ class _Runner:
         stats = self.step(account=True)
         out: dict[str, Any] = {"step_s": statistics.median(times), "step_s_all": times}
         if stats is not None:
-            out["peak_saved_device_bytes"] = stats.peak_device_bytes
+            out["peak_saved_device_bytes"] = stats.peak_saved_bytes
             out["bytes_copied"] = stats.bytes_out + stats.bytes_in
             out["swapped_tensors"] = stats.swapped
         if profile_peak:

@@ -145,4 +145,4 @@ class StepSwapper:
         s = self.stats
         return {"plan": self.plan.to_dict(), "steps": s.steps, "packed": s.packed,
                 "swapped": s.swapped, "bytes_out": s.bytes_out, "bytes_in": s.bytes_in,
-                "kept": s.kept, "peak_device_bytes": s.peak_device_bytes}
+                "kept": s.kept, "peak_saved_bytes": s.peak_saved_bytes}

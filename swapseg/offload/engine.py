@@ -105,7 +105,7 @@ class SwapEngine:
             self._branches = BranchSwapper(self, model, lead=policy.prefetch)
 
     def resident_bytes(self) -> int:
-        """Bytes of the live entries in a resident state (equals ``stats.device_bytes``)."""
+        """Bytes of the live entries in a resident state (equals ``stats.saved_bytes``)."""
         with self._lock:
             return self.store.resident_bytes()
 

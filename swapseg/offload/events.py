@@ -41,7 +41,7 @@ class EventLog:
             return
         st = self.stats
         ev: dict[str, Any] = {"t": time.perf_counter() - st.t0, "kind": kind,
-                              "step": st.forwards, "resident_bytes": st.device_bytes}
+                              "step": st.forwards, "resident_bytes": st.saved_bytes}
         if e is not None:
             ev.update(self._tag(e))
         ev.update(extra)

@@ -81,7 +81,7 @@ def save_on_cpu(model: nn.Module) -> Iterator[SwapStats]:
         nbytes = packed.numel() * packed.element_size()
         stats.bytes_in += nbytes
         stats.add_resident(nbytes)  # counted at its unpack, like a reloaded entry
-        stats.device_bytes -= nbytes
+        stats.saved_bytes -= nbytes
         return packed.to(device, non_blocking=pin)
 
     try:
@@ -205,7 +205,7 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
         autocast_dtype: run forward and loss under ``torch.autocast`` at this dtype.
 
     Returns a JSON-able dict: ``step_s`` (median seconds of a step), ``step_s_all``,
-    ``peak_device_bytes`` (largest per-step peak of the engine's resident saved bytes,
+    ``peak_saved_bytes`` (largest per-step peak of the engine's resident saved bytes,
     see ``SwapStats``; 0 when the context counts nothing), medians of the per-step
     ``COUNTERS``, ``peak_rss_bytes`` (process high-water mark, includes everything
     before the call), ``cuda_peak_bytes`` on CUDA (``max_memory_allocated`` over the
@@ -241,11 +241,11 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
             if stats is not None:
                 after = stats.as_dict()
                 per_step.append({k: after[k] - before[k] for k in COUNTERS})
-                peaks.append(stats.peak_device_bytes)
+                peaks.append(stats.peak_saved_bytes)
     out: dict[str, Any] = {
         "step_s": statistics.median(times),
         "step_s_all": [round(t, 6) for t in times],
-        "peak_device_bytes": max(peaks) if peaks else 0,
+        "peak_saved_bytes": max(peaks) if peaks else 0,
         "peak_rss_bytes": peak_rss_bytes(),
         "loss": float(loss.detach()),
         "steps": steps,

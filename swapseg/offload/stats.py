@@ -48,7 +48,7 @@ class SwapStats:
     """Counters of one ``OffloadEngine`` (a run, or one ``swap_activations`` context),
     updated while it runs; ``last_step`` holds the last finished step's own figures.
 
-    ``peak_device_bytes`` is the maximum, over the context, of the engine's resident
+    ``peak_saved_bytes`` is the maximum, over the context, of the engine's resident
     saved bytes: the sum of ``nbytes`` over unique saved storages (entries) whose
     lifecycle state (``swapseg.offload.lifecycle``) is resident:
 
@@ -74,9 +74,9 @@ class SwapStats:
     kept_bytes: int = 0
     storages: int = 0
     """Unique non-parameter storages saved (entries made): swapped + kept ones."""
-    device_bytes: int = 0
+    saved_bytes: int = 0
     """Resident saved bytes now, by the definition above."""
-    peak_device_bytes: int = 0
+    peak_saved_bytes: int = 0
     wait_s: float = 0.0
     """Seconds stalled at unpack waiting for a copy-in (on CUDA: the compute stream's
     stall, from events, added as the copies' events complete and complete at context
@@ -100,7 +100,7 @@ class SwapStats:
     t0: float = field(default_factory=time.perf_counter, repr=False)
     last_step: SwapStats | None = field(default=None, repr=False)
     """The last finished step's own figures (``OffloadEngine.step``): its counters, its
-    own peak of resident saved bytes, and ``device_bytes`` as the step ended. None before
+    own peak of resident saved bytes, and ``saved_bytes`` as the step ended. None before
     the first step ends. Its ``last_step`` is None and its ``events`` empty."""
     _step_peak: int = field(default=0, repr=False)
 
@@ -128,15 +128,15 @@ class SwapStats:
 
     def add_resident(self, nbytes: int) -> None:
         """Add ``nbytes`` (negative: remove) to the resident bytes; track the peak."""
-        self.device_bytes += nbytes
-        if self.device_bytes > self._step_peak:
-            self._step_peak = self.device_bytes
-            if self.device_bytes > self.peak_device_bytes:
-                self.peak_device_bytes = self.device_bytes
+        self.saved_bytes += nbytes
+        if self.saved_bytes > self._step_peak:
+            self._step_peak = self.saved_bytes
+            if self.saved_bytes > self.peak_saved_bytes:
+                self.peak_saved_bytes = self.saved_bytes
 
     def begin_step(self) -> SwapStats:
         """A step starts: its peak window opens; returns the counters to subtract at its end."""
-        self._step_peak = self.device_bytes
+        self._step_peak = self.saved_bytes
         snap = SwapStats(**{k: getattr(self, k) for k in _COUNTERS})
         snap.by_scope = {k: ScopeStats(**v.as_dict()) for k, v in self.by_scope.items()}
         return snap
@@ -146,7 +146,7 @@ class SwapStats:
         become ``last_step`` (and are returned)."""
         self.steps += 1
         step = SwapStats(**{k: getattr(self, k) - getattr(before, k) for k in _COUNTERS},
-                         device_bytes=self.device_bytes, peak_device_bytes=self._step_peak,
+                         saved_bytes=self.saved_bytes, peak_saved_bytes=self._step_peak,
                          t0=self.t0)
         for name, sc in self.by_scope.items():
             old = before.by_scope.get(name)
@@ -159,7 +159,7 @@ class SwapStats:
 
     def reset_peak(self) -> None:
         """Start a new peak window from the current resident bytes."""
-        self.peak_device_bytes = self._step_peak = self.device_bytes
+        self.peak_saved_bytes = self._step_peak = self.saved_bytes
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (events excluded; see ``events``)."""
@@ -172,8 +172,8 @@ class SwapStats:
             "bytes_in": self.bytes_in,
             "kept_bytes": self.kept_bytes,
             "storages": self.storages,
-            "device_bytes": self.device_bytes,
-            "peak_device_bytes": self.peak_device_bytes,
+            "saved_bytes": self.saved_bytes,
+            "peak_saved_bytes": self.peak_saved_bytes,
             "wait_s": round(self.wait_s, 6),
             "prefetch_hits": self.prefetch_hits,
             "prefetch_misses": self.prefetch_misses,

@@ -319,7 +319,7 @@ def measured_peak(stats: dict[str, Any], device: torch.device) -> dict[str, Any]
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         source = "ru_maxrss, the process's peak RSS"
-    return {"engine_peak_saved_bytes": int(stats.get("peak_device_bytes", 0)),
+    return {"engine_peak_saved_bytes": int(stats.get("peak_saved_bytes", 0)),
             "engine_swapped_tensors": int(stats.get("swapped", 0)),
             "peak_bytes": peak, "peak_source": source}
 

@@ -18,7 +18,7 @@ from swapseg.io import write_json
 __all__ = ["SwapLog", "write_trace", "LOG_FIELDS"]
 
 #: SwapStats fields copied into log.csv as ``swap_<name>`` (per-step averages).
-LOG_FIELDS = ("swapped", "bytes_out", "peak_device_bytes", "wait_s")
+LOG_FIELDS = ("swapped", "bytes_out", "peak_saved_bytes", "wait_s")
 
 
 class _Mean:

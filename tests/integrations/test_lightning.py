@@ -69,7 +69,7 @@ def test_callback_swaps_and_matches_plain_training(plan: SwapPolicy | MemoryPlan
     assert s.backwards == 2 * N_BATCHES
     assert s.swapped > 0 and s.bytes_out > 0
     assert s.bytes_in == s.bytes_out  # every swapped tensor came back for its backward
-    assert s.device_bytes == 0 and cb.swapper.current is None
+    assert s.saved_bytes == 0 and cb.swapper.current is None
 
 
 def test_exception_closes_the_swap_context() -> None:

@@ -32,7 +32,7 @@ def test_thirty_steps_flat():
                 model(x).square().mean().backward()
             opt.step()
             swapped.append(st.last_step.swapped)
-            assert st.device_bytes == 0
+            assert st.saved_bytes == 0
             assert pool.free_bytes == pool.allocated_bytes  # every buffer came back
             pool_bytes.append(pool.allocated_bytes)
             rss.append(_rss_bytes())
@@ -119,7 +119,7 @@ def test_graph_outliving_the_context_still_works():
     for a, p in zip(ref, model.parameters(), strict=True):
         assert torch.equal(a, p.grad)
     del loss
-    assert st.device_bytes == 0 and pool.free_bytes == pool.allocated_bytes
+    assert st.saved_bytes == 0 and pool.free_bytes == pool.allocated_bytes
 
 
 _KILLED_CHILD = """

@@ -57,9 +57,9 @@ def test_measure_steps_keys_and_accounting():
     for r in (base, kept, swp):
         assert r["step_s"] > 0 and len(r["step_s_all"]) == 2 and r["steps"] == 2
         assert r["peak_rss_bytes"] > 0
-    assert base["peak_device_bytes"] == 0 and base["bytes_out"] == 0
-    assert kept["bytes_out"] == 0 and kept["peak_device_bytes"] > 0
-    assert 0 < swp["peak_device_bytes"] < kept["peak_device_bytes"] / 4
+    assert base["peak_saved_bytes"] == 0 and base["bytes_out"] == 0
+    assert kept["bytes_out"] == 0 and kept["peak_saved_bytes"] > 0
+    assert 0 < swp["peak_saved_bytes"] < kept["peak_saved_bytes"] / 4
     # the timed steps prefetch by the order the warm-up step learned: every reload a hit
     assert swp["swapped"] > 0 and swp["prefetch_hits"] > 0 and swp["prefetch_misses"] == 0
     assert base["loss"] == kept["loss"] == swp["loss"]  # same seeds, same numbers

@@ -62,7 +62,7 @@ def test_run_long_engine_is_bitwise_over_several_steps(baselines, arch, late):
     assert st.steps == st.forwards == st.backwards == 4
     assert st.last_step.swapped > 0 and st.last_step.steps == 1
     assert st.swapped == 4 * st.last_step.swapped  # the same graph every step
-    assert st.device_bytes == 0
+    assert st.saved_bytes == 0
 
 
 def test_run_long_plan_with_recompute_is_bitwise(baselines):

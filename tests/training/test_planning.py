@@ -100,7 +100,7 @@ def test_measured_peak_is_added_to_the_record(tmp_path):
     path.write_text(json.dumps({"plan": {}, "budget_bytes": 2**40,
                                 "predicted": {"peak_bytes": 2**20, "peak_saved_bytes": 2**19},
                                 "measured": []}))
-    m = planning.measured_peak({"peak_device_bytes": 4096, "swapped": 3}, CPU)
+    m = planning.measured_peak({"peak_saved_bytes": 4096, "swapped": 3}, CPU)
     assert m["peak_bytes"] > 0 and m["peak_source"].startswith("ru_maxrss")
     line = planning.record_measured(path, {"fold": 0, **m})
     rec = json.loads(path.read_text())
