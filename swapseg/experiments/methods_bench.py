@@ -4,9 +4,9 @@ Each method trains the same model (fresh copy, same seed, one engine for all its
 for a few steps at one shape: warm-up, then the median step time; one more step under the
 swap engine's accounting (``SwapPolicy(n_tensors=0)`` for methods that swap nothing, so
 every method's resident saved bytes are counted by the same hooks); and one step under the
-profiler for the peak of allocations. Ratios are to no swapping. Next to each measurement stands the planner's
-prediction (``local`` profile) and, for the paper's 16 GiB GPU, the largest cube side the
-planner predicts each method to fit.
+profiler for the peak of allocations. Ratios are to no swapping. Next to each measurement
+stands the planner's prediction (``local`` profile) and, for the paper's 16 GiB GPU, the
+largest cube side the planner predicts each method to fit.
 
 On a CPU "device" and host memory are the same memory, so ``peak_alloc_bytes`` counts
 allocations made during the step (the engine's host buffers are pooled and allocated

@@ -19,8 +19,8 @@ How a step runs (each saved storage is an ``Entry`` whose life is one state of
   the next step. When autograd frees the graph, handles die and their entries give
   their host buffers or files back (``released``).
 
-A failed copy (a full disk) is raised at the next pack, unpack or context exit; the
-context then releases every entry, so no buffer or file remains.
+A failed copy (a full disk) is raised at the next pack, unpack or step end; the step
+then releases every entry, so no buffer or file remains (``end_step``).
 """
 
 from __future__ import annotations
@@ -338,6 +338,7 @@ class SwapEngine:
                     store.each(store.live, store.release)
                 store.error = None
             self.log.collect(block=True)
+            store.transports.trim()
             if failure is not None and not error:
                 raise failure
 
@@ -358,7 +359,7 @@ class SwapEngine:
                 with contextlib.suppress(Exception):
                     store.each(store.live, store.release)
             store.closed = True
-            # a graph that outlives the context may still unpack: copies then run inline
+            # a graph that outlives the engine may still unpack: copies then run inline
             store.transports.go_inline()
             self.log.collect(block=True)
             if not store.live:

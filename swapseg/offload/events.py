@@ -3,7 +3,7 @@
 A consumed ticket's times are final at once on the CPU tiers and once its events have
 completed on CUDA; until then it waits here, holding no tensor. Its stall (``wait_s``)
 goes to ``SwapStats.wait_s`` when final, so on CUDA ``wait_s`` trails the copies still in
-flight and is complete when the context closes (at every backward's end with tracing).
+flight and is complete when the step ends.
 Copy events (``out_start``/``out_end``, ``in_start``/``in_end``, ``wait``) carry the
 copy's own times and step, and no ``resident_bytes``: they may be recorded after the
 fact, when the resident count has moved on.

@@ -24,7 +24,7 @@ __all__ = ["EntryStore"]
 
 
 class EntryStore:
-    """The live entries of one swap context and the transports that hold their copies."""
+    """The live entries of one engine and the transports that hold their copies."""
 
     def __init__(self, stats: SwapStats, log: EventLog, transports: TransportSet) -> None:
         self.stats = stats

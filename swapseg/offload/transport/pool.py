@@ -2,11 +2,11 @@
 
 Fresh host buffers pay a page fault per 4 KiB on first touch (and pinned ones a
 ``cudaHostAlloc``), so buffers are handed out by exact size and taken back, never freed
-inside a step. The bound: ``trim()``, called when a swap context closes, keeps at most
-as many free buffers of each size as were in use at once since the previous trim (the
-last context's high-water mark per size) and frees the rest. A run whose shapes do not
-change keeps exactly what its next context needs; one whose shapes change (volumes of
-different sizes) does not accumulate buffers of sizes it stopped using.
+inside a step. The bound: ``trim()``, called at the end of every step of an engine and
+when it closes, keeps at most as many free buffers of each size as were in use at once
+since the previous trim (the last step's high-water mark per size) and frees the rest. A
+run whose shapes do not change keeps exactly what its next step needs; one whose shapes
+change (volumes of different sizes) does not accumulate buffers of sizes it stopped using.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which transport a tier means, and the transports of one swap context."""
+"""Which transport a tier means, and the transports of one engine (a run)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def make_transport(tier: str, device: torch.device, *, disk_dir: str | None = No
 
 
 class TransportSet:
-    """The transports of one swap context: one per device type, made on first use.
+    """The transports of one engine: one per device type, made on first use.
 
     ``factory`` replaces the tier's transports (a custom transport, or a test double).
     """
@@ -42,7 +42,7 @@ class TransportSet:
         self.disk_dir = disk_dir
         self.workers = workers
         self.factory = factory
-        self.inline = False  # set at close: a graph that outlives the context copies inline
+        self.inline = False  # set at close: a graph that outlives the engine copies inline
         self._by_type: dict[str, Transport] = {}
 
     def get(self, device: torch.device) -> Transport:
@@ -65,6 +65,13 @@ class TransportSet:
         # block in the kernel, not on a core, so the disk tier keeps its thread.
         inline = device.type == "cpu" and concrete_tier(self.tier, "cpu") == "host"
         return 0 if inline else 1
+
+    def trim(self) -> None:
+        """A step ended: pooled buffers beyond its high-water mark go (``BufferPool.trim``)."""
+        for tr in self._by_type.values():
+            pool = getattr(tr, "pool", None)
+            if pool is not None:
+                pool.trim()
 
     def go_inline(self) -> None:
         self.inline = True
