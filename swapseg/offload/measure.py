@@ -5,9 +5,9 @@ planner's calibration, its check against measured runs).
 
 ``measure_steps(model, input_shape, context_factory, steps=5, warmup=1)`` trains ``model``
 for ``warmup + steps`` steps (forward, loss, backward, optimizer step) inside ONE context
-made by ``context_factory(model)``, the way the training loop runs a whole epoch in one
-swap context (the engine learns the unpack order in one step and prefetches by it in the
-next). Contexts that yield a ``SwapStats`` get per-step figures.
+made by ``context_factory(model)``, one engine for all of them as the training loop has
+one for its run (the engine learns the unpack order in one step and prefetches by it in
+the next). Contexts that yield a ``SwapStats`` get per-step figures.
 
 Ready-made context factories (each ``factory(model) -> context manager``):
 

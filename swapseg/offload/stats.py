@@ -1,4 +1,4 @@
-"""SwapStats: the live counters a swap context yields.
+"""SwapStats: the live counters of an engine (a run), and of its last step.
 
 Every pack (one tensor autograd saves) falls into exactly one of three classes, so
 ``packed == swapped + deduplicated + kept``:

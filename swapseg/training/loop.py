@@ -28,6 +28,7 @@ from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
 from swapseg.offload import OffloadEngine
+from swapseg.offload.run import check_globs
 from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training import planning as plans
@@ -149,6 +150,8 @@ def _plan_and_check(config: TrainConfig, model: nn.Module, n_train: int,
     if memory_budget is not None and config.plan is None:
         config, pred, record = plans.resolve_auto(config, memory_budget, plan_path, echo,
                                                   model)
+    if config.plan is not None and config.plan.swap is not None:
+        check_globs(model, config.plan.swap)  # before anything is written
     if pred is None:
         pred = plans.predict(config, model, config.plan, device)
     world = int(os.environ.get("WORLD_SIZE", "1"))

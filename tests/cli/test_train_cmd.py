@@ -211,6 +211,15 @@ def test_a_step_that_cannot_fit_stops_before_anything_is_written(tmp_path, synth
     assert not run.exists() or not any(run.iterdir())  # no config, splits, plan
 
 
+def test_a_swap_glob_matching_no_module_stops_before_anything_is_written(tmp_path, synth,
+                                                                        capsys):
+    run = tmp_path / "run"
+    assert _train(synth, run, "--swap", "all", "--swap-exclude", "decodr.*") == 2
+    err = capsys.readouterr().err.strip()
+    assert "exclude glob 'decodr.*' matches no module of Isensee3DUNet (nearest: decoder" in err
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_a_slow_cpu_step_prints_the_predicted_epoch_time(tmp_path, synth, capsys,
                                                          monkeypatch):
     from swapseg.training import planning

@@ -63,6 +63,8 @@ def test_run_long_engine_is_bitwise_over_several_steps(baselines, arch, late):
     assert st.last_step.swapped > 0 and st.last_step.steps == 1
     assert st.swapped == 4 * st.last_step.swapped  # the same graph every step
     assert st.saved_bytes == 0
+    # the step's own peak: a window of the run's, which the first step already reached
+    assert 0 < st.last_step.peak_saved_bytes <= st.peak_saved_bytes
 
 
 def test_run_long_plan_with_recompute_is_bitwise(baselines):

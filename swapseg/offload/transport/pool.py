@@ -127,7 +127,7 @@ _POOLS_LOCK = threading.Lock()
 
 
 def get_pool(pin_memory: bool = False) -> BufferPool:
-    """The process-wide pool (pinned or pageable), shared by all swap contexts."""
+    """The process-wide pool (pinned or pageable), shared by all engines."""
     with _POOLS_LOCK:
         pool = _POOLS.get(pin_memory)
         if pool is None:
