@@ -36,7 +36,7 @@ from swapseg.experiments.largest_probe import copy_rates
 from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.measure import train_step
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.transport import DiskTransport
@@ -103,7 +103,7 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
             if i:
                 times[n].append(dt)
             last[n] = {"wait_s": st.wait_s, "bytes_out": st.bytes_out,
-                       "peak_saved_device_bytes": st.peak_device_bytes,
+                       "peak_saved_device_bytes": st.peak_saved_bytes,
                        **(copy_rates(st.events) if st.events else {})}
             print(f"{side:>4} step {i} {n:<48} {dt:8.1f} s  wait {st.wait_s:6.1f} s  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)

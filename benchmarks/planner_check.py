@@ -4,7 +4,7 @@ Memory (deterministic, so valid even on a loaded machine):
 - no swapping at each side: predicted peak vs the profiler's allocation peak of a real
   steady-state step (Adam state present, grads set to None) plus parameters and Adam state;
 - three swap policies: predicted resident saved bytes vs the engine's accounted
-  ``peak_device_bytes`` (copies inline, ``workers=0``, so modelled as an instant link).
+  ``peak_saved_bytes`` (copies inline, ``workers=0``, so modelled as an instant link).
 Time (needs a quiet machine): the ``local`` profile is calibrated with one real step at
 ``--calibrate`` (default 64^3) and predicts the median of ``--steps`` steps at each side.
 
@@ -37,7 +37,7 @@ from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import apply_plan
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
 from swapseg.planner.calibrate import calibrate, calibrate_step, calibrate_tier, calibrated
@@ -94,8 +94,8 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
             p = simulate(tr, instant, pol).peak_saved_bytes
             rows.append({"side": side, "what": f"{name}: resident saved bytes",
-                         "measured": st.peak_device_bytes, "predicted": p,
-                         "error": p / st.peak_device_bytes - 1})
+                         "measured": st.peak_saved_bytes, "predicted": p,
+                         "error": p / st.peak_saved_bytes - 1})
         for row in rows[-5:]:
             print(f"{row['side']:>4} {row['what']:<48} measured {row['measured']:>14.4g} "
                   f"predicted {row['predicted']:>14.4g} error {row['error']:+.1%}", flush=True)

@@ -73,7 +73,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if swap == "none":  # count what stays resident, with hooks that move nothing
         acc = measure_steps(model, spec["shape"], _factory(prec, swap, dev, account=True),
                             steps=1, warmup=0, device=dev)
-        r["peak_device_bytes"] = acc["peak_device_bytes"]
+        r["peak_saved_bytes"] = acc["peak_saved_bytes"]
         r["peak_rss_bytes"] = max(r["peak_rss_bytes"], acc["peak_rss_bytes"])
     return r
 
@@ -89,7 +89,7 @@ def run_config(side: int, precision: str, swap: str, args: argparse.Namespace
         raise RuntimeError(f"child {precision}/{swap} at {side}^3 failed: "
                            f"{proc.stderr[-2000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    keep = ("step_s", "step_s_all", "peak_device_bytes", "bytes_out", "swapped", "wait_s",
+    keep = ("step_s", "step_s_all", "peak_saved_bytes", "bytes_out", "swapped", "wait_s",
             "peak_rss_bytes", "rss_before_bytes", "loss", "cuda_peak_bytes")
     return {k: r[k] for k in keep if k in r}
 
@@ -104,13 +104,13 @@ def run_side(side: int, args: argparse.Namespace) -> dict[str, Any]:
             r = run_config(side, precision, swap, args)
             runs[name].append(r)
             print(f"  {side}^3 {name:<20} {r['step_s']:.3f} s/step, peak saved "
-                  f"{r['peak_device_bytes'] / 2**20:.1f} MiB, RSS "
+                  f"{r['peak_saved_bytes'] / 2**20:.1f} MiB, RSS "
                   f"{r['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     rows = {name: _merge(rs) for name, rs in runs.items()}
     base = rows["32/none"]
     for r in rows.values():
         r["step_ratio"] = r["step_s"] / base["step_s"]
-        r["peak_device_ratio"] = r["peak_device_bytes"] / base["peak_device_bytes"]
+        r["peak_device_ratio"] = r["peak_saved_bytes"] / base["peak_saved_bytes"]
         r["peak_rss_ratio"] = r["peak_rss_bytes"] / base["peak_rss_bytes"]
     return {"side": side, "shape": [1, 4, side, side, side], "configs": rows}
 
@@ -120,7 +120,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(runs[-1])
     out["step_s_all"] = [t for r in runs for t in r["step_s_all"]]
     out["step_s"] = statistics.median(out["step_s_all"])
-    for k in ("peak_device_bytes", "peak_rss_bytes", "cuda_peak_bytes"):
+    for k in ("peak_saved_bytes", "peak_rss_bytes", "cuda_peak_bytes"):
         if k in out:
             out[k] = max(r[k] for r in runs)
     out["peak_rss_bytes_all"] = [r["peak_rss_bytes"] for r in runs]
@@ -136,7 +136,7 @@ def table(result: dict[str, Any]) -> str:
             prec, swap = name.split("/")
             lines.append(
                 f"| {s['side']} | {prec} | {swap} | {r['step_s']:.3f} | "
-                f"{r['step_ratio']:.2f} | {r['peak_device_bytes'] / 2**20:.1f} | "
+                f"{r['step_ratio']:.2f} | {r['peak_saved_bytes'] / 2**20:.1f} | "
                 f"{r['peak_device_ratio']:.3f} | {r['bytes_out'] / 2**20:.1f} | "
                 f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['peak_rss_ratio']:.2f} |")
     return "\n".join(lines)

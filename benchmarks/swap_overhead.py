@@ -102,7 +102,7 @@ def run_side(side: int, args: argparse.Namespace) -> dict[str, Any]:
     tier = "cuda" if args.device.startswith("cuda") else "host"
     kept = _count_unique(model, shape, args.device)
     n_unique = int(kept["storages"])
-    saved = kept["peak_device_bytes"]
+    saved = kept["peak_saved_bytes"]
     rows: dict[str, Any] = {}
     for method in args.methods:
         fac = _factory(method, tier, n_unique, args.disk_dir)
@@ -112,7 +112,7 @@ def run_side(side: int, args: argparse.Namespace) -> dict[str, Any]:
             acc = measure_steps(copy.deepcopy(model), shape,
                                 _factory(method, tier, n_unique, None, account=True),
                                 steps=1, warmup=0, device=args.device)
-            r["peak_device_bytes"] = acc["peak_device_bytes"]
+            r["peak_saved_bytes"] = acc["peak_saved_bytes"]
         r["bytes_copied"] = r["bytes_out"] + r["bytes_in"]
         rows[method] = r
         print(f"  {side}^3 {method:<12} {r['step_s']:.3f} s/step", file=sys.stderr, flush=True)
@@ -120,8 +120,8 @@ def run_side(side: int, args: argparse.Namespace) -> dict[str, Any]:
     for r in rows.values():
         if base:
             r["step_ratio"] = r["step_s"] / base["step_s"]
-            r["peak_device_ratio"] = (r["peak_device_bytes"] / base["peak_device_bytes"]
-                                      if base["peak_device_bytes"] else None)
+            r["peak_device_ratio"] = (r["peak_saved_bytes"] / base["peak_saved_bytes"]
+                                      if base["peak_saved_bytes"] else None)
         r["copied_per_saved"] = r["bytes_copied"] / saved if saved else None
     return {"side": side, "shape": list(shape), "saved_bytes_no_swap": saved,
             "unique_saved_storages": n_unique, "methods": rows}
@@ -157,7 +157,7 @@ def _rss_child(method: str, side: int, args: argparse.Namespace,
         raise RuntimeError(f"child {method} at {side}^3 failed: {proc.stderr[-2000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     return {k: r[k] for k in ("peak_rss_bytes", "rss_before_bytes", "step_s", "step_s_all",
-                              "bytes_out", "peak_device_bytes", "wait_s")}
+                              "bytes_out", "peak_saved_bytes", "wait_s")}
 
 
 def run_rss(side: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def _table(result: dict[str, Any]) -> str:
             ratio = r.get("peak_device_ratio")
             lines.append(
                 f"{s['side']:>5} {m:<12} {r['step_s']:>8.3f} {r.get('step_ratio', 0):>7.2f} "
-                f"{r['peak_device_bytes'] / 2**20:>15.1f} "
+                f"{r['peak_saved_bytes'] / 2**20:>15.1f} "
                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>8} "
                 f"{r['bytes_copied'] / 2**20:>11.1f}")
     for r in result["rss"]:

@@ -8,6 +8,8 @@ from typing import Any
 
 from swapseg.cli import grammar as g
 from swapseg.cli.train_cmd import add_precision_args
+from swapseg.experiments import demo
+from swapseg.experiments.demo import DEFAULT_CASES, DEFAULT_OUT
 
 __all__ = ["register", "run"]
 
@@ -26,8 +28,6 @@ DESCRIPTION = ("Generate BraTS-like phantoms, train the Isensee U-Net on whole v
 
 
 def register(subparsers: Any) -> None:
-    from swapseg.experiments.demo import DEFAULT_CASES, DEFAULT_OUT
-
     p = g.add_command(subparsers, "demo", HELP, DESCRIPTION, EPILOG)
     p.add_argument("--out", type=g.output_dir, default=DEFAULT_OUT,
                    help=f"report folder (default {DEFAULT_OUT})")
@@ -50,9 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.experiments.demo import run_demo
-
-    summary = run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
+    summary = demo.run_demo(args.out, cases=args.cases, shape=args.shape, epochs=args.epochs,
                        quick=args.quick, seed=args.seed, time_limit=args.time_limit,
                        precision=args.precision or "32", compile=bool(args.compile),
                        progress=not args.no_progress and sys.stderr.isatty())

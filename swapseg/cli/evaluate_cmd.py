@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from swapseg.cli import grammar as g
+from swapseg.data.labels import CONVENTIONS
+from swapseg.evaluation.evaluate import evaluate_folders
+from swapseg.progress import cli_progress
 
 __all__ = ["register", "run"]
 
@@ -33,8 +36,6 @@ Dice 1 and HD95 0, and exactly one empty gives HD95 = the image diagonal in mm; 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from swapseg.data.labels import CONVENTIONS
-
     p = g.add_command(
         subparsers, "evaluate", "Dice, sensitivity, specificity and HD95 of a prediction folder",
         "Score label-map predictions against ground truth per case and region (WT, TC, ET).",
@@ -59,9 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.progress import cli_progress
-
     summary = evaluate_folders(args.pred, args.truth, args.out, empty=args.empty,
                                overlays=args.overlays, convention=args.convention,
                                only_predicted=args.only_predicted,

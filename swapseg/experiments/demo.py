@@ -27,10 +27,14 @@ from typing import Any
 
 import torch
 
+from swapseg.data.synthetic import synthesize
 from swapseg.envinfo import environment
 from swapseg.errors import InputError
+from swapseg.evaluation.evaluate import evaluate_folders
 from swapseg.io import write_json
+from swapseg.predict.inference import predict_cases
 from swapseg.training.config import TrainConfig, demo
+from swapseg.training.loop import train
 
 __all__ = ["run_demo", "demo_config", "DEFAULT_OUT", "DEFAULT_CASES"]
 
@@ -101,11 +105,6 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
              compile: bool = False) -> dict[str, Any]:
     """Run the demo into ``out``; returns the evaluation summary (with a ``demo`` entry).
     ``precision`` and ``compile`` are the TrainConfig fields of the same names."""
-    from swapseg.data.synthetic import synthesize
-    from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.predict.inference import predict_cases
-    from swapseg.training.loop import train
-
     if cases < 5:
         raise InputError(f"--cases {cases}: the demo needs at least 5 (a 5-fold split)")
     threads = choose_threads()

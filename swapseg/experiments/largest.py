@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
+from swapseg.envinfo import environment
 from swapseg.errors import InputError
 from swapseg.experiments.largest_probe import idle_process_bytes
 from swapseg.experiments.methods_bench import dice_trace
@@ -280,8 +281,6 @@ def run_largest(model: nn.Module, methods: Sequence[str], cap: int, sides: Seque
     On a CPU the cap bounds the whole probe process, so its own bytes (``process_bytes``;
     None: measured once, ``idle_process_bytes``) come off the cap before planning and
     predicting; on a GPU the cap is the device's memory alone (0)."""
-    from swapseg.envinfo import environment
-
     res: dict[str, Any] = {
         "cap_bytes": cap, "device": "cuda" if cuda else "cpu",
         "cap_enforced": "torch.cuda.set_per_process_memory_fraction" if cuda

@@ -1,12 +1,12 @@
 """`swapseg bench`: measure every memory-saving method side by side, with predictions.
 
-Each method trains the same model (fresh copy, same seed) for a few steps at one shape:
-warm-up, then the median step time; one more step under the swap engine's accounting
-(``SwapPolicy(n_tensors=0)`` for methods that swap nothing, so every method's resident
-saved bytes are counted by the same hooks); and one step under the profiler for the peak
-of allocations. Ratios are to no swapping. Next to each measurement stands the planner's
-prediction (``local`` profile) and, for the paper's 16 GiB GPU, the largest cube side the
-planner predicts each method to fit.
+Each method trains the same model (fresh copy, same seed, one engine for all its steps)
+for a few steps at one shape: warm-up, then the median step time; one more step under the
+swap engine's accounting (``SwapPolicy(n_tensors=0)`` for methods that swap nothing, so
+every method's resident saved bytes are counted by the same hooks); and one step under the
+profiler for the peak of allocations. Ratios are to no swapping. Next to each measurement
+stands the planner's prediction (``local`` profile) and, for the paper's 16 GiB GPU, the
+largest cube side the planner predicts each method to fit.
 
 On a CPU "device" and host memory are the same memory, so ``peak_alloc_bytes`` counts
 allocations made during the step (the engine's host buffers are pooled and allocated
@@ -15,18 +15,19 @@ before the measured step, so they are not in it) plus parameters and optimizer s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from swapseg.envinfo import environment
 from swapseg.experiments.paper_configs import HYBRID, hybrid_plan, paper_candidates
-from swapseg.offload import MemoryPlan, RecomputePolicy, SwapPolicy, apply_plan
+from swapseg.models.unet3d import Isensee3DUNet
+from swapseg.offload import MemoryPlan, OffloadEngine, RecomputePolicy, SwapPolicy
 from swapseg.offload.measure import allocation_events, profiled_peak_bytes, train_step
 from swapseg.planner import DEFAULT_MARGIN, DeviceProfile, choose_plan, get_profile, search
 from swapseg.planner.simulate import simulate
@@ -71,20 +72,9 @@ def _plans(trace: StepTrace, device: DeviceProfile, budget: int | None) -> dict[
     return plans
 
 
-@contextlib.contextmanager
-def _method(model: nn.Module, plan: Any, account: bool) -> Iterator[Any]:
-    if plan == "save_on_cpu":
-        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-            yield None
-        return
-    if account and plan.swap is None:  # count resident saved bytes, move nothing
-        plan = MemoryPlan(SwapPolicy(n_tensors=0), plan.recompute, plan.name)
-    with apply_plan(model, plan) as stats:
-        yield stats
-
-
 class _Runner:
-    """One method's model, optimizer and input; ``step()`` runs one training step."""
+    """One method's model, optimizer, input and engine (one for the method's whole run, so
+    its steps prefetch in the order the step before learned); ``step()`` runs one step."""
 
     def __init__(self, model0: nn.Module, shape: tuple[int, ...], plan: Any,
                  device: torch.device = CPU, autocast_dtype: torch.dtype | None = None,
@@ -98,12 +88,38 @@ class _Runner:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.x = torch.randn(shape, device=device)
         self.plan = plan
+        self.engine = None if plan == "save_on_cpu" else OffloadEngine(self.model, plan)
         self.times: list[float] = []
 
+    def _train(self) -> None:
+        train_step(self.run, self.x, dice_loss, self.autocast_dtype, self.opt)
+
     def step(self, account: bool = False) -> Any:
-        with _method(self.model, self.plan, account) as stats:
-            train_step(self.run, self.x, dice_loss, self.autocast_dtype, self.opt)
-        return stats
+        """One training step; returns its swap figures (None for save_on_cpu)."""
+        if self.engine is None:
+            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                self._train()
+            return None
+        if account and self.plan.swap is None:
+            return self._accounted_step()
+        with self.engine.step():
+            self._train()
+        return self.engine.stats.last_step
+
+    def _accounted_step(self) -> Any:
+        """A step of a method that swaps nothing, under an engine that counts resident saved
+        bytes and moves nothing (``n_tensors=0``), so every method is counted the same way."""
+        assert self.engine is not None
+        self.engine.close()
+        plan = MemoryPlan(SwapPolicy(n_tensors=0), self.plan.recompute, self.plan.name)
+        with OffloadEngine(self.model, plan) as counting, counting.step():
+            self._train()
+        self.engine = OffloadEngine(self.model, self.plan)
+        return counting.stats.last_step
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
 
     def timed(self) -> None:
         _sync(self.device)
@@ -126,7 +142,7 @@ class _Runner:
         stats = self.step(account=True)
         out: dict[str, Any] = {"step_s": statistics.median(times), "step_s_all": times}
         if stats is not None:
-            out["peak_saved_device_bytes"] = stats.peak_device_bytes
+            out["peak_saved_device_bytes"] = stats.peak_saved_bytes
             out["bytes_copied"] = stats.bytes_out + stats.bytes_in
             out["swapped_tensors"] = stats.swapped
         if profile_peak:
@@ -159,12 +175,16 @@ def measured_largest_sides(model: nn.Module, plans: dict[str, Any], cap: int,
                         break
                 else:
                     p = plan
+                runner = None
                 try:
-                    _Runner(model, (1, channels, s, s, s), p, device).step()
+                    runner = _Runner(model, (1, channels, s, s, s), p, device)
+                    runner.step()
                     best[name] = s
                 except torch.cuda.OutOfMemoryError:
                     break
                 finally:
+                    if runner is not None:
+                        runner.close()
                     torch.cuda.empty_cache()
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
@@ -233,6 +253,7 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int | None,
     for name, runner in runners.items():
         plan = plans[name]
         row = runner.report(warmup, profile_peak)
+        runner.close()
         sim_plan = (SwapPolicy(prefetch=1), None) if plan == "save_on_cpu" else \
             (plan.swap, plan.recompute)
         pred = simulate(trace, local, *sim_plan)
@@ -270,9 +291,6 @@ def run_bench(shape: tuple[int, ...], budget: int | None, steps: int, warmup: in
               compile: bool = False) -> dict[str, Any]:
     """The Isensee U-Net's methods bench; ``cap_device`` is the hardware profile of
     the largest-side search."""
-    from swapseg.envinfo import environment
-    from swapseg.models.unet3d import Isensee3DUNet
-
     tdev = torch.device(torch_device)
     model = Isensee3DUNet(in_channels=shape[1])
     res = bench_methods(model, shape, budget, steps, warmup, profile_peak, progress=progress,

@@ -1,95 +1,148 @@
 """Swapping for training loops that someone else owns.
 
 A framework (nnU-Net, MONAI/ignite, Lightning) calls us at the start and the end of each
-training step. ``StepSwapper`` opens the plan's swap and recompute context at the start
-and closes it at the end, so everything autograd saves in that step's forward and backward
-goes through the engine, and nothing outside a step does. Its ``stats`` is one SwapStats
-that adds up the steps: live after each step, and ``current`` is the running step's own.
+training step. ``StepSwapper`` holds one ``OffloadEngine`` for the run and enters a step
+of it at the start and leaves it at the end, so everything autograd saves in that step's
+forward and backward goes through the engine, nothing outside a step does, and each step
+prefetches in the unpack order the previous step learned. Its ``stats`` is the engine's:
+the run's totals, and ``stats.last_step`` the last step's own figures.
+
+Which module the plan's scopes name: ``module="net"`` (a submodule's qualified name), or
+else the module whose class is the plan's ``model_class`` (found inside a wrapper such as
+a LightningModule), or else the model the framework hands over. After the first step one
+line says what was swapped (a warning when a swapping plan swapped nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import difflib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
-from swapseg.integrations._plan import MemoryPlan, ScopeStats, SwapStats, apply_plan
+from swapseg.errors import InputError
+from swapseg.integrations._plan import MemoryPlan, SwapPolicy, SwapStats
+from swapseg.offload import OffloadEngine, as_plan
 
-__all__ = ["StepSwapper", "add_stats"]
+__all__ = ["StepSwapper", "find_module"]
 
-#: SwapStats fields that are not running totals.
-_MAX_FIELDS = {"peak_device_bytes"}
-_LAST_FIELDS = {"device_bytes"}
-_SKIP_FIELDS = {"t0", "events", "by_scope"}
+log = logging.getLogger("swapseg.integrations")
 
 
-def add_stats(total: SwapStats, step: SwapStats) -> None:
-    """Add one context's counters into ``total`` (peaks: the maximum; residents: the last)."""
-    for f in dataclasses.fields(SwapStats):
-        if f.name in _SKIP_FIELDS:
-            continue
-        value = getattr(step, f.name)
-        if f.name in _MAX_FIELDS:
-            setattr(total, f.name, max(getattr(total, f.name), value))
-        elif f.name in _LAST_FIELDS:
-            setattr(total, f.name, value)
-        else:
-            setattr(total, f.name, getattr(total, f.name) + value)
-    for scope, sc in step.by_scope.items():
-        acc = total.scope(scope)
-        for f in dataclasses.fields(ScopeStats):
-            setattr(acc, f.name, getattr(acc, f.name) + getattr(sc, f.name))
+def _class_name(m: nn.Module) -> str:
+    return f"{type(m).__module__}:{type(m).__qualname__}"
+
+
+def find_module(model: nn.Module, plan: MemoryPlan, module: str | None = None
+                ) -> tuple[str, nn.Module]:
+    """(qualified name, module) whose module names the plan's scopes are relative to."""
+    names = [n for n, _ in model.named_modules() if n]
+    if module is not None:
+        try:
+            return module, model.get_submodule(module)
+        except AttributeError:
+            near = difflib.get_close_matches(module, names, n=5, cutoff=0.3)
+            raise InputError(f"module {module!r} is not a submodule of {type(model).__name__}"
+                             f" (nearest: {', '.join(near) or '-'})") from None
+    if plan.model_class:
+        for name, m in model.named_modules():
+            if _class_name(m) == plan.model_class:
+                return name, m
+        raise InputError(f"the plan was made for {plan.model_class}, and no module of "
+                         f"{_class_name(model)} is one (pass module=\"NAME\" to choose one)")
+    return "", model
 
 
 class StepSwapper:
-    """Opens ``plan`` around each training step of ``model``; see the module docstring."""
+    """One engine for ``plan`` over a run, entered per framework step; see the module doc."""
 
-    def __init__(self, plan: MemoryPlan) -> None:
-        self.plan = plan
-        self.stats = SwapStats()
-        """All finished steps, added up."""
-        self.current: SwapStats | None = None
-        """The running step's live counters (None between steps)."""
-        self._stack: contextlib.ExitStack | None = None
+    def __init__(self, plan: MemoryPlan | SwapPolicy | None, *, module: str | None = None
+                 ) -> None:
+        self.plan = as_plan(plan)
+        self.module = module
+        """The qualified name of the module the plan's scopes are relative to (None: found
+        from ``plan.model_class``, else the model itself); after ``open``, the one found."""
+        self.engine: OffloadEngine | None = None
+        self._model: nn.Module | None = None
+        self._empty = SwapStats()
+        self._reported = False
+
+    @property
+    def stats(self) -> SwapStats:
+        """The run's totals (``last_step``: the last finished step's own figures)."""
+        return self._empty if self.engine is None else self.engine.stats
+
+    @property
+    def current(self) -> SwapStats | None:
+        """The engine's live counters while a step runs (None between steps)."""
+        if self.engine is None or not self.engine.in_step:
+            return None
+        return self.engine.stats
+
+    def open(self, model: nn.Module) -> OffloadEngine:
+        """The run's engine for ``model`` (made on first use, or again for another model)."""
+        if self.engine is not None and not self.engine.closed and self._model is model:
+            return self.engine
+        self.close()
+        name, target = find_module(model, self.plan, self.module)
+        self.engine = OffloadEngine(target, self.plan)
+        self._model, self.module, self._reported = model, name, False
+        return self.engine
 
     def begin(self, model: nn.Module) -> None:
-        if self._stack is not None:  # the framework skipped the previous step's end
+        engine = self.open(model)
+        if engine.in_step:  # the framework skipped the previous step's end
             self.end()
-        stack = contextlib.ExitStack()
-        self.current = stack.enter_context(apply_plan(model, self.plan))
-        self._stack = stack
+        engine.begin_step()
 
     def end(self, error: BaseException | None = None) -> None:
-        """Close the step's context (idempotent); after ``error`` the engine drops its copies."""
-        stack, self._stack = self._stack, None
-        if stack is None:
+        """Leave the step (idempotent); after ``error`` the engine drops the step's copies."""
+        if self.engine is None or not self.engine.in_step:
             return
-        if error is None:
-            stack.close()
+        self.engine.end_step(error)
+        if not self._reported and error is None:
+            self._reported = True
+            self._report()
+
+    def _report(self) -> None:
+        assert self.engine is not None
+        st = self.engine.stats.last_step
+        assert st is not None
+        where = f"{self.module!r} ({type(self.engine.model).__name__})" if self.module \
+            else type(self.engine.model).__name__
+        line = (f"swapseg: first step of {where}: swapped {st.swapped} of {st.storages} "
+                f"saved storages ({st.bytes_out / 2**20:.1f} MiB), "
+                f"recomputed {len(self.engine.recomputed)} modules, "
+                f"{st.prefetch_misses} prefetch misses")
+        if self.plan.swap is not None and st.swapped == 0:
+            log.warning("%s: the plan swaps nothing here (do its globs name modules of "
+                        "this model? see docs/integrations.md)", line)
         else:
-            stack.__exit__(type(error), error, error.__traceback__)
-        if self.current is not None:
-            add_stats(self.stats, self.current)
-        self.current = None
+            log.info(line)
 
     @contextlib.contextmanager
     def step(self, model: nn.Module) -> Iterator[SwapStats]:
         """``with swapper.step(model): forward, loss, backward`` for loops we can wrap."""
         self.begin(model)
         try:
-            assert self.current is not None
-            yield self.current
+            yield self.stats
         except BaseException as exc:
             self.end(exc)
             raise
         self.end()
+
+    def close(self) -> None:
+        """End the run: the engine's hooks and wrappers go (idempotent)."""
+        if self.engine is not None:
+            self.end()
+            self.engine.close()
 
     def summary(self) -> dict[str, Any]:
         """The plan and the totals, JSON-able (for logs)."""
         s = self.stats
         return {"plan": self.plan.to_dict(), "steps": s.steps, "packed": s.packed,
                 "swapped": s.swapped, "bytes_out": s.bytes_out, "bytes_in": s.bytes_in,
-                "kept": s.kept, "peak_device_bytes": s.peak_device_bytes}
+                "kept": s.kept, "peak_saved_bytes": s.peak_saved_bytes}

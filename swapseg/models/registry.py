@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from swapseg.errors import InputError
+from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.record import json_object
 
 __all__ = ["MODELS", "DEFAULT_MODEL", "build_model", "parse_kwargs", "resolve"]
@@ -36,7 +37,6 @@ DEFAULT_MODEL = "isensee"
 
 
 def _isensee(**kwargs: Any) -> nn.Module:
-    from swapseg.models.unet3d import Isensee3DUNet
     return Isensee3DUNet(**kwargs)
 
 

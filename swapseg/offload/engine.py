@@ -1,4 +1,4 @@
-"""swap_activations: move the tensors autograd saves off the device, bring them back ahead of use.
+"""SwapEngine: move the tensors autograd saves off the device, bring them back ahead of use.
 
 How a step runs (each saved storage is an ``Entry`` whose life is one state of
 ``swapseg.offload.lifecycle``; resident bytes follow from those states):
@@ -19,15 +19,14 @@ How a step runs (each saved storage is an ``Entry`` whose life is one state of
   the next step. When autograd frees the graph, handles die and their entries give
   their host buffers or files back (``released``).
 
-A failed copy (a full disk) is raised at the next pack, unpack or context exit; the
-context then releases every entry, so no buffer or file remains.
+A failed copy (a full disk) is raised at the next pack, unpack or step end; the step
+then releases every entry, so no buffer or file remains (``end_step``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,12 +50,21 @@ from swapseg.offload.tracker import (
 )
 from swapseg.offload.transport import Ticket, TransportFactory, TransportSet
 
-__all__ = ["swap_activations", "SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING",
-           "inflight_bound"]
+__all__ = ["SwapEngine", "DISK_INFLIGHT_BYTES", "PENDING", "inflight_bound",
+           "model_device_type"]
 
 #: Default bound on copy-out bytes in flight for the disk tier (others: unbounded).
 DISK_INFLIGHT_BYTES = 256 * 2**20
 
+
+
+def model_device_type(model: nn.Module) -> str:
+    """The device type of the model's first parameter or buffer (``cpu`` without any)."""
+    for t in model.parameters():
+        return t.device.type
+    for t in model.buffers():
+        return t.device.type
+    return "cpu"
 
 
 def inflight_bound(policy: SwapPolicy) -> int | None:
@@ -73,6 +81,7 @@ class SwapEngine:
                  workers: int | None = None, max_inflight_bytes: int | None = -1,
                  transport: TransportFactory | None = None) -> None:
         self.model = model
+        policy = policy.concrete(model_device_type(model))
         self.policy = policy
         if max_inflight_bytes == -1:
             max_inflight_bytes = inflight_bound(policy)
@@ -89,13 +98,14 @@ class SwapEngine:
         self._next_id = 0
         self._eligible = 0
         self._new_step = True
+        self.active = False                   # inside a step (saved-tensor hooks installed)
         self._root_hook = model.register_forward_hook(self._on_output)
         self._branches = None
         if policy.swap_branches:
             self._branches = BranchSwapper(self, model, lead=policy.prefetch)
 
     def resident_bytes(self) -> int:
-        """Bytes of the live entries in a resident state (equals ``stats.device_bytes``)."""
+        """Bytes of the live entries in a resident state (equals ``stats.saved_bytes``)."""
         with self._lock:
             return self.store.resident_bytes()
 
@@ -156,14 +166,14 @@ class SwapEngine:
 
     def _start_step(self) -> None:
         self._new_step = False
-        self.stats.steps += 1
+        self.stats.forwards += 1
         self._entries = []
         self._eligible = 0
         self._dedup.clear()
         self.log.emit("step_start")
 
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not torch.is_grad_enabled():
+        if not self.active or not torch.is_grad_enabled():
             return
         for t in tree_flatten(output)[0]:
             if isinstance(t, torch.Tensor) and t.requires_grad:
@@ -179,7 +189,7 @@ class SwapEngine:
         if self._branches is not None:
             self._branches.restore_all()  # backward may read a kept tensor's storage
         self.store.in_backward = True
-        self.store.epoch += 1
+        self.store.backward_no += 1
         self.stats.backwards += 1
         torch.autograd.Variable._execution_engine.queue_callback(self._end_backward_cb)
         self.log.emit("backward_start")
@@ -191,7 +201,7 @@ class SwapEngine:
         for idx in indices:
             if idx < len(self._entries):
                 e = self._entries[idx]
-                if e.state == "host" and e.epoch != self.store.epoch:
+                if e.state == "host" and e.backward_no != self.store.backward_no:
                     self.store.start_in(e, ahead=True)
 
     def unpack(self, h: Any) -> torch.Tensor:
@@ -219,15 +229,15 @@ class SwapEngine:
             return out
 
     def _count_unpack(self, e: Entry, h: Handle) -> None:
-        epoch = self.store.epoch
-        if e.epoch != epoch:
-            e.epoch = epoch
+        bno = self.store.backward_no
+        if e.backward_no != bno:
+            e.backward_no = bno
             e.n_unpacked = 0
             if e.index < len(self._entries) and self._entries[e.index] is e:
                 self._prefetch(self._schedule.unpacked(e.index))
             self.log.emit("unpack", e)
-        if h.epoch != epoch:
-            h.epoch = epoch
+        if h.backward_no != bno:
+            h.backward_no = bno
             e.n_unpacked += 1
         if e.n_unpacked >= e.n_live:
             self.store.drop_device(e)
@@ -293,17 +303,46 @@ class SwapEngine:
         with self._lock:
             e = h.entry
             e.n_live -= 1
-            epoch = self.store.epoch
-            if h.epoch == epoch and e.epoch == epoch:
+            bno = self.store.backward_no
+            if h.backward_no == bno and e.backward_no == bno:
                 e.n_unpacked -= 1
             try:
                 if e.n_live <= 0:
                     self.store.release(e)
-                elif self.store.in_backward and e.epoch == epoch \
+                elif self.store.in_backward and e.backward_no == bno \
                         and e.n_unpacked >= e.n_live:
                     self.store.drop_device(e)
             except Exception as exc:  # noqa: BLE001 - raised at the next pack/unpack/exit
                 self.store.failed(exc)
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self) -> None:
+        """A step starts: its first pack starts a forward (unless a backward still runs)."""
+        with self._lock:
+            self.active = True
+            if not self.store.in_backward:
+                self._new_step = True
+
+    def end_step(self, error: bool = False) -> None:
+        """A step ends. After ``error``, or a copy failure not raised yet, every live entry
+        is released, so no buffer or file remains, and the engine is ready for the next
+        step; the copy failure is then raised (unless the step already fails)."""
+        store = self.store
+        with self._lock:
+            self.active = False
+            with contextlib.suppress(Exception):
+                store.harvest(block=True)
+            failure, store.error = store.error, None
+            if error or failure is not None:
+                store.in_backward = False  # a backward cut short never reaches its end
+                self._new_step = True
+                with contextlib.suppress(Exception):
+                    store.each(store.live, store.release)
+                store.error = None
+            self.log.collect(block=True)
+            store.transports.trim()
+            if failure is not None and not error:
+                raise failure
 
     def close(self, error: bool = False) -> None:
         """Remove hooks; after an error, release every entry so no buffer or file remains.
@@ -322,42 +361,10 @@ class SwapEngine:
                 with contextlib.suppress(Exception):
                     store.each(store.live, store.release)
             store.closed = True
-            # a graph that outlives the context may still unpack: copies then run inline
+            # a graph that outlives the engine may still unpack: copies then run inline
             store.transports.go_inline()
             self.log.collect(block=True)
             if not store.live:
                 store.transports.close()
             if not error:
                 store.raise_error()
-
-
-@contextlib.contextmanager
-def swap_activations(model: nn.Module, policy: SwapPolicy | None, *, trace: bool = False,
-                     workers: int | None = None, max_inflight_bytes: int | None = -1,
-                     transport: TransportFactory | None = None) -> Iterator[SwapStats]:
-    """Swap the tensors autograd saves inside this context, as ``policy`` says.
-
-    Yields a live ``SwapStats``. ``policy=None`` installs nothing and yields empty stats.
-    ``workers`` is the thread count of the host and disk tiers (0: copies run inline,
-    which makes the resident-byte accounting deterministic). ``None`` (default): inline
-    for CPU tensors on the host tier, where a copy thread would only compete with compute
-    for the same cores, and one thread otherwise. ``max_inflight_bytes``
-    makes a pack wait while more copy-out bytes are in flight (None: never; the default
-    -1 means the policy's ``max_inflight_bytes``, see ``inflight_bound``). ``transport``:
-    ``factory(device) -> Transport`` replaces the tier's transports (see
-    ``swapseg.offload.transport.Transport``).
-    """
-    if policy is None:
-        yield SwapStats()
-        return
-    engine = SwapEngine(model, policy, trace=trace, workers=workers,
-                        max_inflight_bytes=max_inflight_bytes, transport=transport)
-    failed = False
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(engine.pack, engine.unpack):
-            yield engine.stats
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        engine.close(error=failed)

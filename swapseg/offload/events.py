@@ -3,7 +3,7 @@
 A consumed ticket's times are final at once on the CPU tiers and once its events have
 completed on CUDA; until then it waits here, holding no tensor. Its stall (``wait_s``)
 goes to ``SwapStats.wait_s`` when final, so on CUDA ``wait_s`` trails the copies still in
-flight and is complete when the context closes (at every backward's end with tracing).
+flight and is complete when the step ends.
 Copy events (``out_start``/``out_end``, ``in_start``/``in_end``, ``wait``) carry the
 copy's own times and step, and no ``resident_bytes``: they may be recorded after the
 fact, when the resident count has moved on.
@@ -41,7 +41,7 @@ class EventLog:
             return
         st = self.stats
         ev: dict[str, Any] = {"t": time.perf_counter() - st.t0, "kind": kind,
-                              "step": st.steps, "resident_bytes": st.device_bytes}
+                              "step": st.forwards, "resident_bytes": st.saved_bytes}
         if e is not None:
             ev.update(self._tag(e))
         ev.update(extra)
@@ -55,7 +55,7 @@ class EventLog:
             if stall:
                 self.stats.wait_s += ticket.wait_s
             return
-        item = (direction, self._tag(e), self.stats.steps, ticket, stall)
+        item = (direction, self._tag(e), self.stats.forwards, ticket, stall)
         if ticket.timed():
             self._settle(*item)
         else:

@@ -25,7 +25,7 @@ counter changes with the transitions and nowhere else. An illegal transition rai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -77,8 +77,8 @@ class Entry:
     """``device_tensor`` is a copy brought back (not the forward's own storage)."""
     n_live: int = 0
     n_unpacked: int = 0
-    epoch: int = -1
-    weak: Any = field(default=None, repr=False)
+    backward_no: int = -1
+    """The engine's backward count at this entry's last unpack (-1: never unpacked)."""
 
     @property
     def resident(self) -> bool:

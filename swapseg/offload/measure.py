@@ -5,9 +5,9 @@ planner's calibration, its check against measured runs).
 
 ``measure_steps(model, input_shape, context_factory, steps=5, warmup=1)`` trains ``model``
 for ``warmup + steps`` steps (forward, loss, backward, optimizer step) inside ONE context
-made by ``context_factory(model)``, the way the training loop runs a whole epoch in one
-swap context (the engine learns the unpack order in one step and prefetches by it in the
-next). Contexts that yield a ``SwapStats`` get per-step figures.
+made by ``context_factory(model)``, one engine for all of them as the training loop has
+one for its run (the engine learns the unpack order in one step and prefetches by it in
+the next). Contexts that yield a ``SwapStats`` get per-step figures.
 
 Ready-made context factories (each ``factory(model) -> context manager``):
 
@@ -35,8 +35,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
-from swapseg.offload.engine import swap_activations
+from swapseg.offload.apply import swap_activations
 from swapseg.offload.policy import SwapPolicy
 from swapseg.offload.stats import SwapStats
 from swapseg.offload.tracker import ScopeTracker
@@ -81,7 +83,7 @@ def save_on_cpu(model: nn.Module) -> Iterator[SwapStats]:
         nbytes = packed.numel() * packed.element_size()
         stats.bytes_in += nbytes
         stats.add_resident(nbytes)  # counted at its unpack, like a reloaded entry
-        stats.device_bytes -= nbytes
+        stats.saved_bytes -= nbytes
         return packed.to(device, non_blocking=pin)
 
     try:
@@ -151,8 +153,6 @@ def train_step(model: nn.Module, x: torch.Tensor,
 def allocation_events(prof: Any) -> list[tuple[int, int, int, str]]:
     """The memory events of a ``torch.profiler`` run (``profile_memory=True``), in time
     order: (time ns, bytes (negative: a free), address, the chain of ops around it)."""
-    from torch._C._profiler import _EventType
-
     out = []
     stack = [(n, "") for n in prof.profiler.kineto_results.experimental_event_tree()]
     while stack:
@@ -168,8 +168,6 @@ def allocation_events(prof: Any) -> list[tuple[int, int, int, str]]:
 
 def profiled_peak_bytes(step: Callable[[], Any]) -> int:
     """Peak of allocations made during ``step()``, from the profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     cur = peak = 0
@@ -205,7 +203,7 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
         autocast_dtype: run forward and loss under ``torch.autocast`` at this dtype.
 
     Returns a JSON-able dict: ``step_s`` (median seconds of a step), ``step_s_all``,
-    ``peak_device_bytes`` (largest per-step peak of the engine's resident saved bytes,
+    ``peak_saved_bytes`` (largest per-step peak of the engine's resident saved bytes,
     see ``SwapStats``; 0 when the context counts nothing), medians of the per-step
     ``COUNTERS``, ``peak_rss_bytes`` (process high-water mark, includes everything
     before the call), ``cuda_peak_bytes`` on CUDA (``max_memory_allocated`` over the
@@ -241,11 +239,11 @@ def measure_steps(model: nn.Module, input_shape: Sequence[int],
             if stats is not None:
                 after = stats.as_dict()
                 per_step.append({k: after[k] - before[k] for k in COUNTERS})
-                peaks.append(stats.peak_device_bytes)
+                peaks.append(stats.peak_saved_bytes)
     out: dict[str, Any] = {
         "step_s": statistics.median(times),
         "step_s_all": [round(t, 6) for t in times],
-        "peak_device_bytes": max(peaks) if peaks else 0,
+        "peak_saved_bytes": max(peaks) if peaks else 0,
         "peak_rss_bytes": peak_rss_bytes(),
         "loss": float(loss.detach()),
         "steps": steps,

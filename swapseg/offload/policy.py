@@ -13,6 +13,7 @@ engine, the recompute wrapper and the planner's simulator share.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -22,7 +23,7 @@ from swapseg.offload.record import Record, json_object
 
 __all__ = ["SwapPolicy", "RecomputePolicy", "MemoryPlan", "Tier", "TIERS", "ConcreteTier",
            "RecomputeMode", "MODES", "SPEED_KEEP_OPS", "ROOT_SCOPE", "scope_matches",
-           "read_plan", "concrete_tier"]
+           "read_plan", "concrete_tier", "as_plan"]
 
 Tier = Literal["auto", "cuda", "host", "disk"]
 TIERS: tuple[str, ...] = get_args(Tier)
@@ -71,6 +72,14 @@ def scope_matches(scope: str, globs: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs)
 
 
+def _globs(value: str | Iterable[str], what: str) -> tuple[str, ...]:
+    globs = (value,) if isinstance(value, str) else tuple(value)
+    for g in globs:
+        if not isinstance(g, str):
+            raise InputError(f"{what} globs must be strings, got {g!r}")
+    return globs
+
+
 @dataclass(frozen=True)
 class SwapPolicy(Record):
     what = "policy"
@@ -98,11 +107,13 @@ class SwapPolicy(Record):
     tier: Tier = "auto"
     """Where swapped bytes go: ``cuda`` (pinned host memory over side streams), ``host``
     (CPU copies through a thread pool), ``disk`` (files in ``disk_dir``), or ``auto``
-    (``cuda`` for CUDA tensors, ``host`` otherwise)."""
+    (the tier that frees the device's memory: ``cuda`` for CUDA tensors, ``disk`` for CPU
+    ones; see :func:`concrete_tier`)."""
 
     disk_dir: str | None = None
-    """Directory of the disk tier; None uses the system temporary directory (the files
-    there have no names, so nothing is left behind)."""
+    """Directory of the disk tier, which must exist (it is never created); None uses the
+    system temporary directory (the files there have no names, so nothing is left
+    behind)."""
 
     max_inflight_bytes: int = -1
     """Forward waits while more copy-out bytes than this are in flight, so a slow tier
@@ -118,9 +129,10 @@ class SwapPolicy(Record):
     ``min_bytes`` must keep their defaults (they would do nothing)."""
 
     def __post_init__(self) -> None:
-        # lists from JSON or the CLI become tuples, so the policy stays hashable
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        # lists from JSON or the CLI become tuples, so the policy stays hashable; a bare
+        # string is one glob, not a tuple of its characters
+        object.__setattr__(self, "include", _globs(self.include, "include"))
+        object.__setattr__(self, "exclude", _globs(self.exclude, "exclude"))
         object.__setattr__(self, "storages", tuple(self.storages))
         self._check_storages()
         if self.n_tensors < -1:
@@ -136,6 +148,9 @@ class SwapPolicy(Record):
             raise InputError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
         if self.disk_dir is not None and self.tier not in ("disk", "auto"):
             raise InputError(f"disk_dir is only used by the disk tier, not {self.tier!r}")
+        if self.disk_dir is not None and not os.path.isdir(self.disk_dir):
+            raise InputError(f"disk_dir {self.disk_dir}: no such directory (the disk tier "
+                             "does not create it)")
 
     def _check_storages(self) -> None:
         if not self.storages:
@@ -196,8 +211,10 @@ class MemoryPlan(Record):
     name: str = ""
     """The planner's candidate name (e.g. ``swap-all-pf8``); informational."""
     model_class: str = ""
-    """``module:QualName`` of the model the plan was made for (the planner fills it), so
-    a reader can tell which network its scopes and storage indices name; "" unknown."""
+    """``module:QualName`` of the model the plan was made for (the planner fills it), whose
+    module names its globs and storage indices are relative to; the integrations find that
+    module inside a wrapper (a LightningModule). ``""``: any model, scopes relative to the
+    model given."""
 
     def __post_init__(self) -> None:
         if self.swap is not None and not isinstance(self.swap, SwapPolicy):
@@ -223,6 +240,18 @@ class MemoryPlan(Record):
         if d.get("recompute") is not None:
             d["recompute"] = RecomputePolicy.from_dict(d["recompute"])
         return d
+
+
+def as_plan(plan: MemoryPlan | SwapPolicy | None, what: str = "plan") -> MemoryPlan:
+    """A ``MemoryPlan``; a ``SwapPolicy`` is the plan that only swaps, None the empty plan."""
+    if plan is None:
+        return MemoryPlan()
+    if isinstance(plan, SwapPolicy):
+        return MemoryPlan(swap=plan)
+    if isinstance(plan, MemoryPlan):
+        return plan
+    raise InputError(f"{what} must be a MemoryPlan, a SwapPolicy or None, "
+                     f"got {type(plan).__name__} {plan!r:.60}")
 
 
 def read_plan(text: str, what: str = "plan") -> MemoryPlan:

@@ -38,7 +38,8 @@ from torch.utils.checkpoint import (
 from swapseg.errors import InputError
 from swapseg.offload.policy import MODES, SPEED_KEEP_OPS, RecomputePolicy, scope_matches
 
-__all__ = ["MODES", "SAVE_OPS", "RecomputePolicy", "recompute", "resolve_scopes", "speed_policy"]
+__all__ = ["MODES", "SAVE_OPS", "RecomputePolicy", "recompute", "resolve_scopes", "speed_policy",
+           "wrap_scopes", "unwrap_scopes"]
 
 #: The ops whose outputs the speed policy keeps, as op overloads (policy.SPEED_KEEP_OPS
 #: names their packets).
@@ -91,6 +92,30 @@ def _wrap(module: nn.Module, mode: str) -> None:
     module.forward = forward  # type: ignore[method-assign]
 
 
+def wrap_scopes(model: nn.Module, policy: RecomputePolicy) -> list[tuple[str, nn.Module]]:
+    """Checkpoint the modules ``policy`` chooses until :func:`unwrap_scopes`; returns
+    them by qualified name. Raises InputError (wrapping nothing) when no module matches
+    or one is already wrapped."""
+    names = resolve_scopes(model, policy.scopes)
+    if not names:
+        raise InputError(f"recompute scopes {list(policy.scopes)} match no module of "
+                         f"{type(model).__name__}")
+    modules = dict(model.named_modules())
+    for n in names:
+        if "forward" in modules[n].__dict__:
+            raise InputError(f"module {n!r} already has a patched forward "
+                             "(nested recompute contexts?)")
+    for n in names:
+        _wrap(modules[n], policy.mode)
+    return [(n, modules[n]) for n in names]
+
+
+def unwrap_scopes(wrapped: list[tuple[str, nn.Module]]) -> None:
+    """Give the modules ``wrap_scopes`` wrapped their class forward back."""
+    for _, m in wrapped:
+        m.__dict__.pop("forward", None)
+
+
 @contextlib.contextmanager
 def recompute(model: nn.Module, policy: RecomputePolicy | None) -> Iterator[list[str]]:
     """Checkpoint the modules chosen by ``policy`` while the context is open.
@@ -101,21 +126,8 @@ def recompute(model: nn.Module, policy: RecomputePolicy | None) -> Iterator[list
     if policy is None:
         yield []
         return
-    names = resolve_scopes(model, policy.scopes)
-    if not names:
-        raise InputError(f"recompute scopes {list(policy.scopes)} match no module of "
-                         f"{type(model).__name__}")
-    modules = dict(model.named_modules())
-    wrapped: list[nn.Module] = []
+    wrapped = wrap_scopes(model, policy)
     try:
-        for n in names:
-            m = modules[n]
-            if "forward" in m.__dict__:
-                raise InputError(f"module {n!r} already has a patched forward "
-                                 "(nested recompute contexts?)")
-            _wrap(m, policy.mode)
-            wrapped.append(m)
-        yield names
+        yield [n for n, _ in wrapped]
     finally:
-        for m in wrapped:
-            del m.forward  # back to the class method
+        unwrap_scopes(wrapped)

@@ -1,4 +1,4 @@
-"""SwapStats: the live counters a swap context yields.
+"""SwapStats: the live counters of an engine (a run), and of its last step.
 
 Every pack (one tensor autograd saves) falls into exactly one of three classes, so
 ``packed == swapped + deduplicated + kept``:
@@ -22,6 +22,12 @@ __all__ = ["SwapStats", "ScopeStats"]
 _BYTES_OF = {"kept": "kept_bytes", "swapped": "bytes_out"}
 
 
+#: The running totals: a step's figure is the difference of two readings.
+_COUNTERS = ("packed", "swapped", "deduplicated", "kept", "bytes_out", "bytes_in",
+             "kept_bytes", "storages", "wait_s", "prefetch_hits", "prefetch_misses",
+             "branch_evictions", "branch_bytes_out", "backwards", "forwards", "steps")
+
+
 @dataclass
 class ScopeStats:
     """Counters of one module scope (its qualified name; ``""`` is the root)."""
@@ -39,9 +45,10 @@ class ScopeStats:
 
 @dataclass
 class SwapStats:
-    """Counters of one ``swap_activations`` context, updated while it runs.
+    """Counters of one ``OffloadEngine`` (a run, or one ``swap_activations`` context),
+    updated while it runs; ``last_step`` holds the last finished step's own figures.
 
-    ``peak_device_bytes`` is the maximum, over the context, of the engine's resident
+    ``peak_saved_bytes`` is the maximum, over the context, of the engine's resident
     saved bytes: the sum of ``nbytes`` over unique saved storages (entries) whose
     lifecycle state (``swapseg.offload.lifecycle``) is resident:
 
@@ -67,9 +74,9 @@ class SwapStats:
     kept_bytes: int = 0
     storages: int = 0
     """Unique non-parameter storages saved (entries made): swapped + kept ones."""
-    device_bytes: int = 0
+    saved_bytes: int = 0
     """Resident saved bytes now, by the definition above."""
-    peak_device_bytes: int = 0
+    peak_saved_bytes: int = 0
     wait_s: float = 0.0
     """Seconds stalled at unpack waiting for a copy-in (on CUDA: the compute stream's
     stall, from events, added as the copies' events complete and complete at context
@@ -86,12 +93,20 @@ class SwapStats:
     pinned allocator reserves them (each buffer rounded up to a power of two); 0 on the
     other tiers."""
     backwards: int = 0
+    forwards: int = 0
+    """Forward passes seen (a forward starts with a step, or with the first pack after a
+    backward)."""
     steps: int = 0
-    """Forward passes seen (a forward starts with the first pack after a backward)."""
+    """Steps finished (``OffloadEngine.step`` contexts closed)."""
     by_scope: dict[str, ScopeStats] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     """With ``trace=True``: timestamped events (see ``swapseg.offload.timeline``)."""
     t0: float = field(default_factory=time.perf_counter, repr=False)
+    last_step: SwapStats | None = field(default=None, repr=False)
+    """The last finished step's own figures (``OffloadEngine.step``): its counters, its
+    own peak of resident saved bytes, and ``saved_bytes`` as the step ended. None before
+    the first step ends. Its ``last_step`` is None and its ``events`` empty."""
+    _step_peak: int = field(default=0, repr=False)
 
     def scope(self, name: str) -> ScopeStats:
         s = self.by_scope.get(name)
@@ -117,13 +132,38 @@ class SwapStats:
 
     def add_resident(self, nbytes: int) -> None:
         """Add ``nbytes`` (negative: remove) to the resident bytes; track the peak."""
-        self.device_bytes += nbytes
-        if self.device_bytes > self.peak_device_bytes:
-            self.peak_device_bytes = self.device_bytes
+        self.saved_bytes += nbytes
+        if self.saved_bytes > self._step_peak:
+            self._step_peak = self.saved_bytes
+            if self.saved_bytes > self.peak_saved_bytes:
+                self.peak_saved_bytes = self.saved_bytes
+
+    def begin_step(self) -> SwapStats:
+        """A step starts: its peak window opens; returns the counters to subtract at its end."""
+        self._step_peak = self.saved_bytes
+        snap = SwapStats(**{k: getattr(self, k) for k in _COUNTERS})
+        snap.by_scope = {k: ScopeStats(**v.as_dict()) for k, v in self.by_scope.items()}
+        return snap
+
+    def end_step(self, before: SwapStats) -> SwapStats:
+        """The step that ``begin_step`` returned ``before`` for has ended: its own figures
+        become ``last_step`` (and are returned)."""
+        self.steps += 1
+        step = SwapStats(**{k: getattr(self, k) - getattr(before, k) for k in _COUNTERS},
+                         saved_bytes=self.saved_bytes, peak_saved_bytes=self._step_peak,
+                         t0=self.t0)
+        for name, sc in self.by_scope.items():
+            old = before.by_scope.get(name)
+            d = sc.as_dict() if old is None else {k: v - getattr(old, k)
+                                                   for k, v in sc.as_dict().items()}
+            if any(d.values()):
+                step.by_scope[name] = ScopeStats(**d)
+        self.last_step = step
+        return step
 
     def reset_peak(self) -> None:
         """Start a new peak window from the current resident bytes."""
-        self.peak_device_bytes = self.device_bytes
+        self.peak_saved_bytes = self._step_peak = self.saved_bytes
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (events excluded; see ``events``)."""
@@ -136,8 +176,8 @@ class SwapStats:
             "bytes_in": self.bytes_in,
             "kept_bytes": self.kept_bytes,
             "storages": self.storages,
-            "device_bytes": self.device_bytes,
-            "peak_device_bytes": self.peak_device_bytes,
+            "saved_bytes": self.saved_bytes,
+            "peak_saved_bytes": self.peak_saved_bytes,
             "wait_s": round(self.wait_s, 6),
             "prefetch_hits": self.prefetch_hits,
             "prefetch_misses": self.prefetch_misses,
@@ -145,6 +185,7 @@ class SwapStats:
             "branch_bytes_out": self.branch_bytes_out,
             "host_reserved_bytes": self.host_reserved_bytes,
             "backwards": self.backwards,
+            "forwards": self.forwards,
             "steps": self.steps,
             "by_scope": {k: v.as_dict() for k, v in sorted(self.by_scope.items())},
         }

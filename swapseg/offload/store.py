@@ -24,7 +24,7 @@ __all__ = ["EntryStore"]
 
 
 class EntryStore:
-    """The live entries of one swap context and the transports that hold their copies."""
+    """The live entries of one engine and the transports that hold their copies."""
 
     def __init__(self, stats: SwapStats, log: EventLog, transports: TransportSet) -> None:
         self.stats = stats
@@ -33,7 +33,7 @@ class EntryStore:
         self.live: set[Entry] = set()         # entries not released
         self._outs: dict[int, Entry] = {}     # copy-outs not yet collected, oldest first
         self.out_bytes = 0                    # their bytes (the throttle's in-flight count)
-        self.epoch = 0                        # backward count; set by the engine
+        self.backward_no = 0                  # backwards begun so far; set by the engine
         self.in_backward = False
         self.error: BaseException | None = None
         self.closed = False
@@ -116,7 +116,7 @@ class EntryStore:
             self.move(e, "device")  # the source stays where it is
             raise
         self.log.copied("out", e, ticket, stall=False)
-        if e.epoch == self.epoch and self.in_backward:
+        if e.backward_no == self.backward_no and self.in_backward:
             self.move(e, "back")  # this backward's unpack uses the source
         else:
             e.device_tensor = None
@@ -134,7 +134,7 @@ class EntryStore:
         if e.state == "host":
             self.stats.prefetch_misses += 1
             self.start_in(e, ahead=False)
-        elif e.state == "returning" and e.epoch != self.epoch:
+        elif e.state == "returning" and e.backward_no != self.backward_no:
             self.stats.prefetch_hits += 1
         if e.state == "returning":
             ticket, e.in_ticket = e.in_ticket, None

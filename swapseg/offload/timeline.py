@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from swapseg.offload.figure import pyplot, save_png
+
 __all__ = ["plot_timeline", "select_step", "copy_intervals"]
 
 _LANES = ("compute", "copy out", "copy in")
@@ -58,8 +60,6 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path,
     Top: three lanes (compute: pack and unpack ticks, waits in red; copy out; copy in),
     bars for each copy. Bottom: the engine's resident saved bytes over time.
     """
-    from swapseg.offload.figure import pyplot, save_png
-
     plt = pyplot()
 
     ev = select_step(events, step)

@@ -40,7 +40,6 @@ class ScopeTracker:
             self._handles.append(module.register_forward_hook(self._pop, always_call=True))
         for t in list(model.parameters()) + list(model.buffers()):
             self._param_storages.add(t.untyped_storage().data_ptr())
-        self._model = model
 
     def _push(self, name: str):
         def hook(module: nn.Module, args: Any) -> None:
@@ -60,12 +59,6 @@ class ScopeTracker:
         if isinstance(t, nn.Parameter):
             return True
         return t.untyped_storage().data_ptr() in self._param_storages
-
-    def refresh_params(self) -> None:
-        """Re-read parameter storages (after ``model.to()`` inside the context)."""
-        self._param_storages = {t.untyped_storage().data_ptr()
-                                for t in list(self._model.parameters())
-                                + list(self._model.buffers())}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -96,9 +89,6 @@ class DedupTable:
     def add(self, t: torch.Tensor, entry: Entry) -> None:
         self._table[storage_key(t)] = (entry, StorageWeakRef(t.untyped_storage()))
 
-    def forget(self, t: torch.Tensor) -> None:
-        self._table.pop(storage_key(t), None)
-
     def prune(self) -> None:
         """Forget entries whose storage died or whose entry was released."""
         dead = [k for k, (e, w) in self._table.items() if w.expired() or e.released]
@@ -116,7 +106,7 @@ class Handle:
     """What autograd holds instead of a saved tensor."""
 
     __slots__ = ("engine", "entry", "tensor", "ref", "version", "dtype", "size", "stride",
-                 "offset", "epoch", "__weakref__")
+                 "offset", "backward_no", "__weakref__")
 
     def __init__(self, engine: Any, entry: Entry, t: torch.Tensor, keep: bool) -> None:
         self.engine = engine
@@ -126,7 +116,7 @@ class Handle:
         self.version = t._version
         self.dtype, self.size, self.stride = t.dtype, t.size(), t.stride()
         self.offset = t.storage_offset()
-        self.epoch = -1
+        self.backward_no = -1
 
     def __del__(self) -> None:
         try:

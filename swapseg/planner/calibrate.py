@@ -28,9 +28,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from swapseg.errors import InputError
-from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import train_step
 from swapseg.offload.policy import SwapPolicy
+from swapseg.offload.run import OffloadEngine
 from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
@@ -262,11 +262,16 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     for shape in shapes:
         x = torch.randn(shape)
         walls = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            with swap_activations(model, policy) as st:
-                train_step(model, x, loss_fn)
-            walls.append(time.perf_counter() - t0)
+        # one engine for both steps: the timed step prefetches by the order the warm-up
+        # learned, as a training run's steps do
+        with OffloadEngine(model, policy) as engine:
+            for _ in range(2):
+                t0 = time.perf_counter()
+                with engine.step():
+                    train_step(model, x, loss_fn)
+                walls.append(time.perf_counter() - t0)
+        st = engine.stats.last_step
+        assert st is not None
         model.zero_grad(set_to_none=True)
         pred = simulate(trace_step(model, tuple(shape), loss_fn), base, policy).step_s
         rows.append({"shape": list(shape), "wall_s": walls[-1], "predicted_s": pred,

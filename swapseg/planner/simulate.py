@@ -3,7 +3,7 @@
 Input: a :class:`~swapseg.planner.trace.StepTrace`, a device profile and a plan
 (swap policy and/or recompute policy). Output: predicted step time, stall time, peak
 device bytes (everything: parameters, optimizer state, gradients, live activations and
-op temporaries) and peak saved bytes resident (what the engine's ``peak_device_bytes``
+op temporaries) and peak saved bytes resident (what the engine's ``peak_saved_bytes``
 counts), plus the timeline as data.
 
 Semantics follow the engine (docs/swapping.md): a swapped storage leaves the device once its

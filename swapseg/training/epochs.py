@@ -2,8 +2,8 @@
 
 :func:`run_epochs` is the epoch loop of ``training.loop.fit``: every random stream of an
 epoch derives from (seed, epoch), so a resumed run repeats the uninterrupted one. Every
-step runs inside the engine's swap and recompute contexts for the run's memory plan;
-a plan of None is their null context, so swapping on or off is the same code path.
+step is a step of the run's one ``OffloadEngine`` for its memory plan; a plan of None
+makes every step a null context, so swapping on or off is the same code path.
 After the first step of a run (or of a resume) ``Ctx.on_first_step`` sees the engine's
 counters, so the caller can report the measured peak beside the predicted one.
 
@@ -14,10 +14,9 @@ that last.pt does not cover and redoes that epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from swapseg import offload
-from swapseg.offload.recompute import recompute
+from swapseg.offload import OffloadEngine
 from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training.checkpoint import EpochProgress, rng_state, save_checkpoint, set_rng_state
@@ -39,7 +37,7 @@ from swapseg.training.runlog import EpochLog, epoch_line, first_step_line
 from swapseg.training.swaplog import SwapLog, write_trace
 from swapseg.training.validation import validate
 
-__all__ = ["NonFiniteLoss", "TrainState", "Ctx", "engine", "run_epochs"]
+__all__ = ["NonFiniteLoss", "TrainState", "Ctx", "run_epochs"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,16 +64,6 @@ class TrainState:
     """Optimizer steps the fp16 GradScaler skipped (inf/nan gradients), across resumes."""
 
 
-@contextlib.contextmanager
-def engine(ctx: Ctx, trace: bool) -> Iterator[Any]:
-    """The run's memory plan as one context (``apply_plan``'s, with the engine's trace
-    option for ``--trace-step``)."""
-    plan = ctx.config.plan
-    with offload.swap_activations(ctx.model, plan and plan.swap, trace=trace) as stats, \
-            recompute(ctx.model, plan and plan.recompute):
-        yield stats
-
-
 def _train_epoch(ctx: Ctx, epoch: int, progress: bool,
                  partial: dict[str, Any] | None = None) -> dict[str, float]:
     """One pass over the training loader; returns loss, timing and data-wait share.
@@ -84,17 +72,14 @@ def _train_epoch(ctx: Ctx, epoch: int, progress: bool,
     are loaded again and dropped (which replays the data RNGs exactly), then the RNG
     states saved after its last step are restored.
 
-    The whole epoch runs in one swap context (and recompute context): the engine learns
-    the unpack order in one step and prefetches by it in the next, so a context per step
-    would throw that away. Per-step swap figures are differences of the live counters.
+    Each step is a step of the run's one ``OffloadEngine`` (``ctx.engine``, made by
+    ``fit``): it learned the unpack order in the previous step and prefetches by it, and
+    its ``stats.last_step`` is the step's own swap figures.
     """
     ctx.ddp_model.train()
     prog = EpochProgress(**partial["progress"]) if partial else EpochProgress()
     skipped = 0
     n_steps = len(ctx.train_loader)
-    first = ctx.state.global_step - prog.steps
-    trace_epoch = ctx.config.trace_step is not None and \
-        first <= ctx.config.trace_step < first + n_steps
     batches = iter(ctx.train_loader)
     for _ in range(prog.steps):
         next(batches)
@@ -104,31 +89,33 @@ def _train_epoch(ctx: Ctx, epoch: int, progress: bool,
     t_start = time.perf_counter() - resumed_s
     bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
                unit="step")
-    epoch_engine = engine(ctx, trace_epoch) if ctx.run_engine is None else \
-        contextlib.nullcontext(ctx.run_engine)
-    with epoch_engine as stats:
-        for step in range(prog.steps, n_steps):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            before = stats.as_dict()
+    eng = ctx.engine
+    for step in range(prog.steps, n_steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        traced = ctx.config.trace_step == ctx.state.global_step and ctx.info.is_main
+        eng.trace = traced
+        with eng.step():
             loss, stepped = _step(ctx, batch, epoch, step)
-            skipped += not stepped
-            ctx.state.skipped_steps += not stepped  # a mid-epoch checkpoint counts it too
-            t2 = time.perf_counter()
-            ctx.swaplog.add_step(before, stats.as_dict(), epoch)
-            if ctx.on_first_step is not None:
-                ctx.on_first_step(stats.as_dict())
-                ctx.on_first_step = None
-            if trace_epoch and ctx.state.global_step == ctx.config.trace_step \
-                    and ctx.info.is_main:
-                write_trace(stats, ctx.run_dir, ctx.state.global_step)
-            ctx.state.global_step += 1
-            prog.add(loss, batch["image"].shape[0], t1 - t0, t2 - t1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            prog.elapsed_s = time.perf_counter() - t_start
-            interrupt.after_step(ctx.state.global_step, prog)
+        eng.trace = False
+        skipped += not stepped
+        ctx.state.skipped_steps += not stepped  # a mid-epoch checkpoint counts it too
+        t2 = time.perf_counter()
+        figures = eng.stats.last_step.as_dict()
+        ctx.swaplog.add_step(figures, epoch)
+        if ctx.on_first_step is not None:
+            ctx.on_first_step(figures)
+            ctx.on_first_step = None
+        if traced:
+            t_0 = eng.stats.t0
+            write_trace(eng.stats, (t1 - t_0, t2 - t_0), ctx.run_dir, ctx.state.global_step)
+        ctx.state.global_step += 1
+        prog.add(loss, batch["image"].shape[0], t1 - t0, t2 - t1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        prog.elapsed_s = time.perf_counter() - t_start
+        interrupt.after_step(ctx.state.global_step, prog)
     bar.close()
     return {"train_loss": prog.loss_sum / max(prog.samples, 1), "steps": n_steps,
             "data_wait_share": prog.wait_s / max(prog.wait_s + prog.busy_s, 1e-12),
@@ -173,7 +160,8 @@ class Ctx:
     state: TrainState
     swaplog: SwapLog
     info: dist_.DistInfo
-    run_engine: Any = None  # the run-wide engine's stats under --compile (see fit)
+    engine: OffloadEngine | None = None
+    """The run's one swap/recompute engine (``fit`` makes it; every step enters it)."""
     on_first_step: Callable[[dict[str, Any]], None] | None = None
     """Called once, with the engine's counters, after the first step this process takes."""
 

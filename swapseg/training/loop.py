@@ -14,7 +14,6 @@ step it reports the measured peak (``training.planning``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -28,18 +27,22 @@ from torch.utils.data import DataLoader, Dataset
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.io import write_json
+from swapseg.offload import OffloadEngine
+from swapseg.offload.run import check_globs
 from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training import planning as plans
 from swapseg.training.checkpoint import remove_stale_temporaries, restore, resume_line
 from swapseg.training.compiling import compile_model, compile_notice
 from swapseg.training.config import TrainConfig
-from swapseg.training.datasets import worker_error_message
-from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, engine, run_epochs
+from swapseg.training.crossval import fold_split, make_splits, read_splits
+from swapseg.training.datasets import build_datasets, find_training_cases, worker_error_message
+from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, run_epochs
 from swapseg.training.losses import make_loss
 from swapseg.training.model import build_model, model_kwargs
 from swapseg.training.precision import MixedPrecision
 from swapseg.training.rundir import nothing_to_train
+from swapseg.training.runlog import EpochLog
 from swapseg.training.swaplog import SwapLog
 
 __all__ = ["train", "train_all_folds", "fit", "worker_error_message", "build_model",
@@ -101,14 +104,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
               run_dir, state, SwapLog(config.swap), info)
     if config.plan is not None and info.is_main:
         ctx.on_first_step = _first_step_report(config, device, plan_path, echo)
-    # --compile: one engine context for the run, since each new context registers new
-    # module hooks, on which dynamo's guards fail: it would recompile the model every epoch
-    run = engine(ctx, config.trace_step is not None) if config.compile else \
-        contextlib.nullcontext(None)
     start_epoch = state.epoch
     if config.compile and info.is_main:
         ctx.on_first_step = compile_notice(echo, then=ctx.on_first_step)
-    with run as ctx.run_engine:
+    # one engine for the run: it learns the unpack order in one step and prefetches by it
+    # in the next, and its module hooks, registered once, keep --compile's guards valid
+    with OffloadEngine(model, config.plan) as ctx.engine:
         stop_reason = run_epochs(ctx, val_loader, sched, log, gen, progress, echo, partial,
                                  last)
     if resume and state.epoch == start_epoch and info.is_main:
@@ -122,8 +123,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
 
 def _epoch_log(run_dir: Path, state: TrainState, info: dist_.DistInfo) -> Any:
     """RUN/log.csv, cut to the epochs the resumed checkpoint covers (rank 0 writes it)."""
-    from swapseg.training.runlog import EpochLog
-
     log = EpochLog(run_dir / "log.csv")
     if info.is_main:
         log.load(upto_epoch=state.epoch)
@@ -156,6 +155,8 @@ def _plan_and_check(config: TrainConfig, model: nn.Module, n_train: int,
     if memory_budget is not None and config.plan is None:
         config, pred, record = plans.resolve_auto(config, memory_budget, plan_path, echo,
                                                   model, replan=resume)
+    if config.plan is not None and config.plan.swap is not None:
+        check_globs(model, config.plan.swap)  # before anything is written
     if pred is None:
         pred = plans.predict(config, model, config.plan, device)
         record = plans.new_record(config, pred, device, plan_path)
@@ -175,9 +176,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     checkpoints. With ``memory_budget`` and no ``config.plan`` the planner chooses the
     plan (``--swap auto``) into ``plan_path`` (default RUN/plan.json), or reuses the one
     there."""
-    from swapseg.training.crossval import fold_split, make_splits, read_splits
-    from swapseg.training.datasets import build_datasets, find_training_cases
-
     run_dir = Path(config.out)
     resolve_device(config.device)  # fail before anything is written
     cases = find_training_cases(config.data)

@@ -346,9 +346,8 @@ def measured_peak(stats: dict[str, Any], device: torch.device) -> dict[str, Any]
         source = "torch.cuda.max_memory_allocated"
     else:
         peak, source = peak_rss_bytes(), "the process's peak RSS"
-    # the engine's counter is being renamed from peak_device_bytes to peak_saved_bytes
-    saved = stats.get("peak_saved_bytes", stats.get("peak_device_bytes", 0))
-    return {"peak_saved_bytes": int(saved), "swapped_tensors": int(stats.get("swapped", 0)),
+    return {"peak_saved_bytes": int(stats.get("peak_saved_bytes", 0)),
+            "swapped_tensors": int(stats.get("swapped", 0)),
             "peak_bytes": peak, "peak_source": source}
 
 

@@ -1,13 +1,9 @@
 """Swap statistics of a training run: the first step, the average step, per epoch.
 
-The training loop holds one swap context per epoch; the engine's counters are cumulative
-over it. A step's figures are the differences of ``SwapStats.as_dict()`` taken before and
-after it; ``peak_saved_bytes`` (the saved bytes resident at the engine's peak, the name
-the planner's prediction and plan.json use) is the running peak of the context at the end
-of the step (the engine keeps no per-step peak), which for a static graph is the step's
-own peak.
-This module keeps the first step whole (with its per-scope table), averages the numeric
-fields per epoch and over the run, writes them to ``swap_stats.json`` and gives the
+The training loop holds one ``OffloadEngine`` for the run; a step's figures are the
+engine's ``stats.last_step`` (its counters, its own peak). This module keeps the first
+step whole (with its per-scope table), averages the numeric fields per epoch and over the
+run, writes them to ``swap_stats.json`` and gives the
 per-epoch averages that go into log.csv.
 """
 
@@ -49,8 +45,8 @@ class SwapLog:
         self.run = _Mean()
         self.epochs: dict[int, _Mean] = {}
 
-    def add_step(self, before: dict[str, Any], after: dict[str, Any], epoch: int) -> None:
-        d = step_delta(before, after)
+    def add_step(self, d: dict[str, Any], epoch: int) -> None:
+        """One step's own figures (``SwapStats.last_step.as_dict()``)."""
         if self.first_step is None:
             self.first_step = d
         self.run.add(d)
@@ -70,37 +66,15 @@ class SwapLog:
         })
 
 
-#: Fields that are levels or peaks, not counters: a step reports the value after it.
-_LEVELS = ("device_bytes", "peak_saved_bytes")
-#: The engine's names that the run record spells the planner's way (the engine's
-#: ``peak_device_bytes`` is being renamed ``peak_saved_bytes`` itself).
-_RECORD_NAMES = {"peak_device_bytes": "peak_saved_bytes"}
-
-
-def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """One step's figures from two snapshots of the cumulative counters."""
-    out: dict[str, Any] = {}
-    before = {_RECORD_NAMES.get(k, k): v for k, v in before.items()}
-    after = {_RECORD_NAMES.get(k, k): v for k, v in after.items()}
-    for k, v in after.items():
-        if k == "by_scope":
-            continue
-        if k in _LEVELS or not isinstance(v, (int, float)) or isinstance(v, bool):
-            out[k] = v
-        else:
-            out[k] = v - before.get(k, 0)
-    scopes_before = before.get("by_scope", {})
-    out["by_scope"] = {
-        name: {f: c - scopes_before.get(name, {}).get(f, 0) for f, c in sc.items()}
-        for name, sc in after.get("by_scope", {}).items()}
-    return out
-
-
-def write_trace(stats: Any, run_dir: Path, step: int) -> None:
+def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
     """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``: the
-    engine's events numbered with its step counter at the end of the step."""
-    events = [e for e in stats.events if e["step"] == stats.steps]
-    write_json(run_dir / "timeline.json", {"step": step, "engine_step": stats.steps,
+    engine's events numbered with its forward count at the end of the step (the run's
+    engine counts forwards from 1); ``window`` is the step's (start, end) in the engine's
+    clock (seconds since ``stats.t0``), recorded beside them."""
+    engine_step = stats.forwards
+    events = [e for e in stats.events if e["step"] == engine_step]
+    write_json(run_dir / "timeline.json", {"step": step, "engine_step": engine_step,
+                                           "window_s": list(window),
                                            "stats": stats.as_dict(), "events": events})
     if events:  # an auto plan may swap nothing: then there is no timeline to draw
         plot_timeline(events, run_dir / "timeline.png",

@@ -239,6 +239,15 @@ def test_a_step_that_cannot_fit_stops_before_anything_is_written(tmp_path, synth
     assert not run.exists() or not any(run.iterdir())  # no config, splits, plan
 
 
+def test_a_swap_glob_matching_no_module_stops_before_anything_is_written(tmp_path, synth,
+                                                                        capsys):
+    run = tmp_path / "run"
+    assert _train(synth, run, "--swap", "all", "--swap-exclude", "decodr.*") == 2
+    err = capsys.readouterr().err.strip()
+    assert "exclude glob 'decodr.*' matches no module of Isensee3DUNet (nearest: decoder" in err
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_a_slow_cpu_step_prints_the_predicted_epoch_time(tmp_path, synth, capsys,
                                                          monkeypatch):
     from swapseg.training import planning
@@ -257,6 +266,7 @@ def test_disk_tier_short_of_space_warns_in_one_line(tmp_path, synth, capsys, mon
     monkeypatch.setattr(planning, "disk_shortfall",
                         lambda folder, nbytes: seen.append((folder, nbytes)) or 12345)
     disk_dir = tmp_path / "swapdisk"
+    disk_dir.mkdir()  # the disk tier never creates its folder
     assert _train(synth, tmp_path / "run", "--epochs", "1", "--swap", "all", "--swap-tier",
                   "disk", "--swap-disk-dir", str(disk_dir)) == 0
     warn = [ln for ln in capsys.readouterr().out.splitlines() if "disk tier's folder" in ln]

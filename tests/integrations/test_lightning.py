@@ -54,8 +54,8 @@ def _fit(callbacks: list, fail_at: int | None = None, epochs: int = 1) -> Module
     return module
 
 
-@pytest.mark.parametrize("plan", [SwapPolicy(prefetch=2),
-                                  MemoryPlan(swap=SwapPolicy(exclude=("net.head",)))])
+@pytest.mark.parametrize("plan", [SwapPolicy(prefetch=2, tier="host"),
+                                  MemoryPlan(swap=SwapPolicy(exclude="net.head", tier="host"))])
 def test_callback_swaps_and_matches_plain_training(plan: SwapPolicy | MemoryPlan) -> None:
     plain = _fit([])
     cb = SwapCallback(plan)
@@ -69,13 +69,70 @@ def test_callback_swaps_and_matches_plain_training(plan: SwapPolicy | MemoryPlan
     assert s.backwards == 2 * N_BATCHES
     assert s.swapped > 0 and s.bytes_out > 0
     assert s.bytes_in == s.bytes_out  # every swapped tensor came back for its backward
-    assert s.device_bytes == 0 and cb.swapper.current is None
+    assert s.saved_bytes == 0 and cb.swapper.current is None
 
 
 def test_exception_closes_the_swap_context() -> None:
-    cb = SwapCallback(SwapPolicy())
+    cb = SwapCallback(SwapPolicy(tier="host"))
     with pytest.raises(RuntimeError, match="boom"):
         _fit([cb], fail_at=1)
     assert cb.stats.steps == 1  # the first step finished, the second failed in forward
     assert cb.swapper.current is None
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+
+
+class UNetModule(pl.LightningModule):
+    """A LightningModule holding a MONAI U-Net with skip connections as ``self.net``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+        self.net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2,
+                             features=(2, 2, 4, 4, 8, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _unet_data() -> list:
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(1, 1, 33, 35, 34, generator=g),
+             torch.randint(0, 2, (1, 33, 35, 34), generator=g)) for _ in range(4)]
+
+
+class _Misses(pl.Callback):
+    """Each step's prefetch misses, read after the swap callback closed the step."""
+
+    def __init__(self, swap: SwapCallback) -> None:
+        self.swap, self.misses = swap, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.misses.append(self.swap.stats.last_step.prefetch_misses)
+
+
+@pytest.mark.parametrize("how", ["model_class", "module"])
+def test_a_plan_for_the_bare_network_swaps_it_inside_the_module(how, caplog) -> None:
+    """A plan whose globs name BasicUNet's own modules (as ``swapseg plan --model
+    monai.networks.nets:BasicUNet`` makes it) swaps under ``self.net``, and steps after
+    the first have no prefetch miss."""
+    pytest.importorskip("monai")
+    torch.manual_seed(0)
+    plan = MemoryPlan(swap=SwapPolicy(tier="host", prefetch=4, exclude="upcat_1"),
+                      model_class="monai.networks.nets.basic_unet:BasicUNet"
+                      if how == "model_class" else "")
+    cb = SwapCallback(plan, module="net" if how == "module" else None)
+    misses = _Misses(cb)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", callbacks=[cb, misses], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with caplog.at_level("INFO", logger="swapseg.integrations"):
+        trainer.fit(UNetModule(), train_dataloaders=_loader(_unet_data()))
+    s = cb.stats
+    assert s.steps == 4 and misses.misses[1:] == [0, 0, 0]
+    assert s.by_scope["conv_0.conv_0.conv"].swapped > 0
+    assert all(v.swapped == 0 for k, v in s.by_scope.items() if k.startswith("upcat_1"))
+    assert "swapseg: first step of 'net' (BasicUNet): swapped" in caplog.text

@@ -33,7 +33,7 @@ def _trainer(epochs: int = 2, fail: bool = False) -> SupervisedTrainer:
 
 def test_swapped_run_matches_plain_run_bitwise() -> None:
     plain, swapped, short = _trainer(), _trainer(), _trainer(epochs=1)
-    stats = attach_swapping(swapped, SwapPolicy(prefetch=3))
+    stats = attach_swapping(swapped, SwapPolicy(prefetch=3, tier="host"))
     plain.run()
     swapped.run()
     short.run()
@@ -46,11 +46,12 @@ def test_swapped_run_matches_plain_run_bitwise() -> None:
 
 def test_error_in_an_iteration_closes_the_context() -> None:
     trainer = _trainer(fail=True)
-    stats = attach_swapping(trainer, SwapPolicy())
+    stats = attach_swapping(trainer, SwapPolicy(tier="host"))
     with pytest.raises(RuntimeError, match="boom"):
         trainer.run()
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
-    assert stats.steps == 1 and stats.backwards == 0
+    # one forward, no backward, and the failed step is not counted as a step
+    assert stats.forwards == 1 and stats.backwards == 0 and stats.steps == 0
 
 
 def test_bad_targets_are_input_errors() -> None:
@@ -60,3 +61,27 @@ def test_bad_targets_are_input_errors() -> None:
     attach_swapping(trainer, SwapPolicy())
     with pytest.raises(InputError, match="already attached"):
         attach_swapping(trainer, SwapPolicy())
+
+
+def test_iterations_after_the_first_have_no_prefetch_miss_on_a_skip_unet() -> None:
+    """One engine for the run: each iteration prefetches in the order the one before it
+    learned (a context per iteration missed on every skip connection, every iteration)."""
+    from ignite.engine import Events
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(0)
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(2, 2, 4, 4, 8, 2))
+    g = torch.Generator().manual_seed(1)
+    data = [{"image": torch.randn(1, 1, 33, 35, 34, generator=g),
+             "label": torch.randint(0, 2, (1, 33, 35, 34), generator=g)} for _ in range(4)]
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data,
+                                network=net, loss_function=F.cross_entropy,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=1e-2), amp=False)
+    stats = attach_swapping(trainer, SwapPolicy(tier="host", prefetch=4))
+    misses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda _: misses.append(stats.last_step.prefetch_misses))
+    trainer.run()
+    assert len(misses) == 4 and misses[1:] == [0, 0, 0]
+    assert stats.last_step.swapped > 0 and stats.last_step.prefetch_hits > 0
+    assert not any(m._forward_hooks for m in net.modules())  # closed when the run completed

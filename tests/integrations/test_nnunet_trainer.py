@@ -61,7 +61,7 @@ def _batch(seed: int, patch: tuple[int, ...] = (12, 16, 16)) -> dict:
 def test_swap_step_equals_nnunet_step_bitwise(nnunet_env: Path) -> None:
     stock, swap = _trainer(nnUNetTrainer), _trainer(nnUNetTrainerSwap, seed=1)
     swap.network.load_state_dict(stock.network.state_dict())
-    swap.swapper = StepSwapper(MemoryPlan(swap=SwapPolicy(prefetch=2)))
+    swap.swapper = StepSwapper(MemoryPlan(swap=SwapPolicy(prefetch=2, tier="host")))
     for step in range(3):
         a, b = stock.train_step(_batch(step)), swap.train_step(_batch(step))
         assert a["loss"].tobytes() == b["loss"].tobytes(), f"loss differs at step {step}"

@@ -24,7 +24,7 @@ def test_record_base_round_trips_nested_records_and_refuses_bad_json():
     p = MemoryPlan(SwapPolicy(include=("a", "b.*")), None, "x")
     d = p.to_dict()
     assert d == {"swap": {**SwapPolicy().to_dict(), "include": ["a", "b.*"]},
-                 "recompute": None, "name": "x"}
+                 "recompute": None, "name": "x", "model_class": ""}
     assert MemoryPlan.from_dict(d) == p
     with pytest.raises(InputError, match="^plan is not valid JSON"):
         MemoryPlan.from_json("{")

@@ -85,7 +85,7 @@ def test_isensee_on_cuda_close_and_memory_saved():
     base = train_steps(isensee, _ctx(None), device="cuda")
     run = train_steps(isensee, _ctx(SwapPolicy(prefetch=4)), device="cuda")
     assert_close(base, run)
-    assert all(st.prefetch_hits > 0 and st.device_bytes == 0 for st in run[3])
+    assert all(st.prefetch_hits > 0 and st.saved_bytes == 0 for st in run[3])
 
 
 def test_swap_lowers_cuda_peak_and_does_not_leak():
@@ -96,7 +96,7 @@ def test_swap_lowers_cuda_peak_and_does_not_leak():
     swapped = measure_steps(copy.deepcopy(model), shape, swap(SwapPolicy(prefetch=2)),
                             steps=2, warmup=1)
     assert swapped["cuda_peak_bytes"] < plain["cuda_peak_bytes"]
-    assert swapped["peak_device_bytes"] < plain["peak_device_bytes"] / 4
+    assert swapped["peak_saved_bytes"] < plain["peak_saved_bytes"] / 4
     pool = get_pool(True)
     x = torch.randn(shape, device=CUDA)
     with swap_activations(model, SwapPolicy()) as st:
@@ -107,7 +107,7 @@ def test_swap_lowers_cuda_peak_and_does_not_leak():
             sizes.append(pool.allocated_bytes)
             mem.append(torch.cuda.memory_allocated())
     assert len(set(sizes[2:])) == 1 and len(set(mem[2:])) == 1
-    assert pool.free_bytes == pool.allocated_bytes and st.device_bytes == 0
+    assert pool.free_bytes == pool.allocated_bytes and st.saved_bytes == 0
 
 
 def test_trace_and_save_on_cpu_on_cuda(tmp_path):

@@ -50,7 +50,7 @@ def test_bitwise_under_random_completion_orders(baselines, arch, seed):
     assert_bitwise(baselines[arch], run)
     assert not rt.races
     for st in run[3]:
-        assert st.swapped > 0 and st.bytes_in > 0 and st.device_bytes == 0
+        assert st.swapped > 0 and st.bytes_in > 0 and st.saved_bytes == 0
         # one pinned buffer per swapped storage, each rounded up to a power of two
         assert st.bytes_out <= st.host_reserved_bytes < 2 * st.bytes_out
     assert len(factory.made) == STEPS[arch] and _pools_whole(factory)
@@ -121,7 +121,7 @@ def test_exception_mid_backward_leaves_no_copy_behind():
             with swap_activations(model, SwapPolicy(prefetch=8), transport=factory) as st:
                 model(x).square().mean().backward()
         rt.synchronize()
-        assert st.swapped > 0 and st.device_bytes == 0
+        assert st.swapped > 0 and st.saved_bytes == 0
         run = train_steps(ConvNet, _swap(SwapPolicy(prefetch=2), factory), steps=1)
     assert not rt.races and _pools_whole(factory)
     assert run[3][0].swapped > 0
@@ -143,7 +143,7 @@ def test_graph_outliving_its_context():
         del loss
     for a, p in zip(ref, model.parameters(), strict=True):
         assert torch.equal(a, p.grad)
-    assert not rt.races and st.device_bytes == 0 and _pools_whole(factory)
+    assert not rt.races and st.saved_bytes == 0 and _pools_whole(factory)
 
 
 class _Views(nn.Module):

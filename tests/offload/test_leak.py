@@ -9,7 +9,7 @@ import pytest
 import torch
 from _swap_models import isensee
 
-from swapseg.offload import SwapPolicy, get_pool, swap_activations
+from swapseg.offload import OffloadEngine, SwapPolicy, get_pool, swap_activations
 
 
 def _rss_bytes() -> int:
@@ -24,20 +24,21 @@ def test_thirty_steps_flat():
     x = torch.randn(1, 2, 16, 16, 16)
     pool = get_pool(False)
     swapped, pool_bytes, rss = [], [], []
-    with swap_activations(model, SwapPolicy(tier="host", prefetch=3)) as st:
+    with OffloadEngine(model, SwapPolicy(tier="host", prefetch=3)) as engine:
+        st = engine.stats
         for _ in range(30):
-            before = st.swapped
             opt.zero_grad()
-            model(x).square().mean().backward()
+            with engine.step():
+                model(x).square().mean().backward()
             opt.step()
-            swapped.append(st.swapped - before)
-            assert st.device_bytes == 0
+            swapped.append(st.last_step.swapped)
+            assert st.saved_bytes == 0
             assert pool.free_bytes == pool.allocated_bytes  # every buffer came back
             pool_bytes.append(pool.allocated_bytes)
             rss.append(_rss_bytes())
     assert len(set(swapped)) == 1 and swapped[0] > 0
     assert len(set(pool_bytes[2:])) == 1
-    assert st.steps == 30 and st.backwards == 30
+    assert st.steps == st.forwards == st.backwards == 30
     assert rss[-1] - rss[4] < 16 * 2**20, [r // 2**20 for r in rss]
 
 
@@ -118,7 +119,7 @@ def test_graph_outliving_the_context_still_works():
     for a, p in zip(ref, model.parameters(), strict=True):
         assert torch.equal(a, p.grad)
     del loss
-    assert st.device_bytes == 0 and pool.free_bytes == pool.allocated_bytes
+    assert st.saved_bytes == 0 and pool.free_bytes == pool.allocated_bytes
 
 
 _KILLED_CHILD = """

@@ -64,9 +64,9 @@ def test_engine_resident_bytes_follow_from_states_under_late_copies():
     seen_states: set[str] = set()
 
     def check(*_):  # hooks run on this thread, as do all of the engine's state changes
-        assert engine.resident_bytes() == engine.stats.device_bytes
+        assert engine.resident_bytes() == engine.stats.saved_bytes
         seen_states.update(engine.states())
-        checks.append(engine.stats.device_bytes)
+        checks.append(engine.stats.saved_bytes)
 
     hooks = [m.register_forward_hook(check) for m in model.modules()]
     hooks += [m.register_full_backward_hook(check) for m in model.modules()
@@ -77,11 +77,11 @@ def test_engine_resident_bytes_follow_from_states_under_late_copies():
             for _ in range(2):
                 model(x).square().mean().backward()
                 check()
-                assert engine.stats.device_bytes == 0
+                assert engine.stats.saved_bytes == 0
     finally:
         for h in hooks:
             h.remove()
         engine.close()
-    assert max(checks) > 0 and engine.stats.peak_device_bytes >= max(checks)
+    assert max(checks) > 0 and engine.stats.peak_saved_bytes >= max(checks)
     assert {"leaving", "host"} <= seen_states  # late copies were seen in flight
     assert engine.states() == {} and engine.resident_bytes() == 0

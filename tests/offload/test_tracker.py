@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -36,10 +37,8 @@ def test_tracker_stack_and_params():
 def test_tracker_stack_survives_an_exception():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(4, 4))
     tr = ScopeTracker(model)
-    try:
-        model(torch.randn(2, 3))
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        model(torch.randn(2, 3))  # the second Linear takes 4 features, gets 3
     assert tr.stack == []
 
 

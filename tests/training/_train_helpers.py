@@ -36,14 +36,14 @@ class BlobVolumes(Dataset):
 class NullStats:
     """Stand-in for the engine's SwapStats when the engine is absent."""
 
-    packed = swapped = deduplicated = kept = bytes_out = bytes_in = peak_device_bytes = 0
+    packed = swapped = deduplicated = kept = bytes_out = bytes_in = peak_saved_bytes = 0
     wait_s = 0.0
     by_scope: dict = {}
     events: list = []
 
     def as_dict(self) -> dict:
         return {"packed": 0, "swapped": 0, "deduplicated": 0, "kept": 0, "bytes_out": 0,
-                "bytes_in": 0, "peak_device_bytes": 0, "wait_s": 0.0}
+                "bytes_in": 0, "peak_saved_bytes": 0, "wait_s": 0.0}
 
 
 @contextlib.contextmanager

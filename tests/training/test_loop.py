@@ -152,8 +152,10 @@ def test_trace_step_writes_timeline(tmp_path):
     fit(build_model(cfg), BlobVolumes(2), BlobVolumes(1), cfg, **SILENT)
     tl = __import__("json").loads((tmp_path / "t" / "timeline.json").read_text())
     assert tl["step"] == 3 and tl["events"]
-    # step 3 is the 2nd step of epoch 2: the engine's 2nd step in that epoch's context
-    assert tl["engine_step"] == 2 and {e["step"] for e in tl["events"]} == {2}
+    # step 3 (0-based) is the run engine's 4th forward
+    assert tl["engine_step"] == 4 and {e["step"] for e in tl["events"]} == {4}
+    lo, hi = tl["window_s"]
+    assert all(lo <= e["t"] <= hi for e in tl["events"] if e["kind"] == "pack")
     assert (tmp_path / "t" / "timeline.png").stat().st_size > 0
 
 

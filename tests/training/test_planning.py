@@ -63,7 +63,7 @@ def test_slow_epochs_are_a_warning():
 
 
 def test_disk_check_warns_when_the_folder_is_short(tmp_path):
-    plan = MemoryPlan(swap=SwapPolicy(tier="disk", disk_dir=str(tmp_path / "new")))
+    plan = MemoryPlan(swap=SwapPolicy(tier="disk", disk_dir=str(tmp_path)))
     lines = []
     assert planning.check_disk(plan, _pred(), echo=lines.append) == 0 and not lines
     huge = _pred(swapped_bytes=2**62)  # more than any disk here

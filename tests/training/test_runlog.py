@@ -20,7 +20,6 @@ def test_an_older_log_is_resumed_under_the_current_column_names(tmp_path):
 
 def test_the_swap_columns_use_the_planners_name_for_the_saved_peak():
     log = SwapLog(None)
-    before = {"swapped": 0, "peak_device_bytes": 0, "by_scope": {}}
-    log.add_step(before, {"swapped": 3, "peak_device_bytes": 4096, "by_scope": {}}, epoch=0)
+    log.add_step({"swapped": 3, "peak_saved_bytes": 4096, "by_scope": {}}, epoch=0)
     assert log.first_step["peak_saved_bytes"] == 4096 and log.first_step["swapped"] == 3
     assert log.epoch_columns(0)["swap_peak_saved_bytes"] == 4096.0

@@ -144,7 +144,7 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         out = now["bytes_out"] - before.get("bytes_out", 0)
         self.print_to_log_file(f"swapseg: swapped {swapped} tensors ({out} bytes) in "
                                f"{now['steps'] - before.get('steps', 0)} steps, peak "
-                               f"{now['peak_device_bytes']} saved bytes on the device")
+                               f"{now['peak_saved_bytes']} saved bytes on the device")
 
     def on_train_end(self) -> None:
         super().on_train_end()

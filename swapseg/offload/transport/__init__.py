@@ -6,7 +6,7 @@ One ``Transport`` protocol (``base``), three tiers:
 - ``disk``: one unnamed file per storage, reclaimed by the kernel however the process ends;
 - ``cuda``: pinned pooled buffers, a side stream per direction, timing events.
 
-``TransportSet`` holds the transports of one swap context (``tiers``).
+``TransportSet`` holds the transports of one engine (``tiers``).
 """
 
 from swapseg.offload.transport.base import CopyRunner, Ticket, Transport

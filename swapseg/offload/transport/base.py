@@ -75,7 +75,7 @@ class Ticket:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Where swapped bytes go. One instance per swap context and device type."""
+    """Where swapped bytes go. One instance per engine and device type."""
 
     kind: str
 

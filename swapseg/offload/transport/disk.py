@@ -144,7 +144,8 @@ class DiskTransport(CopyRunner):
         self.dest = Recycler() if reuse_buffers else None
         """Where reads land: reloaded buffers taken back and reused (None: always new)."""
         self.dir = os.path.abspath(disk_dir if disk_dir is not None else tempfile.gettempdir())
-        os.makedirs(self.dir, exist_ok=True)
+        if not os.path.isdir(self.dir):  # never created: a typo would fill another disk
+            raise InputError(f"disk_dir {self.dir}: no such directory")
         self._open: set[int] = set()
         self._lock = threading.Lock()
 

@@ -2,11 +2,11 @@
 
 Fresh host buffers pay a page fault per 4 KiB on first touch (and pinned ones a
 ``cudaHostAlloc``), so buffers are handed out by exact size and taken back, never freed
-inside a step. The bound: ``trim()``, called when a swap context closes, keeps at most
-as many free buffers of each size as were in use at once since the previous trim (the
-last context's high-water mark per size) and frees the rest. A run whose shapes do not
-change keeps exactly what its next context needs; one whose shapes change (volumes of
-different sizes) does not accumulate buffers of sizes it stopped using.
+inside a step. The bound: ``trim()``, called at the end of every step of an engine and
+when it closes, keeps at most as many free buffers of each size as were in use at once
+since the previous trim (the last step's high-water mark per size) and frees the rest. A
+run whose shapes do not change keeps exactly what its next step needs; one whose shapes
+change (volumes of different sizes) does not accumulate buffers of sizes it stopped using.
 
 What a buffer costs is counted twice: ``allocated_bytes`` in tensor bytes, and
 ``reserved_bytes`` as the allocator reserves it. PyTorch's pinned host allocator rounds
@@ -35,6 +35,7 @@ class BufferPool:
         self._free: dict[int, list[torch.Tensor]] = {}
         self._in_use: dict[int, int] = {}
         self._peak: dict[int, int] = {}   # per size: most in use at once since the last trim
+        self._used = False                # a buffer was acquired since the last trim
         self._lock = threading.Lock()
         self.allocated_bytes = 0
         """Bytes of all buffers this pool allocated and still owns (free or in use)."""
@@ -50,6 +51,7 @@ class BufferPool:
         with self._lock:
             n = self._in_use[nbytes] = self._in_use.get(nbytes, 0) + 1
             self._peak[nbytes] = max(self._peak.get(nbytes, 0), n)
+            self._used = True
             free = self._free.get(nbytes)
             if free:
                 return free.pop()
@@ -85,10 +87,17 @@ class BufferPool:
     def trim(self) -> int:
         """Free the buffers beyond the per-size high-water mark since the last trim.
 
-        Starts a new window from the buffers in use now. Returns the bytes freed.
+        Starts a new window from the buffers in use now. Returns the bytes freed. A
+        window in which no buffer was acquired frees nothing: it says nothing about what
+        the next step needs (an engine trims at every step's end, and its transports trim
+        again when it closes).
         """
         freed = 0
         with self._lock:
+            if not self._used:
+                self._peak = {n: c for n, c in self._in_use.items() if c}
+                return 0
+            self._used = False
             for n, bufs in list(self._free.items()):
                 keep = max(0, self._peak.get(n, 0) - self._in_use.get(n, 0))
                 drop = len(bufs) - keep
@@ -156,7 +165,7 @@ _POOLS_LOCK = threading.Lock()
 
 
 def get_pool(pin_memory: bool = False) -> BufferPool:
-    """The process-wide pool (pinned or pageable), shared by all swap contexts."""
+    """The process-wide pool (pinned or pageable), shared by all engines."""
     with _POOLS_LOCK:
         pool = _POOLS.get(pin_memory)
         if pool is None:

@@ -1,4 +1,4 @@
-"""Which transport a tier means, and the transports of one swap context."""
+"""Which transport a tier means, and the transports of one engine (a run)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from swapseg.errors import InputError
+from swapseg.offload.policy import concrete_tier
 from swapseg.offload.transport.base import Transport
 from swapseg.offload.transport.cuda import CudaTransport
 from swapseg.offload.transport.disk import DiskTransport
@@ -20,12 +20,10 @@ TransportFactory = Callable[[torch.device], Transport]
 
 def make_transport(tier: str, device: torch.device, *, disk_dir: str | None = None,
                    workers: int = 1) -> Transport:
-    """The transport for ``tier`` (``auto``: cuda for CUDA tensors, host otherwise)."""
-    if tier == "auto":
-        tier = "cuda" if device.type == "cuda" else "host"
+    """The transport for ``tier`` on ``device`` (what ``tier`` means there:
+    ``swapseg.offload.policy.concrete_tier``)."""
+    tier = concrete_tier(tier, device.type)
     if tier == "cuda":
-        if device.type != "cuda":
-            raise InputError(f"tier 'cuda' needs CUDA tensors, got device {device}")
         return CudaTransport(device)
     if tier == "disk":
         return DiskTransport(disk_dir, workers=workers)
@@ -33,7 +31,7 @@ def make_transport(tier: str, device: torch.device, *, disk_dir: str | None = No
 
 
 class TransportSet:
-    """The transports of one swap context: one per device type, made on first use.
+    """The transports of one engine: one per device type, made on first use.
 
     ``factory`` replaces the tier's transports (a custom transport, or a test double).
     """
@@ -44,7 +42,7 @@ class TransportSet:
         self.disk_dir = disk_dir
         self.workers = workers
         self.factory = factory
-        self.inline = False  # set at close: a graph that outlives the context copies inline
+        self.inline = False  # set at close: a graph that outlives the engine copies inline
         self._by_type: dict[str, Transport] = {}
 
     def get(self, device: torch.device) -> Transport:
@@ -65,8 +63,15 @@ class TransportSet:
         # threads for the same cores. Measured at 64^3 on 2 cores (Isensee U-Net, swap-all):
         # 1.19x no-swap step time with a copy thread, 1.08x with inline copies. Disk writes
         # block in the kernel, not on a core, so the disk tier keeps its thread.
-        inline = device.type == "cpu" and self.tier in ("host", "auto")
+        inline = device.type == "cpu" and concrete_tier(self.tier, "cpu") == "host"
         return 0 if inline else 1
+
+    def trim(self) -> None:
+        """A step ended: pooled buffers beyond its high-water mark go (``BufferPool.trim``)."""
+        for tr in self._by_type.values():
+            pool = getattr(tr, "pool", None)
+            if pool is not None:
+                pool.trim()
 
     def go_inline(self) -> None:
         self.inline = True
