@@ -103,7 +103,7 @@ def one_side(side: int, names: list[str], steps: int, disk_dir: str) -> list[dic
             if i:
                 times[n].append(dt)
             last[n] = {"wait_s": st.wait_s, "bytes_out": st.bytes_out,
-                       "peak_saved_device_bytes": st.peak_saved_bytes,
+                       "peak_saved_bytes": st.peak_saved_bytes,
                        **(copy_rates(st.events) if st.events else {})}
             print(f"{side:>4} step {i} {n:<48} {dt:8.1f} s  wait {st.wait_s:6.1f} s  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)

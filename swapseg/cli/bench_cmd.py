@@ -99,8 +99,8 @@ def _markdown(res: dict[str, Any]) -> str:
     for name, r in res["methods"].items():
         lines.append(
             f"| {name} | {r['step_s']:.3f} | {r.get('step_ratio', 0):.2f} | "
-            f"{r['predicted_step_s']:.3f} | {mib(r.get('peak_saved_device_bytes'))} | "
-            f"{r.get('peak_saved_device_ratio', float('nan')):.2f} | "
+            f"{r['predicted_step_s']:.3f} | {mib(r.get('peak_saved_bytes'))} | "
+            f"{r.get('peak_saved_ratio', float('nan')):.2f} | "
             f"{mib(r.get('peak_alloc_bytes'))} | {mib(r['predicted_peak_bytes'])} | "
             f"{mib(r.get('bytes_copied', 0))} | {sides.get(name)}"
             f"{' / ' + str(measured.get(name)) + ' measured' if measured else ''} |")

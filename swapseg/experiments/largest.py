@@ -212,7 +212,7 @@ def run_probe(side: int, plan: MemoryPlan, cap: int, *, channels: int = 4,
             extra.update({k: r[k] for k in ("step_s_all", "wall_s", "vm_peak_bytes",
                                              "rlimit_data_bytes", "cap_enforced",
                                              "cuda_peak_bytes", "bytes_out", "bytes_in",
-                                             "wait_s", "peak_saved_device_bytes",
+                                             "wait_s", "peak_saved_bytes",
                                              "tier") if k in r})
             return Probe(side, r["status"], dt, r.get("peak_rss_bytes"), r.get("step_s"),
                          r.get("detail", ""), plan.name, extra)

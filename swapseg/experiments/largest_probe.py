@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, out: dict[str, Any]) -> None:
             out["step_s_all"] = times
     out.update(status="fits", step_s=min(times), swapped_tensors=stats.swapped,
                bytes_out=stats.bytes_out, bytes_in=stats.bytes_in, wait_s=stats.wait_s,
-               peak_saved_device_bytes=stats.peak_saved_bytes)
+               peak_saved_bytes=stats.peak_saved_bytes)
     if stats.events:
         out["tier"] = copy_rates(stats.events)
     if dev.type == "cuda":

@@ -142,7 +142,7 @@ class _Runner:
         stats = self.step(account=True)
         out: dict[str, Any] = {"step_s": statistics.median(times), "step_s_all": times}
         if stats is not None:
-            out["peak_saved_device_bytes"] = stats.peak_saved_bytes
+            out["peak_saved_bytes"] = stats.peak_saved_bytes
             out["bytes_copied"] = stats.bytes_out + stats.bytes_in
             out["swapped_tensors"] = stats.swapped
         if profile_peak:
@@ -267,7 +267,7 @@ def bench_methods(model: nn.Module, shape: tuple[int, ...], budget: int | None,
     if base:
         for row in rows.values():
             row["step_ratio"] = row["step_s"] / base["step_s"]
-            for k in ("peak_saved_device_bytes", "peak_alloc_bytes"):
+            for k in ("peak_saved_bytes", "peak_alloc_bytes"):
                 if k in row and base.get(k):
                     row[k.replace("_bytes", "_ratio")] = row[k] / base[k]
     return {"local_profile": local.to_dict(), "trace": trace.summary(), "methods": rows,

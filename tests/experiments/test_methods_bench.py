@@ -18,9 +18,12 @@ def test_bench_methods_side_by_side():
     # each unique saved storage out and back in once (the engine may move only the used
     # part of a storage, hence <=)
     # (asynchronous copies: under heavy load the copy thread lags, so only "less than")
-    assert m["paper-config-1"]["peak_saved_device_ratio"] < 1.0
+    assert m["paper-config-1"]["peak_saved_ratio"] < 1.0
+    # every saved storage goes out once; it comes back at most once (on a CPU the plan's
+    # tier is disk, whose copy-outs run on a thread: a source still being written when
+    # backward needs it is used as it is, with no copy-in, so how many return varies)
     copied = m["paper-config-1"]["bytes_copied"]
-    assert 0.95 * 2 * res["trace"]["saved_bytes"] <= copied <= 2 * res["trace"]["saved_bytes"]
+    assert 0.95 * res["trace"]["saved_bytes"] <= copied <= 2 * res["trace"]["saved_bytes"]
     assert m["save_on_cpu"]["bytes_copied"] >= m["paper-config-1"]["bytes_copied"]
     for row in m.values():
         assert row["step_s"] > 0 and row["predicted_step_s"] > 0
