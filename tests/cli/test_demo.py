@@ -47,11 +47,11 @@ class _Stop(Exception):
 
 def _first_lines(argv, monkeypatch, capsys) -> list[str]:
     """What ``swapseg demo`` prints before it writes any data (synthesis is cut short)."""
-    import swapseg.data.synthetic as synthetic
+    import swapseg.experiments.demo as demo
 
     def stop(*_, **__):
         raise _Stop
-    monkeypatch.setattr(synthetic, "synthesize", stop)
+    monkeypatch.setattr(demo, "synthesize", stop)  # where the demo calls it
     with pytest.raises(_Stop):
         main(["demo", *argv])
     return capsys.readouterr().out.splitlines()
