@@ -49,8 +49,13 @@ BASE = {
     "experiment full-vs-patch": ["experiment", "full-vs-patch", "--data", "{data}", "--out",
                                  "{out}", "--folds", "3", "--no-progress"],
     "nnunet trainers": ["nnunet", "trainers"],
-    "nnunet train": ["nnunet", "train", "501", "3d_fullres", "0"],
+    # nnU-Net's default device is cuda; --device cpu lets this machine judge the rest
+    "nnunet train": ["nnunet", "train", "501", "3d_fullres", "0", "--device", "cpu"],
     "nnunet synth": ["nnunet", "synth", "501", "--raw", "{out}"],
+    "nnunet plan-experiment": ["nnunet", "plan-experiment", "501"],
+    "nnunet plan": ["nnunet", "plan", "501"],
+    "nnunet predict": ["nnunet", "predict", "-i", "{data}", "-o", "{out}", "-d", "501", "-c",
+                       "3d_fullres", "--device", "cpu"],
 }
 NOT_INT = "x"
 PATHS = ("{missing}", "{empty}")
@@ -175,6 +180,28 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "-tr": bad("-tr", "nnUNetTrainerNoSuch"), "-p": bad("-p", "NoSuchPlans"),
         "--device": bad("--device", "gpu"), "--c": SWITCH, "--npz": SWITCH,
     },
+    "nnunet plan-experiment": {
+        "dataset": [["nosuch"]], "-pl": bad("-pl", "NoSuchPlanner"),
+        "--profile": bad("--profile", "nosuch"),
+        "--max-slowdown": bad("--max-slowdown", "-1", "soon"),
+        "--max-patch": bad("--max-patch", "abc", "0"),
+        "-gpu_memory_target": bad("-gpu_memory_target", "x", "-1"),
+        "-overwrite_plans_name": [],
+    },
+    "nnunet plan": {
+        "dataset": [["nosuch"]], "-pl": bad("-pl", "NoSuchPlanner"),
+        "--profile": bad("--profile", "nosuch"),
+        "--max-slowdown": bad("--max-slowdown", "-1", "soon"),
+        "--max-patch": bad("--max-patch", "abc", "0"),
+        "-c": [], "--gpu-memory": bad("--gpu-memory", "16", "lots"),
+        "--json": bad("--json", "{under_file}/p.json"),
+    },
+    "nnunet predict": {
+        "-i": bad("-i", "{missing}"), "-o": bad("-o", "{under_file}"),
+        "-d": bad("-d", "nosuch"), "-c": [], "-f": [], "-tr": [], "-p": [], "-chk": [],
+        "-step_size": bad("-step_size", "2", "x"), "--disable_tta": SWITCH,
+        "--device": bad("--device", "gpu"),
+    },
     "nnunet synth": {
         "dataset_id": [["x"], ["0"]], "--cases": bad("--cases", NOT_INT, "0"),
         "--shape": bad("--shape", "abc", "40,36,32"), "--seed": bad("--seed", NOT_INT),
@@ -183,11 +210,18 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
 }
 
 #: Rows whose bad value argparse accepts and only nnU-Net itself can judge.
-NEEDS_NNUNET = {("nnunet train", f) for f in ("dataset", "configuration", "fold", "-tr", "-p")}
+NEEDS_NNUNET = {("nnunet train", f) for f in ("dataset", "configuration", "fold", "-tr", "-p")} \
+    | {("nnunet plan-experiment", "dataset"), ("nnunet plan", "dataset"),
+       ("nnunet predict", "-i"), ("nnunet predict", "-d")}
+#: Flags whose value is any name: a configuration, fold, trainer, plans identifier or
+#: checkpoint that nnU-Net looks up only once the dataset's files are read (an empty row).
+FREE_NAMES = {("nnunet plan-experiment", "-overwrite_plans_name"), ("nnunet plan", "-c"),
+              *(("nnunet predict", f) for f in ("-c", "-f", "-tr", "-p", "-chk"))}
 #: Positionals: their fragment replaces the base's value at this index.
 POSITIONAL_AT = {("data check", "dir"): 2, ("nnunet train", "dataset"): 2,
                  ("nnunet train", "configuration"): 3, ("nnunet train", "fold"): 4,
-                 ("nnunet synth", "dataset_id"): 2}
+                 ("nnunet synth", "dataset_id"): 2, ("nnunet plan-experiment", "dataset"): 2,
+                 ("nnunet plan", "dataset"): 2}
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -217,6 +251,9 @@ def test_every_flag_has_a_row():
                 continue
             flag = _flags_of(action)
             takes_value = action.nargs != 0
+            if (cmd, flag) in FREE_NAMES:
+                assert ROWS[cmd][flag] == [], f"{cmd} {flag}: rows for a free name"
+                continue
             assert not (takes_value and not ROWS[cmd][flag]), f"{cmd} {flag}: no bad value"
 
 
@@ -277,7 +314,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("cmd, flag, frag", CASES)
 def test_bad_value_is_one_line(cmd, flag, frag, world, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("nnUNet_raw", raising=False)
-    if cmd == "nnunet train":  # a preprocessed dataset 501, so that each value is judged
+    if cmd in ("nnunet train", "nnunet predict"):  # a preprocessed dataset 501: values judged
         pre = tmp_path / "preprocessed"
         (pre / "Dataset501_Tiny").mkdir(parents=True)
         (pre / "Dataset501_Tiny" / "nnUNetPlans.json").write_text(

@@ -38,7 +38,7 @@ def here(tmp_path, monkeypatch):
                                   "models/deepnet_e20cli.py:build"])
 def test_plan_with_the_users_own_model(here, spec, capsys):
     assert main([*PLAN, "--model", spec, "--out", "p"]) == 0
-    assert json.loads((here / "p" / "plan.json").read_text())["chosen"]["fits"]
+    assert json.loads((here / "p" / "plan_search.json").read_text())["chosen"]["fits"]
     assert "chosen:" in capsys.readouterr().out
 
 
