@@ -64,8 +64,10 @@ def test_swap_step_equals_nnunet_step_bitwise(nnunet_env: Path) -> None:
     stock, swap = _trainer(nnUNetTrainer), _trainer(nnUNetTrainerSwap, seed=1)
     swap.network.load_state_dict(stock.network.state_dict())
     swap.swapper = StepSwapper(MemoryPlan(swap=SwapPolicy(prefetch=2, tier="host")))
+    misses = []
     for step in range(3):
         a, b = stock.train_step(_batch(step)), swap.train_step(_batch(step))
+        misses.append(swap.swapper.stats.last_step.prefetch_misses)
         assert a["loss"].tobytes() == b["loss"].tobytes(), f"loss differs at step {step}"
         for (name, p), q in zip(stock.network.named_parameters(), swap.network.parameters(),
                                 strict=True):
@@ -77,6 +79,9 @@ def test_swap_step_equals_nnunet_step_bitwise(nnunet_env: Path) -> None:
     assert sum(p.grad is not None for p in swap.network.parameters()) > 20
     s = swap.swapper.stats
     assert s.steps == 3 and s.swapped > 0 and s.bytes_in == s.bytes_out > 0
+    # one engine for the run: the unpack order learned in step 1 is prefetched by after it
+    assert misses[0] > 0 and misses[1:] == [0, 0], misses
+    swap.swapper.close()
     # the comparison can fail: a different batch gives a different loss
     other = _trainer(nnUNetTrainer).train_step(_batch(7))
     assert other["loss"].tobytes() != a["loss"].tobytes()
