@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swapseg.errors import InputError
-from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan
+from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan, as_plan
 from swapseg.planner import PlanEvidence, choose_plan, plan_memory
 from swapseg.sizes import parse_bytes
 
@@ -22,17 +21,6 @@ __all__ = ["MemoryPlan", "apply_plan", "choose_plan", "plan_memory", "PlanEviden
            "SwapPolicy", "SwapStats", "ScopeStats", "as_plan", "parse_size", "plan_search"]
 
 LossFn = Callable[[Any], torch.Tensor]
-
-
-def as_plan(policy_or_plan: SwapPolicy | MemoryPlan | None) -> MemoryPlan:
-    """A SwapPolicy becomes a swap-only plan; None swaps nothing."""
-    if policy_or_plan is None:
-        return MemoryPlan()
-    if isinstance(policy_or_plan, SwapPolicy):
-        return MemoryPlan(swap=policy_or_plan, name="policy")
-    if isinstance(policy_or_plan, MemoryPlan):
-        return policy_or_plan
-    raise InputError(f"expected a SwapPolicy or MemoryPlan, got {type(policy_or_plan).__name__}")
 
 
 def plan_search(model: nn.Module, input_shape: Sequence[int], device: str = "local", *,

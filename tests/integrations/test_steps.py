@@ -120,7 +120,7 @@ def test_a_failed_step_closes_and_a_skipped_end_is_closed_by_the_next_begin() ->
 def test_as_plan_and_sizes() -> None:
     assert as_plan(None) == MemoryPlan()
     assert as_plan(SwapPolicy(prefetch=3)).swap == SwapPolicy(prefetch=3)
-    with pytest.raises(InputError, match="SwapPolicy or MemoryPlan"):
+    with pytest.raises(InputError, match="a MemoryPlan, a SwapPolicy or None"):
         as_plan("all")  # type: ignore[arg-type]
     assert parse_size("12GiB") == 12 * 2**30 and parse_size("1.5e3B") == 1500
     for bad in ("12 parsecs", "", "0GiB"):
