@@ -63,8 +63,8 @@ class PlainSkip(nn.Module):
 
 def test_guard_restores_for_non_module_uses():
     base = train_steps(PlainSkip, _swap(None), shape=(1, 1, 6, 7, 5))
-    run = train_steps(PlainSkip, _swap(SwapPolicy(swap_branches=True, tier="host")), shape=(1, 1, 6, 7, 5),
-                      one_context=True)
+    run = train_steps(PlainSkip, _swap(SwapPolicy(swap_branches=True, tier="host")),
+                      shape=(1, 1, 6, 7, 5), one_context=True)
     assert_bitwise(base, run)
     assert run[3][-1].branch_evictions > 0
 
