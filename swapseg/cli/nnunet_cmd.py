@@ -9,6 +9,7 @@ from typing import Any
 
 from swapseg.cli import grammar as g
 from swapseg.errors import InputError
+from swapseg.planner.devices import PROFILES
 
 __all__ = ["register", "run"]
 
@@ -17,9 +18,12 @@ EPILOG = """examples:
          nnUNet_results=$PWD/nnUNet_results
   export nnUNet_extTrainer=$(swapseg nnunet trainers)
   swapseg nnunet synth 501 --cases 6 --shape 40x36x32
-  nnUNetv2_plan_and_preprocess -d 501 -c 3d_fullres -np 1
-  swapseg nnunet train 501 3d_fullres 0 -tr nnUNetTrainerSwap_debug --device cpu
-  SWAPSEG_MEMORY_BUDGET=12GiB nnUNetv2_train 501 3d_fullres 0 -tr nnUNetTrainerSwap  # GPU
+  swapseg nnunet plan 501 -c 3d_fullres --gpu-memory 0.05GiB        # dry run: the table
+  swapseg nnunet plan-experiment 501 -gpu_memory_target 0.05        # nnUNetPlansSwap.json
+  nnUNetv2_preprocess -d 501 -plans_name nnUNetPlansSwap -c 3d_fullres -np 1
+  swapseg nnunet train 501 3d_fullres 0 -p nnUNetPlansSwap -tr nnUNetTrainerSwap_debug \
+      --device cpu
+  nnUNetv2_train 501 3d_fullres 0 -p nnUNetPlansSwap -tr nnUNetTrainerSwap  # on a GPU
 """
 
 
@@ -46,6 +50,7 @@ def register(subparsers: Any) -> None:
                     help="continue from the fold's latest checkpoint")
     tr.add_argument("--npz", action="store_true", help="also save validation probabilities")
     tr.set_defaults(func=run)
+    _register_planning(sub)
     s = g.add_command(sub, "synth", "write a BraTS-like dataset in nnU-Net's raw format")
     s.add_argument("dataset_id", type=g.integer(1), help="nnU-Net dataset ID (1-999)")
     s.add_argument("--cases", type=g.integer(1), default=6, help="number of cases (default 6)")
@@ -56,7 +61,71 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=run)
 
 
+def _planner_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset ID or DatasetXXX_Name (raw data in $nnUNet_raw)")
+    p.add_argument("-pl", dest="planner", default="nnUNetPlannerSwap",
+                   choices=("nnUNetPlannerSwap", "nnUNetPlannerResEncMSwap",
+                            "nnUNetPlannerResEncLSwap", "nnUNetPlannerResEncXLSwap"),
+                   help="swap planner (default nnUNetPlannerSwap)")
+    p.add_argument("--profile", default="a100-pcie4", choices=(*PROFILES, "local"),
+                   help="device profile the planner predicts for (default a100-pcie4)")
+    p.add_argument("--max-slowdown", type=g.number(0, 10, high_open=True), default=0.15,
+                   help="largest predicted slowdown from swapping (default 0.15, i.e. 15%%)")
+    p.add_argument("--max-patch", type=g.spatial_shape, default=None,
+                   help="cap on the patch, DxHxW (default: the median image)")
+
+
+def _register_planning(sub: Any) -> None:
+    pe = g.add_command(
+        sub, "plan-experiment", "nnU-Net plans whose patch is sized with swapping",
+        "nnU-Net's plan_experiment_dataset with a swap planner: the 3d_fullres patch is the "
+        "largest of nnU-Net's patch chain, from the whole median image down, that swapseg's "
+        "planner fits into the memory target within the slowdown bound; plans go to "
+        "$nnUNet_preprocessed/DatasetXXX/nnUNetPlansSwap*.json with the swap plan.")
+    _planner_options(pe)
+    pe.add_argument("-gpu_memory_target", type=g.number(0, 10_000), default=None,
+                    help="GPU memory in GB (nnU-Net's meaning; default: the planner's)")
+    pe.add_argument("-overwrite_plans_name", dest="plans_name", default=None,
+                    help="plans identifier (default nnUNetPlansSwap or the preset's)")
+    pe.set_defaults(func=run)
+    pl = g.add_command(
+        sub, "plan", "dry run: nnU-Net's patch and batch against swapping's, as a table",
+        "Plan the configuration as plan-experiment does, write nothing but the table's "
+        "JSON: nnU-Net's default patch and batch, the same swapped, the swap planner's "
+        "patch and the whole median image, each with the predicted peak (beside nnU-Net's "
+        "own estimate), step time and slowdown.")
+    _planner_options(pl)
+    pl.add_argument("-c", dest="configuration", default="3d_fullres",
+                    help="configuration (default 3d_fullres)")
+    pl.add_argument("--gpu-memory", type=g.byte_size, default=None,
+                    help="GPU memory, e.g. 12GiB (default: the planner's target)")
+    pl.add_argument("--json", type=g.output_path, default="swapseg_nnunet_plan.json",
+                    help="where the table's JSON goes (default swapseg_nnunet_plan.json)")
+    pl.set_defaults(func=run)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from swapseg.integrations.nnunet import experiment as ex
+    from swapseg.io import write_json
+    common = {"planner": args.planner, "profile": args.profile,
+              "max_slowdown": args.max_slowdown, "max_patch": args.max_patch}
+    if args.nnunet_command == "plan-experiment":
+        _, ident = ex.plan_experiment(args.dataset, gpu_memory_gb=args.gpu_memory_target,
+                                      plans_name=args.plans_name, **common)
+        print(f"plans identifier: {ident} (nnUNetv2_preprocess -plans_name {ident}; "
+              f"nnUNetv2_train -p {ident})")
+        return 0
+    gb = None if args.gpu_memory is None else args.gpu_memory / 2**30
+    record = ex.dry_run(args.dataset, args.configuration, gpu_memory_gb=gb, **common)
+    print(ex.format_table(record))
+    write_json(args.json, record)
+    print(f"table written to {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.nnunet_command in ("plan", "plan-experiment"):
+        return _plan(args)
     if args.nnunet_command == "trainers":
         from swapseg.integrations.nnunet import trainers_folder
         print(trainers_folder())

@@ -20,6 +20,7 @@ from swapseg.integrations.nnunet.trainer import (  # noqa: E402
     PROFILE_ENV,
     nnUNetTrainerSwap,
     nnUNetTrainerSwapFullImage,
+    plan_line,
 )
 from swapseg.integrations.steps import StepSwapper  # noqa: E402
 
@@ -131,3 +132,66 @@ def test_nnunet_finds_the_trainers_in_the_ext_folder() -> None:
         cls = recursive_find_python_class(folder, name, None, base_folder=folder,
                                           cleanup_imports_from_base_folder=True)
         assert cls is not None and issubclass(cls, nnUNetTrainer) and cls.__name__ == name
+
+
+def _recorded(plan: MemoryPlan, patch: list[int]) -> dict:
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres"]["swapseg"] = {
+        "plan": plan.to_dict(), "budget_bytes": 3 * 2**20, "patch_size": patch,
+        "batch_size": 2, "device_profile": "a100-pcie4", "predicted_peak_bytes": 2**20,
+        "predicted_step_s": 0.5, "predicted_slowdown": 0.05}
+    return plans
+
+
+def test_the_plan_comes_from_the_plans_file(nnunet_env: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = MemoryPlan(swap=SwapPolicy(prefetch=3, tier="auto"), name="recorded")
+    monkeypatch.setattr(nnUNetTrainerSwap, "_searched_plan", None)  # must not be reached
+    t = nnUNetTrainerSwap(plans=_recorded(recorded, [12, 16, 16]) | {"continue_training": False},
+                          configuration="3d_fullres", fold=0, dataset_json=DATASET,
+                          device=torch.device("cpu"))
+    t.initialize()
+    plan = t.choose_swap_plan()
+    assert plan == recorded.concrete("cpu") and plan.swap.tier == "disk"  # frees CPU memory
+    assert t.swap_budget_bytes == 3 * 2**20 and t.swap_prediction["source"] == "plans file"
+    line = plan_line(plan, t.swap_budget_bytes, t.swap_prediction, t.swap_input_shape())
+    assert line == ("swapseg: plan recorded, swap to disk for input 2x4x12x16x16; predicted "
+                    "peak 0.000977 GiB of 0.00293 GiB, step 0.5 s (+5.0%) on a100-pcie4 "
+                    "(plans file)")
+
+
+def test_a_plan_for_another_patch_or_a_set_budget_is_planned_anew(
+        nnunet_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def trainer(patch: list[int]) -> nnUNetTrainerSwap:
+        plans = _recorded(MemoryPlan(swap=SwapPolicy(prefetch=3), name="recorded"), patch)
+        t = nnUNetTrainerSwap(plans=plans | {"continue_training": False},
+                              configuration="3d_fullres", fold=0, dataset_json=DATASET,
+                              device=torch.device("cpu"))
+        t.initialize()
+        return t
+    assert trainer([12, 16, 16])._recorded_plan() is not None
+    assert trainer([20, 24, 24])._recorded_plan() is None  # planned for another patch
+    monkeypatch.setenv(BUDGET_ENV, "64GiB")  # the user asks for another budget
+    t = trainer([12, 16, 16])
+    assert t._recorded_plan() is None
+    assert t.choose_swap_plan().name == "keep-all"
+    assert t.swap_prediction["source"] == "planned at start"
+
+
+def test_a_cpu_plan_swaps_to_disk(nnunet_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BUDGET_ENV, "2MiB")
+    plan = _trainer(nnUNetTrainerSwap).choose_swap_plan()
+    assert plan.swap is not None and plan.swap.tier == "disk"  # host memory frees nothing
+
+
+def test_progress_lines_when_the_log_is_not_a_terminal(
+        nnunet_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = _trainer(nnUNetTrainerSwap)
+    t.swapper = StepSwapper(MemoryPlan(swap=SwapPolicy(prefetch=2, tier="disk")))
+    t.swap_prediction = {"predicted_peak_bytes": 2**20}
+    t.num_iterations_per_epoch = 3
+    for step in range(3):
+        t.train_step(_batch(step))
+    out = capsys.readouterr().out
+    assert out.count("saved-tensor peak") == 1 and "(predicted peak 0.000977 GiB)" in out
+    assert [f"step {i}/3" in out for i in (1, 2, 3)] == [True] * 3

@@ -96,7 +96,8 @@ def judge(network: torch.nn.Module, batch_size: int, in_channels: int,
     c = res.chosen
     r = c.result if c is not None else min((x.result for x in res.candidates),
                                            key=lambda x: x.peak_bytes)
-    plan = MemoryPlan(swap=c.swap, recompute=c.recompute, name=c.name).concrete("cuda") \
+    # the tier stays "auto": pinned host memory on the GPU, disk where a CPU trains it
+    plan = MemoryPlan(swap=c.swap, recompute=c.recompute, name=c.name) \
         if c is not None else None
     return Verdict(patch, batch_size, c is not None, r.step_s / base.step_s - 1, plan,
                    int(r.peak_bytes), float(r.step_s), int(base.peak_bytes), float(base.step_s))

@@ -12,6 +12,7 @@ plan-experiment`` hands the class to nnU-Net's ``plan_experiment_dataset``.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -78,6 +79,7 @@ class SwapPlannerMixin:
         self.swap_profile = device_profile
         self.swap_max_slowdown = float(max_slowdown)
         self.swap_max_patch = tuple(max_patch) if max_patch else None
+        self._swap_verdicts: dict[str, Verdict] = {}
 
     def get_plans_for_configuration(self, spacing: Any, median_shape: Any,
                                     data_identifier: str, approximate_n_voxels_dataset: float,
@@ -111,10 +113,17 @@ class SwapPlannerMixin:
         return {**conf, "patch_size": patch, "batch_size": batch, "architecture": arch}
 
     def _verdict(self, conf: dict) -> Verdict:
-        n_in, n_out = self._channels()
-        net = network_for(conf["architecture"], n_in, n_out)
-        budget = int(self.UNet_vram_target_GB * _GIB)  # type: ignore[attr-defined]
-        return judge(net, conf["batch_size"], n_in, conf["patch_size"], budget, self.swap_profile)
+        """swapseg's verdict on ``conf``'s step, traced once per patch, batch and network."""
+        key = json.dumps([conf["patch_size"], conf["batch_size"], conf["architecture"]],
+                         sort_keys=True, default=str)
+        cache = self._swap_verdicts
+        if key not in cache:
+            n_in, n_out = self._channels()
+            net = network_for(conf["architecture"], n_in, n_out)
+            budget = int(self.UNet_vram_target_GB * _GIB)  # type: ignore[attr-defined]
+            cache[key] = judge(net, conf["batch_size"], n_in, conf["patch_size"], budget,
+                               self.swap_profile)
+        return cache[key]
 
     def swap_configuration(self, conf: dict, spacing: Any, median_shape: Any) -> dict:
         """``conf`` (nnU-Net's choice) with the largest patch that passes, and the record."""
@@ -163,6 +172,7 @@ class SwapPlannerMixin:
                 "budget_bytes": int(self.UNet_vram_target_GB * _GIB),  # type: ignore[attr-defined]
                 "max_slowdown": self.swap_max_slowdown,
                 "max_patch": list(self.swap_max_patch) if self.swap_max_patch else None,
+                "patch_size": list(chosen["patch_size"]), "batch_size": chosen["batch_size"],
                 "plan": verdict.plan.to_dict() if verdict.plan else None,
                 "predicted_peak_bytes": verdict.peak_bytes,
                 "predicted_step_s": verdict.step_s, "predicted_slowdown": verdict.slowdown,

@@ -21,7 +21,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from swapseg.errors import InputError
-from swapseg.integrations._plan import MemoryPlan, choose_plan, parse_size
+from swapseg.integrations._plan import MemoryPlan, parse_size, plan_search
+from swapseg.integrations.nnunet.planner import PLAN_KEY
 from swapseg.integrations.nnunet.shapes import full_image_plans
 from swapseg.integrations.steps import StepSwapper
 from swapseg.io import atomic_path
@@ -34,6 +35,25 @@ PROFILE_ENV = "SWAPSEG_DEVICE_PROFILE"
 PLAN_FILE = "swapseg_plan.json"
 STATS_FILE = "swapseg_stats.json"
 _CUDA = torch.device("cuda")
+PROGRESS_LINES = 10  # per epoch, when the log is not a terminal (a terminal has nnU-Net's)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def plan_line(plan: MemoryPlan, budget: int, pred: dict[str, Any],
+              input_shape: tuple[int, ...]) -> str:
+    """The plan as one readable line: what moves, the predicted peak against the budget."""
+    parts = [plan.name or "keep-all"]
+    if plan.swap is not None:
+        parts.append(f"swap to {plan.swap.tier}")
+    if plan.recompute is not None:
+        parts.append(f"recompute ({plan.recompute.mode})")
+    return (f"swapseg: plan {', '.join(parts)} for input {'x'.join(map(str, input_shape))}; "
+            f"predicted peak {_gib(pred['predicted_peak_bytes'])} of {_gib(budget)}, step "
+            f"{pred['predicted_step_s']:.3g} s ({pred['predicted_slowdown']:+.1%}) on "
+            f"{pred['device_profile']} ({pred['source']})")
 
 
 def _host_memory_bytes() -> int:
@@ -59,6 +79,8 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         self.swap_budget_bytes: int | None = None
         self.swapper: StepSwapper | None = None
         self._epoch_start: dict[str, Any] = {}
+        self.swap_prediction: dict[str, Any] = {}
+        self._steps_done = self._epoch_step = 0
 
     # swapping hooks into eager autograd; a compiled graph would bypass the engine
     def _do_i_compile(self) -> bool:
@@ -92,21 +114,46 @@ class nnUNetTrainerSwap(nnUNetTrainer):
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
 
     def choose_swap_plan(self) -> MemoryPlan:
-        """The planner's plan for this network, patch and budget; exits 2 when none fits."""
-        profile = os.environ.get(PROFILE_ENV, "").strip() or "local"
+        """The plans file's swap plan (``swapseg nnunet plan-experiment``) when it was
+        planned for this step and no budget is set, else the planner's plan for this
+        network, patch and budget; the tier is made concrete for the device (on a CPU:
+        disk, which frees memory). Exits 2 when no plan fits."""
         try:
-            budget = self.swap_budget()
-            plan = choose_plan(self._planning_network(), self.swap_input_shape(), profile,
-                               budget_bytes=budget, loss_fn=self._trace_loss,
-                               autocast_dtype=torch.float16 if self.device.type == "cuda"
-                               else None,
-                               tier="cuda" if self.device.type == "cuda" else "host")
+            found = self._recorded_plan() or self._searched_plan()
         except InputError as exc:
             # nnUNetv2_train has no handler of ours: one line and exit 2, as swapseg does
             print(f"{type(self).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
             raise SystemExit(2) from None
-        self.swap_budget_bytes = budget
-        return plan
+        plan, self.swap_budget_bytes, self.swap_prediction = found
+        return plan.concrete(self.device.type)
+
+    def _recorded_plan(self) -> tuple[MemoryPlan, int, dict[str, Any]] | None:
+        rec = self.configuration_manager.configuration.get(PLAN_KEY)
+        if not rec or rec.get("plan") is None or os.environ.get(BUDGET_ENV, "").strip():
+            return None
+        if [rec.get("batch_size"), *rec.get("patch_size", [])] != \
+                [self.batch_size, *map(int, self.configuration_manager.patch_size)]:
+            return None  # planned for another step (e.g. the whole-image trainer's)
+        pred = {k: rec[k] for k in ("device_profile", "predicted_peak_bytes",
+                                    "predicted_step_s", "predicted_slowdown")}
+        return (MemoryPlan.from_dict(dict(rec["plan"])), int(rec["budget_bytes"]),
+                {"source": "plans file", **pred})
+
+    def _searched_plan(self) -> tuple[MemoryPlan, int, dict[str, Any]]:
+        profile = os.environ.get(PROFILE_ENV, "").strip() or "local"
+        cuda = self.device.type == "cuda"
+        budget = self.swap_budget()
+        res = plan_search(self._planning_network(), self.swap_input_shape(), profile,
+                          budget_bytes=budget, loss_fn=self._trace_loss,
+                          autocast_dtype=torch.float16 if cuda else None,
+                          tier="cuda" if cuda else "auto")
+        c, base = res.chosen, res.candidates[0].result
+        assert c is not None and c.result is not None and base is not None  # or it raised
+        return (MemoryPlan(swap=c.swap, recompute=c.recompute, name=c.name), budget,
+                {"source": "planned at start", "device_profile": profile,
+                 "predicted_peak_bytes": int(c.result.peak_bytes),
+                 "predicted_step_s": c.result.step_s,
+                 "predicted_slowdown": c.result.step_s / base.step_s - 1})
 
     def on_train_start(self) -> None:
         if not self.was_initialized:
@@ -117,23 +164,45 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         self._write_json(os.path.join(self.output_folder_base, PLAN_FILE), {
             "trainer": type(self).__name__, "configuration": self.configuration_name,
             "input_shape": list(self.swap_input_shape()),
-            "budget_bytes": self.swap_budget_bytes,
-            "device_profile": os.environ.get(PROFILE_ENV, "").strip() or "local",
+            "budget_bytes": self.swap_budget_bytes, **self.swap_prediction,
             "plan": self.swap_plan.to_dict()})
-        self.print_to_log_file(f"swapseg: patch {list(self.configuration_manager.patch_size)}, "
-                               f"budget {self.swap_budget_bytes} bytes, plan "
-                               f"{self.swap_plan.to_json()}")
+        self.print_to_log_file(plan_line(self.swap_plan, self.swap_budget_bytes,
+                                         self.swap_prediction, self.swap_input_shape()))
 
     def train_step(self, batch: dict) -> dict:
         if self.swapper is None:  # a step outside run_training: plan as on_train_start does
             self.swap_plan = self.choose_swap_plan()
             self.swapper = StepSwapper(self.swap_plan)
         with self.swapper.step(unwrap(self.network)):
-            return super().train_step(batch)
+            out = super().train_step(batch)
+        self._after_step(out)
+        return out
+
+    def _after_step(self, out: dict) -> None:
+        self._steps_done += 1
+        self._epoch_step += 1
+        if self._steps_done == 1:
+            self.print_to_log_file(self._measured_line())
+        every = max(1, self.num_iterations_per_epoch // PROGRESS_LINES)
+        if not sys.stdout.isatty() and self._epoch_step % every == 0:
+            self.print_to_log_file(
+                f"swapseg: epoch {self.current_epoch} step {self._epoch_step}/"
+                f"{self.num_iterations_per_epoch}, loss {float(out['loss']):.4f}")
+
+    def _measured_line(self) -> str:
+        assert self.swapper is not None
+        if self.device.type == "cuda":
+            peak, what = torch.cuda.max_memory_allocated(self.device), "measured peak"
+        else:  # a CPU has no allocator peak to read: the engine's count of saved tensors
+            peak, what = self.swapper.summary()["peak_device_bytes"], "saved-tensor peak"
+        predicted = self.swap_prediction.get("predicted_peak_bytes")
+        return (f"swapseg: {what} {_gib(peak)} after the first step" +
+                (f" (predicted peak {_gib(predicted)})" if predicted is not None else ""))
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self._epoch_start = dict(self.swapper.summary()) if self.swapper else {}
+        self._epoch_step = 0
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
