@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from swapseg.cli import grammar as g
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.planner.devices import PROFILES
 
@@ -51,6 +54,7 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--npz", action="store_true", help="also save validation probabilities")
     tr.set_defaults(func=run)
     _register_planning(sub)
+    _register_predict(sub)
     s = g.add_command(sub, "synth", "write a BraTS-like dataset in nnU-Net's raw format")
     s.add_argument("dataset_id", type=g.integer(1), help="nnU-Net dataset ID (1-999)")
     s.add_argument("--cases", type=g.integer(1), default=6, help="number of cases (default 6)")
@@ -104,6 +108,43 @@ def _register_planning(sub: Any) -> None:
     pl.set_defaults(func=run)
 
 
+def _register_predict(sub: Any) -> None:
+    pr = g.add_command(
+        sub, "predict", "predict like nnUNetv2_predict, without its import of every trainer",
+        "nnU-Net's nnUNetPredictor with the checkpoint's trainer resolved directly "
+        "(nnUNetv2_predict imports every trainer module, one of which needs torchvision). "
+        "The patch, sliding window and export are the plans' and nnU-Net's.")
+    pr.add_argument("-i", dest="input", required=True, help="folder of raw images (_0000...)")
+    pr.add_argument("-o", dest="output", required=True, type=g.output_dir,
+                    help="folder for the segmentations")
+    pr.add_argument("-d", dest="dataset", required=True, help="dataset ID or DatasetXXX_Name")
+    pr.add_argument("-c", dest="configuration", required=True, help="e.g. 3d_fullres")
+    pr.add_argument("-f", dest="folds", nargs="+", default=["0"], help="folds (default 0)")
+    pr.add_argument("-tr", dest="trainer", default="nnUNetTrainerSwap", help="trainer class")
+    pr.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier")
+    pr.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    pr.add_argument("-step_size", type=g.number(0, 1), default=0.5,
+                    help="sliding-window step as a fraction of the patch (default 0.5)")
+    pr.add_argument("--disable_tta", action="store_true", help="no mirroring")
+    pr.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    pr.set_defaults(func=run)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    if not os.path.isdir(args.input):
+        raise InputError(f"{args.input}: no such folder of images")
+    if not os.environ.get("nnUNet_results"):
+        raise InputError("set nnUNet_results (see nnU-Net's docs)")
+    from swapseg.integrations.nnunet import experiment, predict
+    did = experiment.dataset_id(args.dataset)
+    folder = predict.model_folder(did, args.trainer, args.plans, args.configuration)
+    folds = [f if f == "all" else _fold(f) for f in args.folds]
+    predict.predict(args.input, args.output, folder, folds, _trainer_class, device,
+                    args.checkpoint, args.step_size, not args.disable_tta)
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from swapseg.integrations.nnunet import experiment as ex
     from swapseg.io import write_json
@@ -126,6 +167,8 @@ def _plan(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.nnunet_command in ("plan", "plan-experiment"):
         return _plan(args)
+    if args.nnunet_command == "predict":
+        return _predict(args)
     if args.nnunet_command == "trainers":
         from swapseg.integrations.nnunet import trainers_folder
         print(trainers_folder())
@@ -156,8 +199,8 @@ def _trainer_class(name: str) -> type:
 
 
 def _train(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     try:
-        import torch
         from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.run.run_training import maybe_load_checkpoint
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -181,7 +224,6 @@ def _train(args: argparse.Namespace) -> int:
         raise InputError(f"{plans_file}: no configuration {args.configuration!r}")
     plans["continue_training"] = args.resume
     cls = _trainer_class(args.trainer)
-    device = torch.device(args.device)
     trainer = cls(plans=plans, configuration=args.configuration, fold=fold,
                   dataset_json=load_json(str(base / "dataset.json")), device=device)
     maybe_load_checkpoint(trainer, args.resume, False, None)

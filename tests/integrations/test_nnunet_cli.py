@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from swapseg.cli import main
 from swapseg.integrations.nnunet.dataset import _nnunet_labels
@@ -58,3 +59,18 @@ def test_train_without_nnunet_paths_is_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("nnUNet_preprocessed", raising=False)
     assert main(["nnunet", "train", "7", "3d_fullres", "0", "--device", "cpu"]) == 2
     assert "nnUNet_preprocessed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a CUDA GPU")
+@pytest.mark.parametrize("command", [
+    ["train", "7", "3d_fullres", "0"],
+    ["predict", "-i", ".", "-o", "out", "-d", "7", "-c", "3d_fullres"],
+])
+def test_device_cuda_without_a_gpu_is_one_line_exit_2(
+        command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["nnunet", *command, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda" in err and "\n" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
