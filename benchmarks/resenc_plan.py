@@ -11,6 +11,13 @@ simulator (no GPU ran it); the JSON says so.
 
     python benchmarks/resenc_plan.py --sample ../shared/data/brats18-sample \
         --out benchmarks/results/resenc-l-brats-12gib.json
+
+``--swap-table PLANNER`` runs swapseg's swap planner (``nnUNetPlannerSwap``,
+``nnUNetPlannerResEncLSwap``, ...) on the same fingerprint, or on ``--geometry kits-like``
+(an assumed large abdominal CT: one 128 x 512 x 512 case at 1 x 0.78 x 0.78 mm), and prints
+the table of ``swapseg nnunet plan`` (also PREDICTED):
+
+    python benchmarks/resenc_plan.py --swap-table nnUNetPlannerResEncLSwap --gpu-memory 12
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ SAMPLE = Path(os.environ.get("SWAPSEG_BRATS_SAMPLE") or Path(__file__).resolve()
               / "shared" / "data" / "brats18-sample")
 MODS = ("t1", "t1ce", "t2", "flair")  # nnU-Net's BraTS channel order
 DATASET_ID = 990
+#: An assumed large abdominal CT (KiTS-like), not KiTS's fingerprint: one case.
+KITS_LIKE = ([[128, 512, 512]], [[1.0, 0.78, 0.78]])
 
 
 def brats_geometry(sample: Path) -> tuple[list[list[int]], list[list[float]]]:
@@ -84,9 +93,15 @@ def main() -> None:
     ap.add_argument("--precision", default="32", choices=PRECISIONS,
                     help="trace under this autocast (nnU-Net trains 16-mixed on a GPU)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--swap-table", metavar="PLANNER",
+                    help="print the swap planner's table instead (e.g. nnUNetPlannerSwap)")
+    ap.add_argument("--geometry", choices=("brats", "kits-like"), default="brats")
+    ap.add_argument("--gpu-memory", type=float, default=12.0, help="GiB (--swap-table)")
     args = ap.parse_args()
     budget = parse_size(args.budget, "--budget")
-    shapes, spacings = brats_geometry(args.sample)
+    shapes, spacings = brats_geometry(args.sample) if args.geometry == "brats" else KITS_LIKE
+    if args.swap_table:
+        return swap_table_main(args, shapes, spacings)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for k in ("raw", "preprocessed", "results"):
@@ -100,6 +115,28 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+
+
+def swap_table_main(args: argparse.Namespace, shapes: list, spacings: list) -> None:
+    from swapseg.integrations.nnunet.experiment import format_table
+    from swapseg.integrations.nnunet.planner import PLANNERS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for k in ("raw", "preprocessed", "results"):
+            os.environ[f"nnUNet_{k}"] = str(root / k)
+        write_dataset(root, shapes, spacings)
+        planner = PLANNERS[args.swap_table](DATASET_ID, gpu_memory_target_in_gb=args.gpu_memory,
+                                            device_profile=args.device)
+        planner.save_plans = lambda plans: None  # planned only
+        conf = planner.plan_experiment()["configurations"]["3d_fullres"]
+    record = {"predicted": True, "geometry": args.geometry, "dataset": args.geometry,
+              "configuration": "3d_fullres", "shapes_after_crop": shapes,
+              "spacings": spacings, **conf["swapseg"]}
+    print(format_table(record))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def summary(r: dict) -> str:

@@ -18,6 +18,7 @@ from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder  # noqa: 
 from swapseg.integrations.nnunet.trainer import (  # noqa: E402
     BUDGET_ENV,
     PROFILE_ENV,
+    TIER_ENV,
     nnUNetTrainerSwap,
     nnUNetTrainerSwapFullImage,
     plan_line,
@@ -154,6 +155,8 @@ def test_the_plan_comes_from_the_plans_file(nnunet_env: Path,
     plan = t.choose_swap_plan()
     assert plan == recorded.concrete("cpu") and plan.swap.tier == "disk"  # frees CPU memory
     assert t.swap_budget_bytes == 3 * 2**20 and t.swap_prediction["source"] == "plans file"
+    monkeypatch.setenv(TIER_ENV, "host")  # where pinned memory is scarce (Windows)
+    assert t.choose_swap_plan().swap.tier == "host"
     line = plan_line(plan, t.swap_budget_bytes, t.swap_prediction, t.swap_input_shape())
     assert line == ("swapseg: plan recorded, swap to disk for input 2x4x12x16x16; predicted "
                     "peak 0.000977 GiB of 0.00293 GiB, step 0.5 s (+5.0%) on a100-pcie4 "

@@ -28,10 +28,11 @@ from swapseg.integrations.steps import StepSwapper
 from swapseg.io import atomic_path
 
 __all__ = ["nnUNetTrainerSwap", "nnUNetTrainerSwapFullImage", "nnUNetTrainerSwap_debug",
-           "BUDGET_ENV", "PROFILE_ENV", "PLAN_FILE", "STATS_FILE"]
+           "BUDGET_ENV", "PROFILE_ENV", "TIER_ENV", "PLAN_FILE", "STATS_FILE"]
 
 BUDGET_ENV = "SWAPSEG_MEMORY_BUDGET"
 PROFILE_ENV = "SWAPSEG_DEVICE_PROFILE"
+TIER_ENV = "SWAPSEG_SWAP_TIER"
 PLAN_FILE = "swapseg_plan.json"
 STATS_FILE = "swapseg_stats.json"
 _CUDA = torch.device("cuda")
@@ -118,14 +119,17 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         planned for this step and no budget is set, else the planner's plan for this
         network, patch and budget; the tier is made concrete for the device (on a CPU:
         disk, which frees memory). Exits 2 when no plan fits."""
+        # nnUNetv2_train has no handler of ours: one line and exit 2, as swapseg does
         try:
             found = self._recorded_plan() or self._searched_plan()
+            plan, self.swap_budget_bytes, self.swap_prediction = found
+            tier = os.environ.get(TIER_ENV, "").strip()
+            if tier and plan.swap is not None:  # e.g. host where pinned memory is scarce
+                plan = plan.replace(swap=plan.swap.replace(tier=tier))
+            return plan.concrete(self.device.type)
         except InputError as exc:
-            # nnUNetv2_train has no handler of ours: one line and exit 2, as swapseg does
             print(f"{type(self).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
             raise SystemExit(2) from None
-        plan, self.swap_budget_bytes, self.swap_prediction = found
-        return plan.concrete(self.device.type)
 
     def _recorded_plan(self) -> tuple[MemoryPlan, int, dict[str, Any]] | None:
         rec = self.configuration_manager.configuration.get(PLAN_KEY)
