@@ -88,7 +88,7 @@ def judge(network: torch.nn.Module, batch_size: int, in_channels: int,
           profile: str = DEFAULT_PROFILE) -> Verdict:
     """swapseg's planner on one nnU-Net step at ``patch_size``, under mixed precision as
     nnU-Net trains on a GPU."""
-    patch = tuple(int(p) for p in patch_size)
+    patch, batch_size = tuple(int(p) for p in patch_size), int(batch_size)
     res = plan_search(network, (batch_size, in_channels, *patch), profile,
                       budget_bytes=budget_bytes, loss_fn=ds_loss,
                       autocast_dtype=torch.float16, tier="cuda", require_fit=False)

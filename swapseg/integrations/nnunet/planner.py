@@ -172,12 +172,13 @@ class SwapPlannerMixin:
                 "budget_bytes": int(self.UNet_vram_target_GB * _GIB),  # type: ignore[attr-defined]
                 "max_slowdown": self.swap_max_slowdown,
                 "max_patch": list(self.swap_max_patch) if self.swap_max_patch else None,
-                "patch_size": list(chosen["patch_size"]), "batch_size": chosen["batch_size"],
+                "patch_size": [int(p) for p in chosen["patch_size"]],
+                "batch_size": int(chosen["batch_size"]),
                 "plan": verdict.plan.to_dict() if verdict.plan else None,
                 "predicted_peak_bytes": verdict.peak_bytes,
                 "predicted_step_s": verdict.step_s, "predicted_slowdown": verdict.slowdown,
-                "nnunet_patch_size": list(default["patch_size"]),
-                "nnunet_batch_size": default["batch_size"], "table": rows}
+                "nnunet_patch_size": [int(p) for p in default["patch_size"]],
+                "nnunet_batch_size": int(default["batch_size"]), "table": rows}
 
     def _row(self, label: str, conf: dict, n_in: int, n_out: int,
              keep_all: bool = False) -> dict:
