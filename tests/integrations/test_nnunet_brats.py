@@ -32,7 +32,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cases = sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:6]
     root = tmp_path_factory.mktemp("brats")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1",
-           "nnUNet_n_proc_DA": "0", "nnUNet_compile": "false"}
+           "nnUNet_compile": "false"}
     env.update({f"nnUNet_{k}": str(root / k) for k in ("raw", "preprocessed", "results")})
     env.pop("SWAPSEG_MEMORY_BUDGET", None)  # the budget is the plans file's
     raw = convert_brats(cases[:5], root / "raw", DATASET_ID, 6, test_cases=cases[5:])
@@ -40,6 +40,8 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _run([*nnunet, "plan-experiment", str(DATASET_ID), "-gpu_memory_target", TARGET_GB], env)
     _run([_tool("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", PLANS,
           "-c", "3d_fullres", "-np", "1"], env)
+    # augment in the training process (0 breaks planning's torch.set_num_threads)
+    env["nnUNet_n_proc_DA"] = "0"
     train = _run([*nnunet, "train", str(DATASET_ID), "3d_fullres", "0", "-p", PLANS,
                   "-tr", TRAINER, "--device", "cpu"], env)
     _run([*nnunet, "predict", "-i", str(raw / "imagesTs"), "-o", str(root / "pred"),
