@@ -205,19 +205,21 @@ class nnUNetTrainerSwap(nnUNetTrainer):
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        self._epoch_start = dict(self.swapper.summary()) if self.swapper else {}
+        self._epoch_start = self.swapper.stats.as_dict() | self.swapper.summary() \
+            if self.swapper else {}
         self._epoch_step = 0
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         if self.swapper is None:
             return
-        now, before = self.swapper.summary(), self._epoch_start
-        swapped = now["swapped"] - before.get("swapped", 0)
-        out = now["bytes_out"] - before.get("bytes_out", 0)
-        self.print_to_log_file(f"swapseg: swapped {swapped} tensors ({out} bytes) in "
-                               f"{now['steps'] - before.get('steps', 0)} steps, peak "
-                               f"{now['peak_device_bytes']} saved bytes on the device")
+        now = self.swapper.stats.as_dict() | self.swapper.summary()
+        d = {k: now[k] - self._epoch_start.get(k, 0) for k in
+             ("swapped", "bytes_out", "steps", "wait_s", "prefetch_misses")}
+        self.print_to_log_file(
+            f"swapseg: swapped {d['swapped']} tensors ({d['bytes_out']} bytes) in "
+            f"{d['steps']} steps, peak {now['peak_device_bytes']} saved bytes on the device, "
+            f"waited {d['wait_s']:.3f} s, {d['prefetch_misses']} prefetch misses")
 
     def on_train_end(self) -> None:
         super().on_train_end()
