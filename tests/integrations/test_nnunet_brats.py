@@ -17,6 +17,9 @@ pytest.importorskip("nnunetv2")
 from swapseg.integrations.nnunet.dataset import convert_brats  # noqa: E402
 from tests.integrations.test_nnunet_flow import _run, _tool  # noqa: E402
 
+# realdata, not slow: it is part of the default run (skipped without the sample)
+pytestmark = pytest.mark.realdata
+
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "brats18-sample"
 DATASET_ID = 505
 NAME = f"Dataset{DATASET_ID}_BraTSCoarse"
