@@ -12,6 +12,9 @@ import torch
 from swapseg.cli import grammar as g
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder
+from swapseg.integrations.nnunet.dataset import write_raw_dataset
+from swapseg.io import write_json
 from swapseg.planner.devices import PROFILES
 
 __all__ = ["register", "run"]
@@ -147,7 +150,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from swapseg.integrations.nnunet import experiment as ex
-    from swapseg.io import write_json
     common = {"planner": args.planner, "profile": args.profile,
               "max_slowdown": args.max_slowdown, "max_patch": args.max_patch}
     if args.nnunet_command == "plan-experiment":
@@ -170,11 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nnunet_command == "predict":
         return _predict(args)
     if args.nnunet_command == "trainers":
-        from swapseg.integrations.nnunet import trainers_folder
         print(trainers_folder())
         return 0
     if args.nnunet_command == "synth":
-        from swapseg.integrations.nnunet.dataset import write_raw_dataset
         raw = args.raw or os.environ.get("nnUNet_raw")
         if not raw:
             raise InputError("set nnUNet_raw or pass --raw")
@@ -184,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _trainer_class(name: str) -> type:
-    from swapseg.integrations.nnunet import TRAINER_NAMES
     if name in TRAINER_NAMES:
         from swapseg.integrations.nnunet import trainer
         return getattr(trainer, name)
