@@ -15,11 +15,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from swapseg.data.brats import MODALITIES, find_cases, load_case, preprocess  # noqa: E402
-from swapseg.data.synthetic import synthesize  # noqa: E402
+from swapseg.data.brats import MODALITIES, find_cases, load_case, preprocess
+from swapseg.data.synthetic import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "brats18-sample"

@@ -6,7 +6,7 @@ in the machine's load hits all variants alike). Per variant: the median step tim
 ratio to no swapping's median; the engine's stall on copies (``wait_s``), bytes moved,
 its resident saved bytes at peak (engine accounting), and the rates the tier achieved
 (bytes over busy copy seconds, from the engine's events). Next to them, the machine's own
-disk figures: ``dd`` (2 GiB, ``conv=fdatasync``) and ``planner.devices.disk_rates``.
+disk figures: ``dd`` (2 GiB, ``conv=fdatasync``) and ``planner.diskprobe.disk_rates``.
 
 Variants are the disk tier (swap all, prefetch 4) with the copy-thread count, the
 in-flight bound (how many copy-out bytes forward may run ahead of the disk), the

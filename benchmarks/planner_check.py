@@ -41,7 +41,7 @@ from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import profiled_peak_bytes, train_step
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
 from swapseg.planner.calibrate import calibrate, calibrate_step, calibrate_tier, calibrated
-from swapseg.planner.devices import measure_local
+from swapseg.planner.local import measure_local
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
 

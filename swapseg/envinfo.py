@@ -7,6 +7,9 @@ import platform
 import sys
 from typing import Any
 
+import numpy
+import torch
+
 __all__ = ["environment"]
 
 
@@ -22,9 +25,6 @@ def _cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    import numpy
-    import torch
-
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

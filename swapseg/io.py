@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from swapseg.errors import InputError
+
 __all__ = ["atomic_path", "write_json", "write_text", "read_json_record"]
 
 
@@ -68,10 +70,6 @@ def read_json_record(path: str | os.PathLike[str], key: str, reading: str,
                      kind: str) -> dict[str, Any]:
     """The JSON object in ``path``, which must hold ``key``; else one-line InputErrors:
     ``"<path>: cannot read <reading>: <why>"`` or ``"<path>: not a <kind> (no '<key>' key)"``."""
-    import json
-
-    from swapseg.errors import InputError
-
     try:
         d = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:

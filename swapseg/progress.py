@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, TypeVar
 
+from tqdm.auto import tqdm
+
 __all__ = ["Progress", "ProgressMode", "resolve_progress", "cli_progress", "track",
            "line_printer"]
 
@@ -44,8 +46,6 @@ def track(items: Sequence[T] | Iterable[T], desc: str, progress: Progress = "aut
     """Iterate ``items`` showing progress; in ``lines`` mode one line per finished item."""
     mode = resolve_progress(progress)
     if mode == "bar":
-        from tqdm.auto import tqdm
-
         yield from tqdm(items, desc=desc, unit=unit)
         return
     items = list(items)

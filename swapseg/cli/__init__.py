@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from swapseg import __version__
 from swapseg.cli.grammar import Parser
 from swapseg.errors import InputError
+from swapseg.training.loop import NonFiniteLoss
 
 __all__ = ["build_parser", "main"]
 
@@ -71,8 +72,6 @@ def _one_line(exc: Exception) -> int:
 
 def _run_stopped(exc: RuntimeError) -> bool:
     """A training run that stopped on its own terms (a non-finite loss), not a bug."""
-    from swapseg.training.loop import NonFiniteLoss
-
     return isinstance(exc, NonFiniteLoss)
 
 

@@ -8,8 +8,12 @@ from typing import Any
 
 from swapseg.cli import grammar as g
 from swapseg.cli.largest_cmd import add_largest_flags, run_largest_cmd
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.experiments import methods_bench
 from swapseg.io import write_json, write_text
+from swapseg.planner.local import get_profile
+from swapseg.progress import cli_progress, line_printer
 
 EXAMPLES = """examples:
   swapseg bench --quick --out bench-quick          # 32^3, 2 steps each: a smoke test
@@ -67,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _shape(vol) -> tuple[int, ...]:  # noqa: ANN001 - a grammar.Volume
+def _shape(vol) -> tuple[int, ...]:  # a grammar.Volume
     bad = [x for x in vol.spatial if x < 32 or x % 16]
     if bad:
         raise InputError(f"--shape {'x'.join(map(str, vol.spatial))}: sides must be multiples "
@@ -117,11 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    from swapseg.devices import resolve_device
-    from swapseg.experiments.methods_bench import run_bench
-    from swapseg.planner.devices import get_profile
-    from swapseg.progress import cli_progress, line_printer
-
     shape = (1, 4, 32, 32, 32) if args.quick else _shape(args.shape)
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     if steps < 1 or warmup < 0:
@@ -131,11 +130,11 @@ def run_methods(args: argparse.Namespace) -> int:
     get_profile(args.profile)  # an unknown profile fails before anything runs
     step = 64 if args.quick else (32 if device.type == "cuda" else 16)
     sides = range(128, 321, step)
-    res = run_bench(shape, args.memory_budget, steps, warmup, not args.quick, args.cap,
-                    args.profile, sides,
-                    progress=line_printer("bench", cli_progress(args.no_progress)),
-                    torch_device=str(device), autocast_dtype=g.autocast_dtype(args.precision),
-                    compile=args.compile)
+    res = methods_bench.run_bench(  # through the module: tests put a fake in its place
+        shape, args.memory_budget, steps, warmup, not args.quick, args.cap, args.profile,
+        sides, progress=line_printer("bench", cli_progress(args.no_progress)),
+        torch_device=str(device), autocast_dtype=g.autocast_dtype(args.precision),
+        compile=args.compile)
     res.update(precision=args.precision, compile=bool(args.compile))
     res["quick"] = bool(args.quick)
     out = Path(args.out)

@@ -7,6 +7,9 @@ import sys
 from typing import Any
 
 from swapseg.cli import grammar as g
+from swapseg.data.check import check_dataset
+from swapseg.io import write_json
+from swapseg.progress import cli_progress
 
 __all__ = ["register", "run"]
 
@@ -41,10 +44,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.data.check import check_dataset
-    from swapseg.io import write_json
-    from swapseg.progress import cli_progress
-
     report = check_dataset(args.dir, skip_bad=args.skip_bad, quick=args.quick,
                            progress=cli_progress(args.no_progress))
     print("\n".join(report.lines()))

@@ -7,7 +7,18 @@ import shlex
 import sys
 
 from swapseg.cli import grammar as g
-from swapseg.cli.train_cmd import add_precision_args
+from swapseg.cli.config_flags import add_config_args, config_changes, flags
+from swapseg.cli.grammar import parse_bytes
+from swapseg.devices import resolve_device
+from swapseg.experiments import full_vs_patch
+from swapseg.progress import cli_progress
+from swapseg.training.config import brats_full
+from swapseg.training.interrupt import Interrupted, stop_signals
+
+#: The config fields that experiment's flags set: the protocol both arms share.
+CONFIG_FIELDS = ("folds", "max_epochs", "early_stop", "lr_patience", "max_train_s", "shape",
+                 "zoom", "lr", "dropout", "base_filters", "depth", "workers", "device", "seed",
+                 "precision")
 
 __all__ = ["register", "run"]
 
@@ -32,8 +43,6 @@ reuses finished folds and resumes an interrupted one.
 
 
 def _bytes(text: str) -> int:
-    from swapseg.cli.grammar import parse_bytes
-
     return parse_bytes(text)
 
 
@@ -46,71 +55,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "and compare quality and time.", EXAMPLES)
     q.add_argument("--data", required=True, help="dataset folder with segmentations")
     q.add_argument("--out", type=g.output_dir, required=True, help="experiment folder")
-    q.add_argument("--folds", type=g.integer(3), default=5, help="folds of the split (default 5)")
     q.add_argument("--run-folds", type=g.integer(1), default=None, metavar="N",
                    help="run only the first N folds (default: all)")
-    q.add_argument("--epochs", type=g.integer(1), default=None, help="maximum epochs per run")
-    q.add_argument("--early-stop", type=g.integer(1), default=None, metavar="N",
-                   help="epochs without validation improvement before stopping (default 50)")
-    q.add_argument("--lr-patience", type=g.integer(0), default=None, metavar="N",
-                   help="epochs without improvement before the LR halves (default 10)")
-    q.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                   help="stop each training run after the first epoch ending past this many "
-                        "seconds (a CPU budget per run; default: none)")
-    q.add_argument("--shape", type=g.spatial_shape, default=None, help="volume shape N or DxHxW "
-                   "(default 192)")
-    q.add_argument("--zoom", type=g.integer(1), default=None,
-                   help="integer down-sampling (default 1)")
+    add_config_args(q, CONFIG_FIELDS)
     q.add_argument("--patch", type=g.integer(1), default=None,
                    help="patch side (default: 2/3 of the volume side, the paper's 128/192)")
     q.add_argument("--patches-per-volume", type=g.integer(1), metavar="N", default=None,
                    help="patches per volume per epoch (default: ceil(volume / patch^3))")
     q.add_argument("--swap", default="auto", metavar="auto|all|none|FILE.json",
-                   help="full-volume swapping: auto = planner for --memory-budget (or the "
-                        "GPU's memory; host swapping on a CPU), chosen once into "
-                        "OUT/plan.json for every fold; all, none, or a SwapPolicy or "
-                        "MemoryPlan JSON file (default auto)")
+                   help="full-volume memory plan, as in `swapseg train`: auto = planned "
+                        "once into OUT/plan.json for --memory-budget (or the device's "
+                        "available memory) for every fold; all = every activation to the "
+                        "tier that frees the device's memory (disk on a CPU); none; or a "
+                        "SwapPolicy or MemoryPlan JSON file (default auto)")
     q.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
                    help="memory budget of the planner with --swap auto, e.g. 16GiB")
-    q.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
-    q.add_argument("--dropout", type=g.number(0, 1, high_open=True), default=None,
-                   help="dropout rate (default 0.3)")
-    q.add_argument("--base-filters", type=g.integer(1), default=None, metavar="N",
-                   help="U-Net filters of the first level (default 16)")
-    q.add_argument("--depth", type=g.integer(2), default=None, help="U-Net levels (default 5)")
-    q.add_argument("--workers", type=g.integer(0), default=None, help="DataLoader workers")
-    q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    q.add_argument("--seed", type=int, default=None)
     q.add_argument("--overlays", type=g.integer(0), default=4,
                    help="overlays of the cases where the modes differ most (default 4)")
     q.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    add_precision_args(q, compile_flag=False)
     q.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.experiments.full_vs_patch import run_full_vs_patch
-    from swapseg.progress import cli_progress
-    from swapseg.training.config import brats_full
-
-    names = {"folds": "folds", "epochs": "max_epochs", "early_stop": "early_stop",
-             "lr_patience": "lr_patience", "shape": "shape", "zoom": "zoom",
-             "base_filters": "base_filters",
-             "depth": "depth", "workers": "workers", "device": "device", "seed": "seed",
-             "lr": "lr", "dropout": "dropout", "time_limit": "max_train_s",
-             "precision": "precision"}
-    changes = {field: getattr(args, arg) for arg, field in names.items()
-               if getattr(args, arg) is not None}
-    with g.fields_as_flags({f: "--" + a.replace("_", "-") for a, f in names.items()}):
-        base = brats_full(data=str(args.data), out=str(args.out), **changes)
-    from swapseg.devices import resolve_device
-    from swapseg.training.interrupt import Interrupted, stop_signals
+    with g.fields_as_flags(flags()):
+        base = brats_full(data=str(args.data), out=str(args.out),
+                          **config_changes(args, CONFIG_FIELDS))
 
     resolve_device(base.device)  # --device cuda without CUDA: one line, before any work
     command = "swapseg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
     try:
         with stop_signals():
-            summary = run_full_vs_patch(
+            summary = full_vs_patch.run_full_vs_patch(
                 base, args.out, patch=args.patch, patches_per_volume=args.patches_per_volume,
                 swap=args.swap, memory_budget=args.memory_budget, run_folds=args.run_folds,
                 overlays=args.overlays, command=command,

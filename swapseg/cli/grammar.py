@@ -10,10 +10,10 @@ never part of a shape: it is the ``--batch`` flag. Spatial-only flags (``train
 
 Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.sizes``)::
 
-    SIZE := NUMBER [UNIT]              e.g. 16GiB, 16G, 12.5GB, 1e9, 17179869184
+    SIZE := NUMBER UNIT                e.g. 16GiB, 16G, 12.5GB, 1e9B, 17179869184B
 
 Units: B; K, M, G, T and KB, MB, GB, TB (powers of 1000); KiB, MiB, GiB, TiB (powers
-of 1024). Case-insensitive. A plain number is bytes.
+of 1024). Case-insensitive. A bare number is an error that suggests a unit.
 
 Each grammar comes twice: ``parse_*`` raises :class:`InputError` (library and config
 use), the argparse ``type=`` callables raise ``argparse.ArgumentTypeError``.
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from swapseg.errors import InputError
@@ -168,8 +169,6 @@ def output_path(text: str) -> str:
 
     Checked before any work, so a typo costs nothing (a folder under a file would fail
     only at the first write, after the work)."""
-    from pathlib import Path
-
     path = Path(text)
     for above in (path, *path.parents):
         if above.exists():
@@ -181,8 +180,6 @@ def output_path(text: str) -> str:
 
 def output_dir(text: str) -> str:
     """An argparse ``type=`` for a folder to be written: not a file, nothing in the way."""
-    from pathlib import Path
-
     if Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return output_path(text)

@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from swapseg.cli import grammar as g
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.experiments.largest import METHODS, run_largest
+from swapseg.experiments.methods_bench import dice_loss
 from swapseg.io import write_json, write_text
+from swapseg.models.registry import build_model
+from swapseg.planner.local import get_profile
+from swapseg.planner.profiles import DeviceProfile
+from swapseg.progress import cli_progress, line_printer
 
 __all__ = ["add_largest_flags", "run_largest_cmd", "largest_markdown", "parse_sides"]
 
@@ -61,8 +68,6 @@ def parse_sides(text: str | None, side_range: str, divisor: int) -> list[int]:
 
 
 def _profile(spec: str | None, model: Any, cuda: bool, channels: int) -> Any:
-    from swapseg.planner.devices import DeviceProfile, get_profile
-
     if spec and Path(spec).is_file():
         try:
             return DeviceProfile.from_dict(json.loads(Path(spec).read_text()))
@@ -70,18 +75,12 @@ def _profile(spec: str | None, model: Any, cuda: bool, channels: int) -> Any:
             raise InputError(f"--profile {spec}: not a device profile JSON ({exc})") from None
     if spec and spec != "local":
         return get_profile(spec)
-    from swapseg.experiments.methods_bench import dice_loss
     return get_profile("local", model, tier="cuda" if cuda else "disk",
                        calibrate_shape=None if cuda else (1, channels, 64, 64, 64),
                        loss_fn=dice_loss)
 
 
 def run_largest_cmd(args: argparse.Namespace) -> int:
-    from swapseg.devices import resolve_device
-    from swapseg.experiments.largest import METHODS, run_largest
-    from swapseg.models.registry import build_model
-    from swapseg.progress import cli_progress, line_printer
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -127,7 +126,10 @@ def largest_markdown(res: dict[str, Any]) -> str:
     lines = [f"# Largest cube side under a {res['cap_bytes'] / 2**30:.1f} GiB cap", "",
              f"{env['cpu']}, {env.get('torch_threads')} threads, torch {env['torch']}; cap "
              f"enforced with {res['cap_enforced']}; peak = {res['peak_is']}; one probe "
-             "process per side, bisection over sides.", "",
+             "process per side, bisection over sides." + (
+                 f" The probe process's own {res['process_bytes'] / 2**20:.0f} MiB "
+                 f"({res.get('process_bytes_is', '')}) are counted against the cap in "
+                 "the predictions." if res.get("process_bytes") else ""), "",
              "| method | largest side | predicted | peak GiB | step s | plan | probes |",
              "|---|---|---|---|---|---|---|"]
     for name, r in res["methods"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from swapseg.cli import grammar as g
+from swapseg.sizes import format_bytes as fmt
 
 EXAMPLES = """examples:
   swapseg plan --shape 4x192x192x192 --profile p100-nvlink --memory-budget 16GiB --out p192
@@ -25,7 +26,7 @@ Exit status 2 with the missing bytes when no plan fits.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from swapseg.planner.devices import PROFILES
+    from swapseg.planner.profiles import PROFILES
 
     p = g.add_command(
         subparsers, "plan", "plan swapping/recomputation of any model to fit a memory budget",
@@ -65,14 +66,13 @@ def run(args: argparse.Namespace) -> int:
                       margin=args.margin, autocast_dtype=g.autocast_dtype(args.precision),
                       precision=args.precision)
     t = d["trace"]
-    print(f"traced {t['saved_tensors']} saved tensors ({t['saved_bytes'] / 2**30:.2f} GiB, "
+    print(f"traced {t['saved_tensors']} saved tensors ({fmt(t['saved_bytes'])}, "
           f"precision {args.precision}) in {t['trace_s']:.2f} s; budget "
-          f"{d['budget_bytes'] / 2**30:.2f} GiB, usable {d['usable_bytes'] / 2**30:.2f} GiB "
-          f"on {res.device.name}")
+          f"{fmt(d['budget_bytes'])}, usable {fmt(d['usable_bytes'])} on {res.device.name}")
     print(format_table(res))
     c = d["chosen"]
-    print(f"chosen: {c['name']} (predicted peak {c['peak_bytes'] / 2**30:.2f} GiB of "
-          f"{d['usable_bytes'] / 2**30:.2f} GiB usable, step {c['step_s']:.3f} s)")
+    print(f"chosen: {c['name']} (predicted peak {fmt(c['peak_bytes'])} of "
+          f"{fmt(d['usable_bytes'])} usable, step {c['step_s']:.3f} s)")
     if args.out:
         print(f"wrote {args.out}/plan.json, {args.out}/memory_plan.json and "
               f"{args.out}/timeline.png")

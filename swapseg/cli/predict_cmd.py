@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 
 from swapseg.cli import grammar as g
+from swapseg.data.labels import CONVENTIONS
+from swapseg.errors import InputError
+from swapseg.evaluation.predictor import INFERENCE_MODES
+from swapseg.predict.inference import predict_cases
+from swapseg.predict.runs import find_fold
+from swapseg.progress import cli_progress
 
 __all__ = ["register", "run"]
 
@@ -29,9 +35,6 @@ on the original grid with the original affine and header) and PRED/predictions.j
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from swapseg.data.labels import CONVENTIONS
-    from swapseg.evaluation.predictor import INFERENCE_MODES
-
     p = g.add_command(
         subparsers, "predict", "segment a folder of cases with a checkpoint",
         "Predict WT/TC/ET for every case under --input and write label maps in the "
@@ -66,8 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _sources(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
     """(checkpoint, input folder, case ids or None for all)."""
-    from swapseg.errors import InputError
-
     if (args.run is None) == (args.checkpoint is None):
         raise InputError("give either --checkpoint (with --input) or --run with --fold")
     if args.checkpoint is not None:
@@ -76,8 +77,6 @@ def _sources(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
         if args.input is None:
             raise InputError("--input is required with --checkpoint")
         return args.checkpoint, args.input, None
-    from swapseg.evaluation.runs import find_fold
-
     if args.fold is None:
         raise InputError("--run needs --fold K")
     fold = find_fold(args.run, args.fold)
@@ -88,9 +87,6 @@ def _sources(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.evaluation.inference import predict_cases
-    from swapseg.progress import cli_progress
-
     checkpoint, data, ids = _sources(args)
     result = predict_cases(checkpoint, data, args.out, inference=args.inference,
                            window=args.window, overlap=args.overlap, tta=args.tta,

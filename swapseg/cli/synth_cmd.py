@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from swapseg.cli import grammar as g
+from swapseg.data.synthetic import synthesize
 from swapseg.errors import InputError
+from swapseg.io import write_json
 
 __all__ = ["register", "run"]
 
@@ -35,15 +37,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.data.synthetic import synthesize
-
     if args.cases < 1:
         raise InputError(f"--cases must be at least 1, got {args.cases}")
     paths = synthesize(args.out, args.cases, args.shape, args.seed)
     print(f"wrote {len(paths)} cases of {'x'.join(map(str, args.shape))} voxels to "
           f"{args.out}/ (seed {args.seed})")
     if args.json:
-        from swapseg.io import write_json
         write_json(args.json, {"out": str(args.out), "n_cases": len(paths),
                                "shape": list(args.shape), "seed": args.seed,
                                "cases": [p.name for p in paths]})

@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from swapseg.cli import grammar as g
+from swapseg.cli.config_flags import add_config_args, config_changes, resume_fields
+from swapseg.cli.config_flags import flags as config_flags
 from swapseg.cli.grammar import parse_bytes
+from swapseg.devices import resolve_device
 from swapseg.errors import InputError
+from swapseg.offload.policy import SwapPolicy
+from swapseg.progress import cli_progress
+from swapseg.training.config import PRESETS, TrainConfig
+from swapseg.training.interrupt import Interrupted, stop_signals
+from swapseg.training.loop import train, train_all_folds
+from swapseg.training.planning import swap_plan
+from swapseg.training.rundir import absolute_paths, clear_run, holds_run
 
-__all__ = ["register", "run", "parse_bytes", "config_from_args", "resume_command",
-           "RESUME_FLAGS"]
+__all__ = ["register", "run", "parse_bytes", "config_from_args", "config_and_budget",
+           "resume_command", "RESUME_FLAGS"]
 
 EPILOG = """examples:
   swapseg train --data brats18/ --out runs/full                     # 192^3, the paper's arm
@@ -33,15 +43,15 @@ EPILOG = """examples:
   swapseg train --data brats18/ --out runs/bf16 --precision bf16-mixed --swap all
   swapseg train --data brats18/ --out runs/fast --precision 16-mixed --compile
 
-With --resume the run's config.json decides; only --epochs, --time-limit, --device and
---data (the data set moved) apply, other flags are ignored with a note. A folder that
+With --resume the run's config.json decides; only --epochs, --time-limit, --device,
+--data (the data set moved) and the memory plan (--swap, --swap-*, --memory-budget: e.g.
+after running out of memory; a plan changes memory, not the maths) apply, other flags
+are ignored with a note. A folder that
 holds a run is never overwritten without --overwrite. SIGTERM or Ctrl-C stop after the
 current step with a checkpoint written (exit 143 or 130).
 """
 
 def register(subparsers: Any) -> None:
-    from swapseg.training.config import PRESETS
-
     p = g.add_command(
         subparsers, "train", "train the 3D U-Net (full volumes or patches, k-fold)",
         "Train the Isensee 2017 3D U-Net with the reference protocol (Adam 5e-4, "
@@ -51,44 +61,11 @@ def register(subparsers: Any) -> None:
         + "".join(textwrap.fill(flags, 92, initial_indent=f"  {name:12s}",
                                 subsequent_indent=" " * 14) + "\n"
                   for name, flags in preset_flags().items()))
-    p.add_argument("--data", help="data set root (BraTS 2017-2023 or MSD layout)")
     p.add_argument("--out", type=g.output_dir, required=True, help="run directory")
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="starting configuration (default brats_full; see below)")
-    p.add_argument("--mode", choices=["full", "patch"], help="whole volumes or patches")
-    p.add_argument("--shape", type=g.spatial_shape,
-                   help="volume shape after preprocessing: N or DxHxW")
-    p.add_argument("--zoom", type=g.integer(1), help="integer down-sampling after the crop")
-    p.add_argument("--patch", type=g.integer(1), help="patch side in patch mode (default 128)")
-    p.add_argument("--patches-per-volume", type=g.integer(1), dest="patches_per_volume",
-                   metavar="N", help="patches drawn per training volume and epoch (default 1)")
-    p.add_argument("--tumor-fraction", type=g.number(0, 1), dest="tumor_fraction", metavar="F",
-                   help="share of patches centred on tumor (default 0: uniform)")
-    p.add_argument("--batch", type=g.integer(1), dest="batch_size", metavar="N",
-                   help="batch size (default 1 full, 2 patch)")
-    p.add_argument("--epochs", type=g.integer(1), dest="max_epochs", metavar="N",
-                   help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--early-stop", type=g.integer(1), dest="early_stop", metavar="N",
-                   help="epochs without validation improvement before stopping (default 50)")
-    p.add_argument("--lr-patience", type=g.integer(0), dest="lr_patience", metavar="N",
-                   help="epochs without improvement before the LR halves (default 10)")
-    p.add_argument("--time-limit", type=float, dest="max_train_s", metavar="SECONDS",
-                   help="stop after the epoch that passes this much training time")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
-    p.add_argument("--dropout", type=g.number(0, 1, high_open=True),
-                   help="dropout rate (default 0.3)")
-    p.add_argument("--loss", choices=["dice", "dice_bce"], help="default: soft Dice")
-    p.add_argument("--base-filters", type=g.integer(1), dest="base_filters", metavar="N",
-                   help="U-Net filters of the first level (default 16)")
-    p.add_argument("--depth", type=g.integer(2), help="U-Net levels (default 5)")
-    p.add_argument("--folds", type=g.integer(3), help="cross-validation folds (default 5)")
     p.add_argument("--fold", default=None, help="fold index K (0-based) or 'all'")
-    p.add_argument("--seed", type=int, help="split, weights, sampling (default 0)")
-    p.add_argument("--workers", type=g.integer(0), help="DataLoader workers")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-augment", action="store_true", help="no flips/permutations")
-    p.add_argument("--cache-dir", type=g.output_dir, dest="cache_dir", metavar="DIR",
-                   help="cache of preprocessed volumes (default OUT/cache); runs may share one")
+    add_config_args(p, CONFIG_FIELDS)
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt with OUT/config.json "
                         "(from the beginning when there is no checkpoint yet)")
@@ -110,9 +87,6 @@ def _flag_value(value: Any) -> str:
 
 def preset_flags() -> dict[str, str]:
     """Each preset as the command-line flags it sets over ``TrainConfig``'s defaults."""
-    from swapseg.offload.policy import SwapPolicy
-    from swapseg.training.config import PRESETS, TrainConfig
-
     base, out = TrainConfig(), {}
     for name, preset in PRESETS.items():
         c = preset()
@@ -130,22 +104,17 @@ def preset_flags() -> dict[str, str]:
 
 def add_precision_args(p: argparse.ArgumentParser, compile_flag: bool = True) -> None:
     """``--precision`` (and ``--compile``): shared by train, experiment and demo."""
-    from swapseg.training.precision import PRECISIONS
-
-    p.add_argument("--precision", type=g.precision, choices=PRECISIONS,
-                   help="32 (default), bf16-mixed (bfloat16 autocast) or 16-mixed (float16 "
-                        "autocast with a GradScaler); Lightning's names")
-    if compile_flag:
-        p.add_argument("--compile", action="store_true", default=None,
-                       help="torch.compile the model for training (the first steps compile)")
+    add_config_args(p, ("precision", "compile") if compile_flag else ("precision",))
 
 
 def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("activation swapping")
     g.add_argument("--swap",
-                   help="none, all, auto (with --memory-budget: planned once into "
-                        "OUT/plan.json) or a JSON file: a SwapPolicy, or the MemoryPlan that "
-                        "`swapseg plan --out` writes (default: the preset's, none except "
+                   help="none; all (every activation to the tier that frees the device's "
+                        "memory: disk on a CPU, pinned host memory on a GPU); auto (planned "
+                        "once into OUT/plan.json for --memory-budget, or for the device's "
+                        "available memory); or a JSON file: a SwapPolicy, or the MemoryPlan "
+                        "that `swapseg plan --out` writes (default: the preset's, none except "
                         "for the demo)")
     g.add_argument("--swap-n-tensors", type=int, dest="n_tensors", metavar="N",
                    help="swap the first N saved tensors (-1: all)")
@@ -160,90 +129,78 @@ def _add_swap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--swap-branches", action="store_true", default=None, dest="swap_branches",
                    help="also swap skip connections during forward")
     g.add_argument("--swap-tier", choices=["auto", "cuda", "host", "disk"], dest="tier",
-                   help="where swapped bytes go (auto: cuda on a GPU, host otherwise)")
+                   help="where swapped bytes go (auto: cuda on a GPU, disk on a CPU)")
     g.add_argument("--swap-disk-dir", dest="disk_dir", metavar="DIR",
                    help="folder of the disk tier (default: a fresh temporary one)")
     g.add_argument("--memory-budget", dest="memory_budget_bytes", metavar="SIZE",
-                   help="with --swap auto: bytes the step must fit in (e.g. 16GiB)")
-    g.add_argument("--trace-step", type=int, dest="trace_step", metavar="N",
-                   help="write OUT/timeline.png and timeline.json for this global step")
+                   help="with --swap auto: bytes the step must fit in (e.g. 16GiB; default: "
+                        "the device's available memory)")
+    add_config_args(g, ("trace_step",))
 
 
 _POLICY_FIELDS = ("n_tensors", "include", "exclude", "min_bytes", "prefetch",
                   "swap_branches", "tier", "disk_dir")
 
 
-def _swap_plan(args: argparse.Namespace, preset: Any) -> Any:
-    """The MemoryPlan the flags describe (None: none, or auto, resolved by train), starting
-    from the preset's plan ``preset``. ``--swap FILE`` reads a SwapPolicy or a MemoryPlan
-    JSON (``swapseg plan --out`` writes memory_plan.json); ``--swap-*`` flags change the
-    plan's swap policy."""
-    from swapseg.offload.policy import MemoryPlan, SwapPolicy
-    from swapseg.training.planning import read_plan_file
+def plan_given(args: argparse.Namespace) -> bool:
+    """True when the command line says anything about the memory plan."""
+    return args.swap is not None or args.memory_budget_bytes is not None or \
+        any(getattr(args, f) is not None for f in _POLICY_FIELDS)
 
-    if args.swap is None:
-        args.swap = "none" if preset is None else "preset"
+
+def _swap_plan(args: argparse.Namespace, preset: Any, device: Any) -> tuple[Any, int | None]:
+    """(the MemoryPlan the flags describe on ``device``, the budget ``--swap auto`` plans
+    for), starting from the preset's plan ``preset`` when ``--swap`` is not given.
+    ``--swap`` means what ``training.planning.swap_plan`` says; ``--swap-*`` flags change
+    the plan's swap policy."""
     flags = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
-    if args.swap == "auto":
-        if args.memory_budget_bytes is None:
-            raise InputError("--swap auto needs --memory-budget (e.g. 16GiB)")
-        if flags:
-            raise InputError("--swap auto chooses the plan; drop "
-                             f"{_OTHER_FLAGS[next(iter(flags))]}")
-        return None
-    if args.memory_budget_bytes is not None:
-        raise InputError("--memory-budget is only used with --swap auto")
-    if args.swap == "none":
-        if flags:
-            raise InputError(f"{_OTHER_FLAGS[next(iter(flags))]} needs --swap all "
-                             "or --swap FILE.json")
-        return None
-    if args.swap == "all":
-        base = MemoryPlan(swap=SwapPolicy(), name="swap-all")
-    elif args.swap == "preset":
-        base = preset
+    budget = None if args.memory_budget_bytes is None else \
+        parse_bytes(args.memory_budget_bytes, "--memory-budget")
+    swap = args.swap or ("none" if preset is None else "preset")
+    if swap == "auto" and flags:
+        raise InputError(f"--swap auto chooses the plan; drop {_SWAP_FLAGS[next(iter(flags))]}")
+    if swap == "none" and flags:
+        raise InputError(f"{_SWAP_FLAGS[next(iter(flags))]} needs --swap all "
+                         "or --swap FILE.json")
+    if swap == "preset":
+        if budget is not None:
+            raise InputError("--memory-budget is only used with --swap auto")
+        plan = preset.concrete(device.type)
     else:
-        path = Path(args.swap)
-        if not path.is_file():
-            raise InputError(f"--swap {args.swap}: not none, all, auto or an existing JSON file")
-        base = read_plan_file(path, f"--swap {args.swap}")
-    if not flags:
-        return base
-    if base.swap is None:
-        raise InputError(f"{_OTHER_FLAGS[next(iter(flags))]}: the plan in --swap {args.swap} "
+        plan, budget = swap_plan(swap, budget, device)
+    if not flags or plan is None:
+        return plan, budget
+    if plan.swap is None:
+        raise InputError(f"{_SWAP_FLAGS[next(iter(flags))]}: the plan in --swap {swap} "
                          "swaps nothing")
-    return base.replace(swap=base.swap.replace(**flags))
+    return plan.replace(swap=plan.swap.replace(**flags)).concrete(device.type), budget
 
 
-#: Flags that apply with --resume (safe: they change when the run stops, where it runs or
-#: where its data now lives, not what an epoch computes), by config field.
-RESUME_FLAGS = {"max_epochs": "--epochs", "max_train_s": "--time-limit", "device": "--device",
-                "data": "--data"}
-_OTHER_FLAGS = {"preset": "--preset", "mode": "--mode", "shape": "--shape", "zoom": "--zoom",
-                "patch": "--patch", "patches_per_volume": "--patches-per-volume",
-                "tumor_fraction": "--tumor-fraction", "batch_size": "--batch", "lr": "--lr",
-                "loss": "--loss", "dropout": "--dropout", "early_stop": "--early-stop",
-                "lr_patience": "--lr-patience", "base_filters": "--base-filters",
-                "depth": "--depth",
-                "folds": "--folds", "seed": "--seed", "workers": "--workers",
-                "cache_dir": "--cache-dir", "swap": "--swap", "trace_step": "--trace-step",
-                "memory_budget_bytes": "--memory-budget", **{f: f"--swap-{f}".replace("_", "-")
-                                                              for f in ("n_tensors", "include",
-                                                                        "exclude", "min_bytes",
-                                                                        "prefetch", "tier",
-                                                                        "disk_dir")},
-                "swap_branches": "--swap-branches"}
-
+#: The config fields that train's flags set (besides --out, --fold and the memory plan).
+CONFIG_FIELDS = ("data", "mode", "shape", "zoom", "patch", "patches_per_volume",
+                 "tumor_fraction", "batch_size", "max_epochs", "early_stop", "lr_patience",
+                 "max_train_s", "lr", "dropout", "loss", "base_filters", "depth", "folds",
+                 "seed", "workers", "device", "augment", "cache_dir")
+#: Flags that apply with --resume (safe: they change when the run stops, where it runs,
+#: where its data now lives or where its saved tensors live, not what an epoch computes),
+#: by config field (``TrainConfig``'s metadata). The memory plan's flags (--swap, --swap-*,
+#: --memory-budget) apply too.
+RESUME_FLAGS = resume_fields()
+_SWAP_FLAGS = {"swap": "--swap", "memory_budget_bytes": "--memory-budget",
+               **{f: f"--swap-{f}".replace("_", "-") for f in ("n_tensors", "include",
+                                                             "exclude", "min_bytes",
+                                                             "prefetch", "tier", "disk_dir")},
+               "swap_branches": "--swap-branches"}
 #: Every config field a flag sets, by field (config checks name fields; errors name flags).
-FLAGS = {**RESUME_FLAGS, **_OTHER_FLAGS, "batch": "--batch", "fold": "--fold",
-         "precision": "--precision"}
+FLAGS = {**config_flags(), "batch": "--batch", **_SWAP_FLAGS}
+_IGNORED_ON_RESUME = {f: flag for f, flag in FLAGS.items()
+                      if f not in RESUME_FLAGS and f not in _SWAP_FLAGS
+                      and f not in ("out", "fold", "batch")}
 
 
-def _resumed_config(args: argparse.Namespace, saved: Path) -> Any:
-    """The run's own config, with absolute paths and the flags that apply on resume."""
-    from swapseg.training.config import TrainConfig
-    from swapseg.training.rundir import absolute_paths
-
+def _resumed_config(args: argparse.Namespace, saved: Path) -> tuple[Any, int | None]:
+    """The run's own config, with absolute paths and the flags that apply on resume; a
+    new memory plan when one is given (and the budget ``--swap auto`` plans for)."""
     try:
         d = absolute_paths(json.loads(saved.read_text()), args.out)
     except json.JSONDecodeError as exc:
@@ -251,26 +208,47 @@ def _resumed_config(args: argparse.Namespace, saved: Path) -> Any:
     given = {f: getattr(args, f) for f in RESUME_FLAGS if getattr(args, f) is not None}
     if "data" in given:
         given["data"] = os.path.abspath(given["data"])
-    ignored = [flag for f, flag in _OTHER_FLAGS.items() if getattr(args, f) is not None]
-    if args.no_augment:
-        ignored.append("--no-augment")
+    ignored = [flag for f, flag in _IGNORED_ON_RESUME.items()
+               if getattr(args, f, None) is not None]
+    if args.preset is not None:
+        ignored.insert(0, "--preset")
     if args.fold not in (None, "all"):
         ignored.append("--fold")
     if ignored:
         print(f"swapseg: --resume continues the run as {saved} says: ignoring "
-              f"{', '.join(ignored)} (only {', '.join(RESUME_FLAGS.values())} apply)",
-              file=sys.stderr)
+              f"{', '.join(ignored)} (only {', '.join(RESUME_FLAGS.values())} and the "
+              "memory plan's flags apply)", file=sys.stderr)
     d.update(given)
     if not Path(d["data"]).is_dir():
         raise InputError(f"{saved}: data folder {d['data']} not found; give --data DIR "
                          "with --resume")
-    return TrainConfig.from_dict(d)
+    config = TrainConfig.from_dict(d)
+    if not plan_given(args):
+        return config, None
+    with g.fields_as_flags(FLAGS):
+        # --swap-* flags alone change the run's own plan
+        plan, budget = _swap_plan(args, config.plan, resolve_device(config.device))
+        config = config.replace(plan=plan)
+    print(f"swapseg: --resume with a new memory plan ({_plan_name(config, budget)}): a plan "
+          "changes where saved tensors live, not what a step computes, so the run goes on "
+          "as it would have", file=sys.stderr)
+    return config, budget
+
+
+def _plan_name(config: Any, budget: int | None) -> str:
+    if budget is not None:
+        return "chosen by --swap auto"
+    return "none" if config.plan is None else config.plan.name or "given"
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The TrainConfig that the command line describes (or the run's own, with --resume)."""
-    from swapseg.training.config import PRESETS
+    return config_and_budget(args)[0]
 
+
+def config_and_budget(args: argparse.Namespace) -> tuple[Any, int | None]:
+    """The TrainConfig that the command line describes (or the run's own, with --resume),
+    and the memory budget that ``--swap auto`` plans for (None: no planning)."""
     saved = Path(args.out) / "config.json"
     if args.resume and args.overwrite:
         raise InputError("--resume continues the run in --out, --overwrite replaces it: "
@@ -279,42 +257,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return _resumed_config(args, saved)
     if not args.data:
         raise InputError("--data DIR is required (except with --resume of an existing run)")
-    names = ("mode", "shape", "zoom", "patch", "batch_size", "max_epochs", "lr", "loss",
-             "base_filters", "depth", "folds", "seed", "workers", "device", "trace_step",
-             "max_train_s", "patches_per_volume", "tumor_fraction", "dropout", "early_stop",
-             "lr_patience", "precision", "compile")
-    changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    changes = config_changes(args, (*CONFIG_FIELDS, "precision", "compile", "trace_step"))
+    changes.pop("data", None)
     if args.fold not in (None, "all"):
         try:
             changes["fold"] = int(args.fold)
         except ValueError:
             raise InputError(f"--fold {args.fold!r}: expected an integer or 'all'") from None
-    if args.no_augment:
-        changes["augment"] = False
     if args.cache_dir is not None:
         changes["cache_dir"] = os.path.abspath(args.cache_dir)
     preset = PRESETS[args.preset or "brats_full"]
     with g.fields_as_flags(FLAGS):
-        # the preset's plan on this run's device (the demo's swaps to disk on a CPU)
-        on = {"device": changes["device"]} if "device" in changes else {}
-        changes["plan"] = _swap_plan(args, preset(**on).plan)
+        defaults = preset()
+        plan, budget = _swap_plan(args, defaults.plan,
+                                  resolve_device(changes.get("device", defaults.device)))
         # absolute, so that --resume works from any directory
         return preset(data=os.path.abspath(args.data), out=os.path.abspath(args.out),
-                      **changes)
-
-
-def memory_budget(args: argparse.Namespace) -> int | None:
-    """``--memory-budget`` in bytes for ``--swap auto`` (None otherwise, and on --resume:
-    the run's config.json holds the plan already chosen)."""
-    if args.resume or args.memory_budget_bytes is None or args.swap != "auto":
-        return None
-    return parse_bytes(args.memory_budget_bytes, "--memory-budget")
+                      plan=plan, **changes), budget
 
 
 def _claim_out(args: argparse.Namespace) -> None:
     """Refuse to train over a run without --resume or --overwrite; clear it on --overwrite."""
-    from swapseg.training.rundir import clear_run, holds_run
-
     # under torchrun only rank 0 decides: the others would see the files it just wrote
     if args.resume or int(os.environ.get("RANK", "0")) != 0 or not holds_run(args.out):
         return
@@ -330,14 +293,16 @@ def resume_command(out: str | Path, fold_all: bool = False) -> str:
                        *(["--fold", "all"] if fold_all else []), "--resume"])
 
 
-def _what(config: Any, args: argparse.Namespace) -> str:
+def _what(config: Any, args: argparse.Namespace, budget: int | None) -> str:
     """One line saying what trains, so that a preset's shape is never a surprise."""
     unit = f"{config.patch}^3 patches of " if config.mode == "patch" else ""
-    if args.swap == "auto" and not args.resume:
+    if budget is not None:
         swap = "memory plan chosen by --swap auto"
+    elif config.plan is None:
+        swap = "no memory plan"
     else:
-        swap = "no memory plan" if config.plan is None else \
-            f"memory plan {config.plan.name or 'given'}"
+        tier = f", swapping to {config.swap.tier}" if config.swap is not None else ""
+        swap = f"memory plan {config.plan.name or 'given'}{tier}"
     return (f"train: {'resumed run' if args.resume else 'preset ' + (args.preset or 'brats_full')}"
             f": {unit}{'x'.join(map(str, config.shape))} volumes (zoom {config.zoom}), "
             f"U-Net base {config.base_filters} depth {config.depth}, up to {config.max_epochs} "
@@ -345,10 +310,9 @@ def _what(config: Any, args: argparse.Namespace) -> str:
 
 
 def host_tier_warning(policy: Any, device: str) -> str | None:
-    """The one warning line for host-tier swapping on a CPU, where it frees nothing."""
-    from swapseg.devices import resolve_device
-
-    if policy is None or policy.tier not in ("host", "auto") or policy.n_tensors == 0 \
+    """The one warning line for host-tier swapping (asked for with --swap-tier host) on a
+    CPU, where it frees nothing."""
+    if policy is None or policy.tier != "host" or policy.n_tensors == 0 \
             or resolve_device(device).type != "cpu":
         return None
     return ("swapseg: warning: host-tier swapping on a CPU saves no memory (device and host "
@@ -357,14 +321,9 @@ def host_tier_warning(policy: Any, device: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.progress import cli_progress  # the bar on a terminal; epoch lines always
-    from swapseg.training.interrupt import Interrupted, stop_signals
-    from swapseg.training.loop import NonFiniteLoss, train, train_all_folds
-
-    config = config_from_args(args)
-    budget = memory_budget(args)  # a bad size fails before --overwrite clears anything
+    config, budget = config_and_budget(args)  # a bad size fails before --overwrite clears
     _claim_out(args)
-    print(_what(config, args))
+    print(_what(config, args, budget))
     warning = host_tier_warning(config.swap, config.device)
     if warning:
         print(warning, file=sys.stderr)
@@ -376,9 +335,6 @@ def run(args: argparse.Namespace) -> int:
                 result = train_all_folds(config, **kwargs)
             else:
                 result = train(config, **kwargs)
-    except NonFiniteLoss as exc:
-        print(f"swapseg: error: {exc}", file=sys.stderr)
-        return 2
     except Interrupted as exc:
         print(f"swapseg: {exc}; continue with: {resume_command(args.out, args.fold == 'all')}",
               file=sys.stderr)

@@ -1,29 +1,14 @@
-"""swapseg.evaluation: metrics, inference and reports.
+"""swapseg.evaluation: scoring predictions, from anyone (imports only data and root modules).
 
 - :mod:`~swapseg.evaluation.metrics`: Dice, sensitivity, specificity, HD95 per region;
-- :mod:`~swapseg.evaluation.predictor`: the one predictor (one pass / sliding windows / TTA);
-- :mod:`~swapseg.evaluation.inference`: label-blind whole-brain prediction, NIfTI output;
-- :mod:`~swapseg.evaluation.runs`: a training run's fold (checkpoint, test cases);
+- :mod:`~swapseg.evaluation.predictor`: the one predictor of a model's region logits (one
+  pass / sliding windows / TTA), used by validation in training and by
+  :mod:`swapseg.predict.inference`;
 - :mod:`~swapseg.evaluation.evaluate`: score a prediction folder (``swapseg evaluate``);
 - :mod:`~swapseg.evaluation.report`: CSV/JSON summaries, box plots, overlays.
 
-Submodules are imported on use, so ``import swapseg.evaluation`` stays cheap.
+Prediction from a trained run's checkpoint is :mod:`swapseg.predict`. Import from the
+submodules; this package module stays light.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-__all__ = ["region_metrics", "dice", "predict_logits", "predict_volume", "predict_cases",
-           "evaluate_folders"]
-
-_WHERE = {"region_metrics": "metrics", "dice": "metrics", "predict_logits": "predictor",
-          "predict_volume": "inference",
-          "predict_cases": "inference", "evaluate_folders": "evaluate"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"swapseg.evaluation.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'swapseg.evaluation' has no attribute {name!r}")
+__all__: list[str] = []

@@ -9,8 +9,10 @@ nnU-Net's ``nnUNetv2_evaluate_folder`` takes. Label numbering: the dataset's con
 
 Predictions are NIfTI label maps in that convention, one per case, named by case id:
 ``<case>.nii.gz`` (what ``swapseg predict`` writes), ``<case>.nii``, or with a
-``_pred``/``_seg``/``_prediction`` suffix. Every truth case must have one; extra files are
-listed in the summary and otherwise ignored. Every file is checked (present, readable,
+``_pred``/``_seg``/``_prediction`` suffix. Every truth case must have one, unless
+``only_predicted`` (``--only-predicted``) scores the cases that have one and lists the
+others in the summary as ``skipped_cases`` (after predicting 2 of 12 cases, say); extra
+files are listed in the summary and otherwise ignored. Every file is checked (present, readable,
 same grid and affine as the truth) before anything is written.
 """
 
@@ -25,6 +27,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from swapseg.data.brats import find_cases, load_case
+from swapseg.data.labels import CONVENTIONS, check_labels, labels_to_regions
+from swapseg.data.layouts import Case, looks_like_case
 from swapseg.errors import InputError
 from swapseg.evaluation import report
 from swapseg.evaluation.metrics import EMPTY_MODES, region_metrics
@@ -60,8 +65,6 @@ class _Pair:
 
 
 def _label_folder(root: Path, files: list[Path], convention: str) -> list[Truth]:
-    from swapseg.data.layouts import looks_like_case
-
     if looks_like_case(root):
         raise InputError(f"{root}: this looks like a single case; pass its parent folder")
     truths: dict[str, Truth] = {}
@@ -78,9 +81,6 @@ def _label_folder(root: Path, files: list[Path], convention: str) -> list[Truth]
 
 def find_truths(truth_dir: str | Path, convention: str | None = None) -> list[Truth]:
     """The truth cases of a dataset folder or of a folder of label files."""
-    from swapseg.data.brats import find_cases
-    from swapseg.data.labels import CONVENTIONS
-
     if convention is not None and convention not in CONVENTIONS:
         raise InputError(f"--convention {convention}: not one of {', '.join(CONVENTIONS)}")
     root = Path(truth_dir)
@@ -105,27 +105,36 @@ def _case_key(path: Path) -> str | None:
     return None
 
 
-def match_predictions(pred_dir: str | Path, cases: Sequence[Truth]) -> tuple[list[_Pair],
-                                                                              list[str]]:
-    """Pair each truth case with its prediction file; returns (pairs, unmatched files)."""
+def match_predictions(pred_dir: str | Path, cases: Sequence[Truth], only_predicted: bool = False
+                      ) -> tuple[list[_Pair], list[str], list[str]]:
+    """Pair each truth case with its prediction file; returns (pairs, unmatched files,
+    skipped case ids). A case without a prediction is an error unless ``only_predicted``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: no such prediction folder")
     files = {key: p for p in sorted(pred_dir.iterdir())
              if p.is_file() and (key := _case_key(p)) is not None}
-    pairs, used = [], set()
+    pairs, used, skipped = [], set(), []
     for case in cases:
         hits = [files[case.case_id + s] for s in _SUFFIXES if case.case_id + s in files]
-        if not hits:
-            raise InputError(f"no prediction for case {case.case_id} in {pred_dir} "
-                             f"(expected {case.case_id}.nii.gz)")
         if len(hits) > 1:
             raise InputError(f"case {case.case_id} has several predictions: "
                              f"{', '.join(h.name for h in hits)}")
-        pairs.append(_Pair(case, hits[0]))
-        used.add(hits[0].name)
+        if hits:
+            pairs.append(_Pair(case, hits[0]))
+            used.add(hits[0].name)
+        else:
+            skipped.append(case.case_id)
+    if not pairs:
+        raise InputError(f"no prediction in {pred_dir} for any of the {len(cases)} truth "
+                         f"cases (expected e.g. {cases[0].case_id}.nii.gz)" if cases else
+                         f"no truth cases to score the predictions in {pred_dir} against")
+    if skipped and not only_predicted:
+        raise InputError(f"no prediction for case {skipped[0]} in {pred_dir} (expected "
+                         f"{skipped[0]}.nii.gz; {len(skipped)} of {len(cases)} truth cases "
+                         f"have none; --only-predicted scores the {len(pairs)} that do)")
     unmatched = [p.name for p in files.values() if p.name not in used]
-    return pairs, unmatched
+    return pairs, unmatched, skipped
 
 
 def _header(path: Path) -> nib.Nifti1Image:
@@ -169,8 +178,6 @@ def _labels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 def score_case(pair: _Pair, empty: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Metrics row of one case, and its (truth, prediction) region masks."""
-    from swapseg.data.labels import check_labels, labels_to_regions
-
     case = pair.case
     t_img = _header(case.seg)
     truth = _labels(case.seg, t_img.shape[:3])
@@ -198,9 +205,6 @@ def flair_volume(case: Any) -> np.ndarray | None:
         return None
     if isinstance(case.images, dict):
         return np.asarray(_header(case.images["flair"]).dataobj, dtype=np.float32)
-    from swapseg.data.brats import load_case
-    from swapseg.data.layouts import Case
-
     return load_case(Case(case.case_id, case.images, None, case.convention,
                           case.channels)).image[0]
 
@@ -219,9 +223,10 @@ def _draw_overlays(out: Path, slices: list[tuple]) -> None:
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str | Path, *,
                      empty: str = "one", overlays: int | None = None,
-                     convention: str | None = None,
+                     convention: str | None = None, only_predicted: bool = False,
                      progress: Progress = "auto") -> dict[str, Any]:
-    """Score ``pred_dir`` against the truth at ``truth_dir`` (see the module docstring).
+    """Score ``pred_dir`` against the truth at ``truth_dir`` (see the module docstring);
+    ``only_predicted``: the truth cases without a prediction are skipped, not an error.
 
     Writes ``out_dir/{per_case.csv, summary.json, boxplot.png}`` and ``out_dir/overlays/``
     (one PNG per case, or the first ``overlays`` cases; 0 for none). Returns the summary.
@@ -230,7 +235,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str |
         raise InputError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
     t0 = time.perf_counter()
     truths = find_truths(truth_dir, convention)
-    pairs, unmatched = match_predictions(pred_dir, truths)
+    pairs, unmatched, skipped = match_predictions(pred_dir, truths, only_predicted)
     for pair in pairs:
         _check_grid(pair)
     n_overlays = len(pairs) if overlays is None else max(0, overlays)
@@ -250,7 +255,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, out_dir: str |
     summary = report.summarize(rows)
     summary.update({"empty": empty, "pred": str(pred_dir), "truth": str(truth_dir),
                     "conventions": sorted({p.case.convention for p in pairs}),
-                    "unmatched_predictions": unmatched})
+                    "unmatched_predictions": unmatched, "n_truth_cases": len(truths),
+                    "skipped_cases": skipped})
     report.boxplot({"prediction": {r: [row[f"dice_{r}"] for row in rows]
                                    for r in report.REGIONS}}, out / "boxplot.png",
                    title=f"Dice per region ({len(rows)} cases)")

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 __all__ = ["EMPTY_MODES", "METRICS", "dice", "region_metrics", "hd95", "image_diagonal_mm"]
 
@@ -44,7 +45,6 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
     """Symmetric 95th-percentile surface distance in mm (MONAI); both masks non-empty."""
-    import torch
     from monai.metrics import compute_hausdorff_distance
 
     if not pred.any() or not truth.any():

@@ -1,7 +1,7 @@
 """The one predictor: region logits of a whole volume, in one pass or by sliding windows.
 
 Validation inside training (:mod:`swapseg.training.validation`) and test-time prediction
-(:mod:`swapseg.evaluation.inference`) both call :func:`predict_logits`, so a checkpoint is
+(:mod:`swapseg.predict.inference`) both call :func:`predict_logits`, so a checkpoint is
 chosen on the numbers it will be reported with.
 
 - One pass: the whole volume, zero-padded at the far end of each axis up to a multiple of
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
+from swapseg.devices import available_memory
 from swapseg.errors import InputError
 
 __all__ = ["Inference", "INFERENCE_MODES", "ACTIVATION_MAPS", "WORKSPACE_BYTES",
@@ -78,17 +78,9 @@ def predicted_bytes(model: nn.Module, spatial: Sequence[int]) -> int:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory of a CUDA device, or the machine's available RAM."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    """Free memory of a CUDA device, or the machine's available RAM (the one reader,
+    ``swapseg.devices.available_memory``)."""
+    return available_memory(device)[0]
 
 
 def _as_window(window: int | Sequence[int], divisor: int) -> Window:

@@ -35,16 +35,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from swapseg.data.brats import find_cases
+from swapseg.devices import available_memory, resolve_device
 from swapseg.errors import InputError
+from swapseg.evaluation.evaluate import evaluate_folders
+from swapseg.experiments import stats
 from swapseg.io import write_json
-from swapseg.training.config import TrainConfig, swap_all_plan
+from swapseg.predict.inference import predict_cases
+from swapseg.training import planning
+from swapseg.training.config import TrainConfig
+from swapseg.training.datasets import find_training_cases
+from swapseg.training.loop import train
+from swapseg.training.model import build_model
+from swapseg.training.planning import PLAN_FILE
 from swapseg.training.runlog import read_log
 
-__all__ = ["MODES", "SWAP_CHOICES", "default_patch", "default_patches_per_volume",
+__all__ = ["MODES", "default_patch", "default_patches_per_volume",
            "mode_configs", "run_full_vs_patch"]
 
 MODES = ("full", "patch")
-SWAP_CHOICES = ("auto", "all", "none")
 
 
 def default_patch(shape: tuple[int, ...], depth: int) -> int:
@@ -62,37 +71,12 @@ def default_patches_per_volume(shape: tuple[int, ...], patch: int) -> int:
 
 
 def full_plan(swap: str, budget: int | None, device: str) -> tuple[Any, int | None]:
-    """(plan, budget to plan for) of the full-volume arm for ``--swap``: ``auto``, ``all``,
-    ``none``, or a SwapPolicy / MemoryPlan JSON file (as ``swapseg train --swap FILE``).
+    """(plan, budget to plan for) of the full-volume arm for ``--swap``, as it means in
+    every command (``training.planning.swap_plan``): ``none``, ``all``, ``auto`` (for
+    ``budget``, or the device's available memory) or a MemoryPlan / SwapPolicy JSON file.
     A budget back means ``auto``: the planner chooses the plan once for the whole
     experiment (``run_full_vs_patch`` writes it to OUT/plan.json)."""
-    import torch
-
-    from swapseg.offload.policy import MemoryPlan, SwapPolicy
-    from swapseg.training.planning import read_plan_file
-
-    if swap not in SWAP_CHOICES:
-        path = Path(swap)
-        if not path.is_file():
-            raise InputError(f"--swap {swap}: not {', '.join(SWAP_CHOICES)} or an existing "
-                             "SwapPolicy or MemoryPlan JSON file")
-        if budget is not None:
-            raise InputError("--memory-budget is only used with --swap auto")
-        return read_plan_file(path, f"--swap {swap}"), None
-    if swap != "auto" and budget is not None:
-        raise InputError("--memory-budget is only used with --swap auto")
-    if swap == "none":
-        return None, None
-    if swap == "all":
-        return MemoryPlan(swap=SwapPolicy(), name="swap-all"), None
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if budget is None and on_gpu:
-        budget = int(torch.cuda.get_device_properties(0).total_memory)
-    if budget is not None:  # the planner picks swap/recompute to fit
-        return None, budget
-    # a CPU with no budget: swap everything to disk, as `swapseg demo` does (a host-tier
-    # copy frees nothing where device memory is host memory)
-    return swap_all_plan(device), None
+    return planning.swap_plan(swap, budget, resolve_device(device))
 
 
 def mode_configs(base: TrainConfig, out: Path, fold: int, *, patch: int | None = None,
@@ -113,14 +97,15 @@ def mode_configs(base: TrainConfig, out: Path, fold: int, *, patch: int | None =
 
 def _resolve_full_plan(base: TrainConfig, out: Path, swap: str, budget: int | None,
                        echo: Callable[[str], None]) -> Any:
-    """The full arm's plan, chosen once for every fold (OUT/plan.json, reused on reruns)."""
-    from swapseg.training import planning
-
-    plan, budget = full_plan(swap, budget, base.device)
-    if budget is None:
+    """The full arm's plan, chosen once for every fold (OUT/plan.json, reused on reruns:
+    whatever memory the device had then, when no budget was given)."""
+    plan, planned_for = full_plan(swap, budget, base.device)
+    if planned_for is None:
         return plan
     arm = mode_configs(base, out, 0)["full"]
-    arm, _, record = planning.resolve_auto(arm, budget, out / planning.PLAN_FILE, echo)
+    arm, _, record = planning.resolve_auto(
+        arm, planned_for, out / planning.PLAN_FILE, echo,
+        budget_from=None if budget is not None else "the device's available memory")
     if record is not None:
         write_json(out / planning.PLAN_FILE, record)
     return arm.plan
@@ -128,13 +113,9 @@ def _resolve_full_plan(base: TrainConfig, out: Path, swap: str, budget: int | No
 
 def _check_fits(config: TrainConfig, echo: Callable[[str], None]) -> None:
     """Stop before any training when one arm's step is predicted not to fit."""
-    from swapseg.devices import resolve_device
-    from swapseg.training import planning
-    from swapseg.training.model import build_model
-
     device = resolve_device(config.device)
     pred = planning.predict(config, build_model(config), config.plan, device)
-    avail, source = planning.available_memory(device)
+    avail, source = available_memory(device)
     if pred.peak_bytes > avail:
         planning.check_fits(config, pred, device, 1, echo)  # raises with the one line
     echo(f"{config.mode}: one step predicted to peak at {planning.human_bytes(pred.peak_bytes)} of "
@@ -144,7 +125,6 @@ def _check_fits(config: TrainConfig, echo: Callable[[str], None]) -> None:
 def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
     """``out/test/fold<k>``: links to the fold's test cases, so predict/evaluate see only them."""
     index = {}
-    from swapseg.data.brats import find_cases
 
     for case in find_cases(data).cases:
         first = case.seg or (next(iter(case.images.values())) if isinstance(case.images, dict)
@@ -160,9 +140,11 @@ def _test_folder(out: Path, data: Path, fold: int, ids: list[str]) -> Path:
 
 def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
     """Whether a saved config describes the same run; fields added to TrainConfig since it
-    was saved take their defaults, and JSON turns tuples into lists on both sides."""
+    was saved take their defaults, a plan saved with tier ``auto`` is the concrete plan it
+    ran as, and JSON turns tuples into lists on both sides."""
     try:
-        saved = TrainConfig.from_dict(dict(saved)).to_dict()
+        config = TrainConfig.from_dict(dict(saved))
+        saved = planning.on_device(config, resolve_device(config.device)).to_dict()
     except (InputError, TypeError, ValueError):
         return False
     return json.loads(json.dumps(saved)) == json.loads(json.dumps(requested))
@@ -171,10 +153,6 @@ def _same_config(saved: Any, requested: dict[str, Any]) -> bool:
 def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """Train, predict and score one mode of one fold; returns (and saves) its record."""
-    from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.evaluation.inference import predict_cases
-    from swapseg.training.loop import train
-
     run_dir = Path(config.out)
     requested = config.to_dict()
     record_path = run_dir / "record.json"
@@ -189,7 +167,6 @@ def _run_mode(config: TrainConfig, out: Path, mode: str, progress: bool,
         raise InputError(f"{run_dir} holds a run with other settings; use another --out")
     write_json(saved, requested)
     t0 = time.perf_counter()
-    from swapseg.training.planning import PLAN_FILE
 
     result = train(config, resume=resume, progress=progress, echo=echo,
                    splits_path=out / "splits.json", plan_path=out / PLAN_FILE)
@@ -233,13 +210,10 @@ def run_full_vs_patch(base: TrainConfig, out: str | Path, *, patch: int | None =
     ``swap`` and ``memory_budget`` set the full arm's plan (:func:`full_plan`); with
     ``auto`` it is chosen once, into ``out/plan.json``, for every fold.
     """
-    from swapseg.experiments import stats
-
     out = Path(out)
     n_folds = base.folds if run_folds is None else run_folds
     if not 1 <= n_folds <= base.folds:
         raise InputError(f"--run-folds must be in 1..{base.folds}, got {run_folds}")
-    from swapseg.training.datasets import find_training_cases
 
     # check the data and every setting before anything is written
     n_cases = len(find_training_cases(base.data))

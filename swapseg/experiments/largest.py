@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 from torch import nn
 
 from swapseg.errors import InputError
+from swapseg.experiments.largest_probe import idle_process_bytes
 from swapseg.experiments.methods_bench import dice_trace
 from swapseg.experiments.paper_configs import hybrid_plan, paper_candidates
 from swapseg.offload import MemoryPlan, RecomputePolicy, SwapPolicy
@@ -108,8 +109,10 @@ def _on_disk(plan: MemoryPlan, disk_dir: str | None) -> MemoryPlan:
 
 def method_plan(method: str, model: nn.Module, shape: tuple[int, ...],
                 profile: DeviceProfile, cap: int, cuda: bool = False,
-                disk_dir: str | None = None, autocast_dtype: Any = None) -> MemoryPlan | None:
-    """The plan ``method`` runs at ``shape``; None when ``auto`` finds none that fits."""
+                disk_dir: str | None = None, autocast_dtype: Any = None,
+                process_bytes: int = 0) -> MemoryPlan | None:
+    """The plan ``method`` runs at ``shape``; None when ``auto`` finds none that fits in
+    ``cap`` less the process's own ``process_bytes``."""
     swap_tier = "cuda" if cuda else "disk"
     if method == "none":
         return MemoryPlan(name="none")
@@ -128,7 +131,8 @@ def method_plan(method: str, model: nn.Module, shape: tuple[int, ...],
         plan = dataclasses.replace(h, swap=dataclasses.replace(h.swap, tier=swap_tier))
     elif method == "auto":
         tr = dice_trace(model, shape, autocast_dtype)
-        c = search(tr, profile, cap, extra=paper_candidates(tr), require_fit=False).chosen
+        c = search(tr, profile, cap - process_bytes, extra=paper_candidates(tr),
+                   require_fit=False).chosen
         if c is None:
             return None
         plan = MemoryPlan(c.swap, c.recompute, f"auto: {c.name}")
@@ -139,23 +143,26 @@ def method_plan(method: str, model: nn.Module, shape: tuple[int, ...],
 
 def predicted_fits(method: str, model: nn.Module, side: int, channels: int,
                    profile: DeviceProfile, cap: int, cuda: bool = False,
-                   autocast_dtype: Any = None) -> bool:
-    """The planner's verdict: the method's predicted peak fits the cap minus its margin."""
+                   autocast_dtype: Any = None, process_bytes: int = 0) -> bool:
+    """The planner's verdict: the method's predicted peak fits the cap, less the
+    process's own bytes, less the margin."""
     shape = (1, channels, side, side, side)
-    plan = method_plan(method, model, shape, profile, cap, cuda, None, autocast_dtype)
+    plan = method_plan(method, model, shape, profile, cap, cuda, None, autocast_dtype,
+                       process_bytes)
     if plan is None:
         return False
     tr = dice_trace(model, shape, autocast_dtype)
     return simulate(tr, profile, plan.swap, plan.recompute).peak_bytes \
-        <= cap * (1 - DEFAULT_MARGIN)
+        <= (cap - process_bytes) * (1 - DEFAULT_MARGIN)
 
 
 def predicted_largest(method: str, model: nn.Module, sides: Sequence[int], channels: int,
                       profile: DeviceProfile, cap: int, cuda: bool = False,
-                      autocast_dtype: Any = None) -> int | None:
+                      autocast_dtype: Any = None, process_bytes: int = 0) -> int | None:
     """The largest side the planner predicts to fit (same bisection, simulated probes)."""
     def probe(s: int) -> Probe:
-        ok = predicted_fits(method, model, s, channels, profile, cap, cuda, autocast_dtype)
+        ok = predicted_fits(method, model, s, channels, profile, cap, cuda, autocast_dtype,
+                            process_bytes)
         return Probe(s, "fits" if ok else "oom", 0.0)
     return bisect_largest(probe, sides)[0]
 
@@ -219,14 +226,15 @@ def run_probe(side: int, plan: MemoryPlan, cap: int, *, channels: int = 4,
 def search_method(method: str, model: nn.Module, sides: Sequence[int], cap: int,
                   profile: DeviceProfile, *, guess: int | None = None, channels: int = 4,
                   cuda: bool = False, disk_dir: str | None = None,
-                  autocast_dtype: Any = None,
+                  autocast_dtype: Any = None, process_bytes: int = 0,
                   progress: Callable[[str], None] | None = None,
                   on_probe: Callable[[Probe], None] | None = None,
                   **probe_kwargs: Any) -> tuple[int | None, list[Probe]]:
     """Bisect ``method``'s largest side under ``cap`` with real probes."""
     def probe(s: int) -> Probe:
         shape = (1, channels, s, s, s)
-        plan = method_plan(method, model, shape, profile, cap, cuda, disk_dir, autocast_dtype)
+        plan = method_plan(method, model, shape, profile, cap, cuda, disk_dir, autocast_dtype,
+                           process_bytes)
         if plan is None:
             r = Probe(s, "no_plan", 0.0, detail="the planner finds no plan under the cap")
         else:
@@ -263,10 +271,15 @@ def run_largest(model: nn.Module, methods: Sequence[str], cap: int, sides: Seque
                 cuda: bool = False, disk_dir: str | None = None, autocast_dtype: Any = None,
                 moonshot_side: int | None = None, moonshot_cap: int | None = None,
                 progress: Callable[[str], None] | None = None,
+                process_bytes: int | None = None,
                 **probe_kwargs: Any) -> dict[str, Any]:
     """Every method's search, then the moonshot; ``write(result)`` after each probe, so
     a killed run leaves what it measured. Methods complete in ``previous`` (an earlier
-    largest.json under the same cap) are kept, their predictions refreshed."""
+    largest.json under the same cap) are kept, their predictions refreshed.
+
+    On a CPU the cap bounds the whole probe process, so its own bytes (``process_bytes``;
+    None: measured once, ``idle_process_bytes``) come off the cap before planning and
+    predicting; on a GPU the cap is the device's memory alone (0)."""
     from swapseg.envinfo import environment
 
     res: dict[str, Any] = {
@@ -277,11 +290,21 @@ def run_largest(model: nn.Module, methods: Sequence[str], cap: int, sides: Seque
         "environment": environment(), "sides": list(sides),
         "local_profile": profile.to_dict(), "margin": DEFAULT_MARGIN,
         "methods": {}, "moonshot_256": None}
+    if process_bytes is None:
+        process_bytes = 0 if cuda else idle_process_bytes(probe_kwargs.get("python",
+                                                                          sys.executable))
+    res["process_bytes"] = process_bytes
+    res["process_bytes_is"] = "0: the cap is the GPU's memory" if cuda else \
+        "peak RSS of an idle probe process (imports, one tiny conv step)"
+    if progress and process_bytes:
+        progress(f"the probe process holds {process_bytes / 2**20:.0f} MiB before its "
+                 "model: counted against the cap")
     if previous and previous.get("cap_bytes") == cap:
         res["methods"] = dict(previous.get("methods", {}))
         res["moonshot_256"] = previous.get("moonshot_256")
     for m in methods:
-        pred = predicted_largest(m, model, sides, channels, profile, cap, cuda, autocast_dtype)
+        pred = predicted_largest(m, model, sides, channels, profile, cap, cuda, autocast_dtype,
+                                 process_bytes)
         old = res["methods"].get(m)
         if old and old.get("complete"):
             old["predicted_largest_side"] = pred
@@ -303,7 +326,8 @@ def run_largest(model: nn.Module, methods: Sequence[str], cap: int, sides: Seque
         largest, _ = search_method(m, model, sides, cap, profile, guess=pred,
                                    channels=channels, cuda=cuda, disk_dir=disk_dir,
                                    autocast_dtype=autocast_dtype, progress=progress,
-                                   on_probe=record, **probe_kwargs)
+                                   on_probe=record, process_bytes=process_bytes,
+                                   **probe_kwargs)
         res["methods"][m] = _method_row(largest, probes, pred, True)
         write(res)
     if moonshot_side:

@@ -24,11 +24,15 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
-__all__ = ["main", "is_oom", "set_cap", "OOM_MARKERS"]
+from swapseg.errors import InputError
+
+__all__ = ["main", "is_oom", "set_cap", "OOM_MARKERS", "idle_process_bytes"]
 
 #: Substrings of the messages an allocation failure raises with (torch CPU, CUDA, oneDNN,
 #: errno ENOMEM, thread creation).
@@ -133,13 +137,49 @@ def copy_rates(events: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def idle_process_bytes(python: str = sys.executable) -> int:
+    """Peak RSS of a probe process before its model (``largest_probe --idle``): what
+    the interpreter, torch and the allocator hold of a CPU cap. Raises InputError when
+    the idle probe fails."""
+    with tempfile.TemporaryDirectory(prefix="swapseg-idle-") as d:
+        out = os.path.join(d, "idle.json")
+        proc = subprocess.run([python, "-m", "swapseg.experiments.largest_probe", "--idle",
+                               "--out", out], capture_output=True, text=True)
+        if proc.returncode or not os.path.exists(out):
+            last = (proc.stderr or "").strip().splitlines()[-1:] or [""]
+            raise InputError(f"the idle probe process failed (exit {proc.returncode}): "
+                             f"{last[0][:200]}")
+        with open(out) as fh:
+            return int(json.load(fh)["peak_rss_bytes"])
+
+
+def _idle(path: str) -> int:
+    """The bytes a probe process holds before its model: interpreter, torch and the
+    modules the probe imports, the allocator and oneDNN after a first tiny conv step."""
+    import torch
+
+    import swapseg.experiments.methods_bench
+    import swapseg.offload.engine  # noqa: F401
+
+    x = torch.randn(1, 2, 6, 6, 6, requires_grad=True)
+    torch.nn.functional.conv3d(x, torch.randn(2, 2, 3, 3, 3)).square().mean().backward()
+    out = {"status": "idle", "peak_rss_bytes": _status_bytes("VmHWM"),
+           "vm_data_bytes": _status_bytes("VmData"), "threads": torch.get_num_threads()}
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--side", type=int, required=True)
+    p.add_argument("--side", type=int, default=0)
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--model", default="isensee")
     p.add_argument("--model-kwargs", default=None)
-    p.add_argument("--plan", required=True, help="MemoryPlan JSON file")
+    p.add_argument("--plan", default="", help="MemoryPlan JSON file")
+    p.add_argument("--idle", action="store_true",
+                   help="measure the process's own bytes instead: the probe's imports and "
+                        "one tiny conv step, no model")
     p.add_argument("--cap", type=int, default=0, help="bytes; 0: no cap")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="32")
@@ -147,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.idle:
+        return _idle(args.out)
+    if args.side <= 0 or not args.plan:
+        p.error("--side and --plan are needed (or --idle)")
     out: dict[str, Any] = {"side": args.side, "status": "error", "cap_bytes": args.cap}
     if args.cap and not args.device.startswith("cuda"):
         out["rlimit_data_bytes"] = set_cap(args.cap)[0]

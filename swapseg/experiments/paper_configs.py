@@ -1,4 +1,5 @@
-"""The paper's four swap configurations (PAPER.md, Table 1) as planner candidates.
+"""The paper's four swap configurations (Imai et al. 2019, Table 1) as planner candidates
+(docs/planner.md).
 
 Handed to :func:`swapseg.planner.search` as ``extra`` candidates, so plans for the
 Isensee U-Net are compared against what Imai et al. ran:

@@ -13,10 +13,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from scipy import stats as st
 
+from swapseg.data.brats import find_cases
+from swapseg.data.labels import labels_to_regions
+from swapseg.envinfo import environment
 from swapseg.evaluation import report
+from swapseg.evaluation.evaluate import flair_volume
 from swapseg.evaluation.metrics import METRICS
+from swapseg.experiments.curves import learning_curves
+from swapseg.experiments.markdown import report_md
 from swapseg.io import write_json, write_text
 
 __all__ = ["PAPER", "paired", "write_outputs"]
@@ -49,8 +57,6 @@ def paired(full: list[float], patch: list[float], folds: list[int],
     ``full_better``/``patch_better`` count the cases each mode wins; for a distance
     (``higher_is_better=False``) a negative difference is a win for full volumes.
     """
-    from scipy import stats as st
-
     d = np.asarray(full, float) - np.asarray(patch, float)
     ok = ~np.isnan(d)
     d, f = d[ok], np.asarray(folds)[ok]
@@ -134,12 +140,6 @@ def _timing(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def _overlays(out: Path, rows: dict[str, list[dict]], n: int) -> list[str]:
     """Truth | full | patch for the ``n`` cases whose mean Dice differs most."""
-    import nibabel as nib
-
-    from swapseg.data.brats import find_cases
-    from swapseg.data.labels import labels_to_regions
-    from swapseg.evaluation.evaluate import flair_volume
-
     patch_by_id = {r["case_id"]: r for r in rows["patch"]}
     gaps = sorted(((abs(np.nanmean([f[f"dice_{r}"] - patch_by_id[f["case_id"]][f"dice_{r}"]
                                     for r in REGIONS])), f) for f in rows["full"]
@@ -174,10 +174,6 @@ def _overlays(out: Path, rows: dict[str, list[dict]], n: int) -> list[str]:
 def write_outputs(out: Path, records: dict[str, list[dict[str, Any]]],
                   settings: dict[str, Any], *, command: str, wall_s: float,
                   overlays: int) -> dict[str, Any]:
-    from swapseg.envinfo import environment
-    from swapseg.experiments.curves import learning_curves
-    from swapseg.experiments.markdown import report_md
-
     rows = _case_rows(out, records)
     full_by_id = {r["case_id"]: r for r in rows["full"]}
     common = [r for r in rows["patch"] if r["case_id"] in full_by_id]

@@ -52,5 +52,5 @@ def plan_search(model: nn.Module, input_shape: Sequence[int], device: str = "loc
 
 
 def parse_size(text: str, what: str = "memory size") -> int:
-    """'12GiB', '500MB', '1e9' -> bytes (the project's one size grammar)."""
+    """'12GiB', '500MB', '1e9B' -> bytes (the one size grammar; a bare number is an error)."""
     return parse_bytes(text, what)

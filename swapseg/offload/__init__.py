@@ -23,7 +23,7 @@ __all__ = ["swap_activations", "SwapEngine", "SwapPolicy", "RecomputePolicy", "M
            "BufferPool", "get_pool", "clear_pools", "plot_timeline"]
 
 
-def plot_timeline(events, path, step=None, title=None):  # noqa: ANN001 - lazy import
+def plot_timeline(events, path, step=None, title=None):  # lazy import
     """Plot one traced step of ``stats.events`` to ``path`` (PNG); see ``timeline``.
 
     ``step`` selects events by their ``step`` field (1-based count of forwards in the

@@ -86,7 +86,7 @@ class _Clock(TorchFunctionMode):
         super().__init__()
         self.owner = owner
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.owner._tick(args, kwargs)
         return func(*args, **kwargs)

@@ -81,6 +81,10 @@ class SwapStats:
     branch_evictions: int = 0
     """swap_branches: storages freed during forward (restored before their next use)."""
     branch_bytes_out: int = 0
+    host_reserved_bytes: int = 0
+    """cuda tier: most host bytes its pinned pool held reserved during the context, as the
+    pinned allocator reserves them (each buffer rounded up to a power of two); 0 on the
+    other tiers."""
     backwards: int = 0
     steps: int = 0
     """Forward passes seen (a forward starts with the first pack after a backward)."""
@@ -139,6 +143,7 @@ class SwapStats:
             "prefetch_misses": self.prefetch_misses,
             "branch_evictions": self.branch_evictions,
             "branch_bytes_out": self.branch_bytes_out,
+            "host_reserved_bytes": self.host_reserved_bytes,
             "backwards": self.backwards,
             "steps": self.steps,
             "by_scope": {k: v.as_dict() for k, v in sorted(self.by_scope.items())},

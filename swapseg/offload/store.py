@@ -79,7 +79,10 @@ class EntryStore:
     # ------------------------------------------------------------------ copy-out
     def start_out(self, e: Entry, src: torch.Tensor) -> None:
         e.device_tensor = src
-        e.out_ticket = self.transports.get(e.device).start_out(src)
+        tr = self.transports.get(e.device)
+        e.out_ticket = tr.start_out(src)
+        reserved = getattr(tr, "reserved_bytes", 0)  # the cuda tier's pinned pool
+        self.stats.host_reserved_bytes = max(self.stats.host_reserved_bytes, reserved)
         self.move(e, "leaving")
         self._outs[e.id] = e
         self.out_bytes += e.nbytes

@@ -131,7 +131,7 @@ class Handle:
     def __del__(self) -> None:
         try:
             self.engine.handle_dead(self)
-        except Exception:  # interpreter shutdown: nothing left to free
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
             pass
 
 

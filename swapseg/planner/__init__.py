@@ -12,13 +12,8 @@ particular model. See docs/planner.md.
 """
 
 from swapseg.planner.choose import choose_plan, resolve_profile
-from swapseg.planner.devices import (
-    PROFILES,
-    DeviceProfile,
-    calibration_shape,
-    get_profile,
-    measure_local,
-)
+from swapseg.planner.local import calibration_shape, get_profile, measure_local
+from swapseg.planner.profiles import PROFILES, DeviceProfile
 from swapseg.planner.search import (
     DEFAULT_MARGIN,
     Candidate,

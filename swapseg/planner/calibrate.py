@@ -12,22 +12,58 @@ overhead`` by least squares over the shapes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from swapseg.errors import InputError
+from swapseg.offload.engine import swap_activations
 from swapseg.offload.measure import train_step
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.offload.policy import SwapPolicy
+from swapseg.planner.profiles import DeviceProfile, layer_key
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 
 __all__ = ["calibrate_step", "calibrate", "calibrated", "conv_curve", "calibrate_tier"]
 
 _CONV_EVENTS = ("aten::convolution", "aten::convolution_backward")
+
+#: kineto's trace lines for every profiler start and stop, written to fd 2 by C++
+_USDT = re.compile(r"^USDT:.*\] profiler_(start|stop)\s*$")
+
+
+@contextlib.contextmanager
+def _kineto_quiet() -> Iterator[None]:
+    """Drop kineto's ``USDT: ... profiler_start/stop`` lines from the process's stderr
+    (file descriptor 2, where C++ writes them); every other line written meanwhile is
+    passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines(True)
+                    if not _USDT.match(ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None,
@@ -45,21 +81,17 @@ def calibrate_step(model: nn.Module, shape: tuple[int, ...], loss_fn: Any = None
     ``other_io_centre``.
     Raises InputError when the step cannot run at ``shape``.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    from swapseg.planner.trace import trace_step
-
     x = torch.randn(shape)
     try:
         tr = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
         train_step(model, x, loss_fn, autocast_dtype)  # warm-up: allocator, oneDNN caches
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's model and loss may raise anything
         raise InputError(f"calibration step of {type(model).__name__} at "
                          f"{'x'.join(map(str, shape))} failed: {str(exc).splitlines()[0]}"
                          ) from None
     # conv times and the wall time come from the same step: on a shared machine the load
     # changes from one step to the next
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _kineto_quiet(), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         train_step(model, x, loss_fn, autocast_dtype)
         wall = time.perf_counter() - t0
@@ -224,11 +256,6 @@ def calibrate_tier(profile: DeviceProfile, model: nn.Module, shapes: Sequence[tu
     step; the shortfall is fitted by least squares as ``copies x disk_copy_overhead_s +
     bytes x disk_copy_s_per_byte``. Returns the profile and the per-shape measurements.
     """
-    from swapseg.offload.engine import swap_activations
-    from swapseg.offload.policy import SwapPolicy
-    from swapseg.planner.simulate import simulate
-    from swapseg.planner.trace import trace_step
-
     policy = policy or SwapPolicy(tier="disk", prefetch=4)
     base = profile.replace(disk_copy_overhead_s=0.0, disk_copy_s_per_byte=0.0)
     rows = []

@@ -9,7 +9,9 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import MemoryPlan
-from swapseg.planner.devices import DeviceProfile, calibration_shape, get_profile
+from swapseg.planner.local import calibration_shape, get_profile
+from swapseg.planner.loss import Target, bind_target
+from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.search import DEFAULT_MARGIN, Candidate, search
 from swapseg.planner.trace import LossFn, trace_step
 
@@ -28,7 +30,8 @@ def resolve_profile(device: str | DeviceProfile, model: nn.Module,
     calib = calibration_shape(tuple(input_shape)) \
         if device == "local" and tier != "cuda" else None
     return get_profile(device, model, tier, calibrate_shape=calib, loss_fn=loss_fn,
-                       autocast_dtype=autocast_dtype) if device == "local" \
+                       autocast_dtype=autocast_dtype, fallback_shape=tuple(input_shape)) \
+        if device == "local" \
         else get_profile(device)
 
 
@@ -36,7 +39,8 @@ def choose_plan(model: nn.Module, input_shape: Sequence[int],
                 device: str | DeviceProfile = "local", budget_bytes: int = 0,
                 loss_fn: LossFn | None = None, autocast_dtype: torch.dtype | None = None,
                 margin: float | None = None, tier: str = "auto",
-                extra: list[Candidate] | None = None) -> MemoryPlan:
+                extra: list[Candidate] | None = None,
+                target: Target | None = None) -> MemoryPlan:
     """The fastest predicted plan whose peak fits ``budget_bytes`` minus a safety margin.
 
     Args:
@@ -52,12 +56,15 @@ def choose_plan(model: nn.Module, input_shape: Sequence[int],
             ``auto``: the CPU with its disk tier, the only one that frees CPU memory, so
             a CPU plan swaps to disk or recomputes, never to host memory).
         extra: the caller's own candidates, searched with the generic ones.
+        target: a description of the loss's target (``(shape, dtype)`` or a function of
+            the output): ``loss_fn(output, target)`` then; see ``planner.loss``.
 
     Raises InputError saying how many bytes are missing when no candidate fits.
     """
     if budget_bytes <= 0:
         raise InputError(f"memory budget must be positive, got {budget_bytes} bytes")
     shape = tuple(input_shape)
+    loss_fn = bind_target(loss_fn, target)
     dev = resolve_profile(device, model, shape, tier, loss_fn, autocast_dtype)
     trace = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
     res = search(trace, dev, budget_bytes, DEFAULT_MARGIN if margin is None else margin,

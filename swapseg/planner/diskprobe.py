@@ -15,14 +15,17 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
+import torch
+
+from swapseg.offload.transport import DiskTransport
+
 __all__ = ["disk_rates", "tier_rates", "page_cache_bytes"]
 
 _CHUNK = 8 * 2**20
 
 
 def _buffer() -> bytes:
-    import numpy as np
-
     return np.random.default_rng(0).integers(0, 255, _CHUNK, dtype=np.uint8).tobytes()
 
 
@@ -56,10 +59,6 @@ def tier_rates(nbytes: int = 512 * 2**20, folder: str | None = None) -> dict[str
     ``write_cpu`` and ``read_cpu`` (bytes per second of the thread's CPU time, what a
     copy takes from the cores) and ``direct`` (whether the transport used direct I/O).
     The kernel's writeback of buffered writes runs in its own threads, uncounted here."""
-    import torch
-
-    from swapseg.offload.transport import DiskTransport
-
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8,
                         generator=torch.Generator().manual_seed(0))
     tr = DiskTransport(folder, workers=0)

@@ -16,7 +16,7 @@ from typing import Any
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import RecomputePolicy, SwapPolicy
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.simulate import SimResult, simulate
 from swapseg.planner.trace import StepTrace
 
@@ -220,4 +220,6 @@ def _on_device(c: Candidate, device: DeviceProfile) -> Candidate:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """GiB, or MiB below one GiB (a small budget is not "0.00 GiB"); as
+    ``swapseg.sizes.format_bytes``, which the planner's layer may not import."""
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.2f} MiB"

@@ -6,7 +6,7 @@ device bytes (everything: parameters, optimizer state, gradients, live activatio
 op temporaries) and peak saved bytes resident (what the engine's ``peak_device_bytes``
 counts), plus the timeline as data.
 
-Semantics follow the engine (DESIGN.md): a swapped storage leaves the device once its
+Semantics follow the engine (docs/swapping.md): a swapped storage leaves the device once its
 copy-out ends and no forward code still holds it; in backward, the unpack at position p
 of the swapped-unpack order starts the swap-in of positions p+1..p+prefetch, the first
 window starts when backward starts, and a swap-in cannot start before the copy-out of the
@@ -26,7 +26,7 @@ import numpy as np
 
 from swapseg.offload.engine import inflight_bound
 from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]
@@ -205,8 +205,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
 
     def swap_in(u: int, now: float) -> None:
         nonlocal h2d_free, t
-        if u in copy_in:
-            return
+        if u in copy_in or u not in copy_out:  # not packed yet (a checkpoint's rerun in
+            return                             # backward packs late): no prefetch
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
         cpu = n / in_rate  # the cores' part; a disk read adds the device's time

@@ -24,12 +24,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.func import functional_call
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from swapseg.offload.measure import autocast, default_loss
+from swapseg.planner.loss import (
+    Target,
+    bind_target,
+    measure_loss_saved,
+    real_tensors,
+    surrogate_loss,
+)
+from swapseg.planner.opcost import conv_key, cpu_conv_workspace, op_flops
 
 __all__ = ["OpRecord", "SavedRecord", "StorageRecord", "StepTrace", "trace_step", "LossFn"]
 
@@ -121,52 +131,6 @@ class StepTrace:
         }
 
 
-def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
-    fn = flop_registry.get(func._overloadpacket)
-    if fn is None:
-        return 0.0
-    return float(fn(*args, **kwargs, out_val=out))
-
-
-def _cpu_conv_workspace(name: str, args: tuple) -> int:
-    """Column buffer of PyTorch's native (non-oneDNN) 3D conv, when a CPU would pick it.
-
-    ATen's ``ConvParams::use_mkldnn`` takes oneDNN for a float CPU conv when batch > 1,
-    or kernels > 3, or B*C*D*H > 20480; otherwise ``slow_conv3d`` unfolds the input into
-    C_in * prod(kernel) * out_voxels floats, in forward and again in backward.
-    """
-    if name == "aten.convolution":
-        x, w = args[0], args[1]
-    elif name == "aten.convolution_backward":
-        x, w = args[1], args[2]
-    else:
-        return 0
-    if x.dim() != 5 or x.shape[0] > 1 or max(w.shape[2:]) > 3 or w.shape[1] != x.shape[1]:
-        return 0  # batched, grouped or large kernels: oneDNN
-    if x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] > 20480:
-        return 0
-    if name == "aten.convolution_backward":
-        out_vox = args[0].shape[2:].numel()  # grad_output's voxels
-    else:  # forward: output voxels from input size and stride (padding keeps "same")
-        out_vox = 1
-        for d, s in zip(x.shape[2:], args[3], strict=True):
-            out_vox *= -(-d // s)
-    return int(x.shape[1] * w.shape[2:].numel() * out_vox * x.element_size())
-
-
-def _conv_key(name: str, args: tuple) -> str:
-    if name == "aten.convolution":
-        x, w, stride = args[0], args[1], args[3]
-    elif name == "aten.convolution_backward":
-        x, w, stride = args[1], args[2], args[4]
-    else:
-        return ""
-    if x.dim() < 3:
-        return ""
-    return ",".join(str(int(v)) for v in (x.shape[1], w.shape[0], w.shape[2], stride[0],
-                                          *x.shape[2:]))
-
-
 #: Ops that only compute metadata or make views: no kernel moves data.
 _NO_DATA = ("prim.",)
 
@@ -194,17 +158,24 @@ class _Recorder(TorchDispatchMode):
         self.phase = "fwd"
         self.scope: list[str] = [""]
         self.suspended = False
+        # a saved tensor's fake clone (what unpack hands back) -> the original's uid: a
+        # checkpoint that saves its inputs and reruns on the unpacked ones in backward
+        # reuses that storage, it makes no new one
+        self.clones: dict[int, int] = {}
 
     def now(self) -> int:
         return len(self.ops) - 1
 
     def uid_of(self, t: torch.Tensor) -> int | None:
-        entry = self.live.get(t.untyped_storage()._cdata)
-        return entry[0] if entry else None
+        key = t.untyped_storage()._cdata
+        entry = self.live.get(key)
+        return entry[0] if entry else self.clones.get(key)
 
     def register(self, t: torch.Tensor, kind: str, producer: str = "") -> int:
         key = t.untyped_storage()._cdata
         entry = self.live.get(key)
+        if entry is None and key in self.clones:  # a view of a saved tensor's clone: its
+            return self.clones[key]               # life is the saved record's
         if entry is None:
             uid = self.next_uid
             self.next_uid += 1
@@ -225,7 +196,7 @@ class _Recorder(TorchDispatchMode):
             del self.live[key]
             self.storages[uid].freed_at = max(self.now(), self.storages[uid].produced_at)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = str(func._overloadpacket)
@@ -237,8 +208,8 @@ class _Recorder(TorchDispatchMode):
             io = sum(t.numel() * t.element_size() for t in _tensors((args, kwargs, out)))
         self.ops.append(OpRecord(len(self.ops), self.phase, name,
                                  self.scope[-1] if self.phase == "fwd" else "",
-                                 _flops(func, args, kwargs, out), io,
-                                 _cpu_conv_workspace(name, args), _conv_key(name, args)))
+                                 op_flops(func, args, kwargs, out), io,
+                                 cpu_conv_workspace(name, args), conv_key(name, args)))
         for t in _tensors(out):
             self.register(t, "act", name)
         return out
@@ -279,7 +250,7 @@ def _scope_hooks(model: nn.Module, rec: _Recorder, module_inputs: dict[str, list
 
 def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> Any:
     def pack(t: torch.Tensor) -> Any:
-        if t.untyped_storage()._cdata in params:
+        if rec.suspended or t.untyped_storage()._cdata in params:
             return ("param", t)
         uid = rec.uid_of(t)
         if uid is None:  # saved before we saw it (e.g. a buffer): treat as a step input
@@ -291,7 +262,9 @@ def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> 
             rec.suspended = False
         rec_ = SavedRecord(len(saved), uid, rec.storages[uid].nbytes, rec.scope[-1], rec.now())
         saved.append(rec_)
-        weakref.finalize(clone, _released, rec, rec_)
+        key = clone.untyped_storage()._cdata
+        rec.clones[key] = uid
+        weakref.finalize(clone, _released, rec, rec_, key)
         return ("act", clone, rec_)
 
     def unpack(packed: Any) -> torch.Tensor:
@@ -303,21 +276,22 @@ def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
-def _released(rec: _Recorder, r: SavedRecord) -> None:
+def _released(rec: _Recorder, r: SavedRecord, key: int) -> None:
     r.released_at = rec.now()
+    rec.clones.pop(key, None)
 
 
 @contextlib.contextmanager
-def _parameters_kept(model: nn.Module) -> Iterator[None]:
-    """Put back every parameter and buffer of ``model`` afterwards.
-
-    ``functional_call`` restores the originals itself, except in a module reachable under
-    two names (a decoder that holds its encoder): there it saves the second name's
-    original after the first name already replaced it, and leaves fake tensors behind.
-    """
+def _fake_parameters(model: nn.Module, fakes: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Every parameter and buffer of ``model`` replaced by its fake (``fakes``, by the
+    real one's id) for forward *and* backward (a checkpoint inside the model reruns its
+    forward there), and put back afterwards, tied ones included."""
     entries = [(m, kind, name, t) for m in model.modules()
-               for kind in ("_parameters", "_buffers") for name, t in getattr(m, kind).items()]
+               for kind in ("_parameters", "_buffers") for name, t in getattr(m, kind).items()
+               if t is not None]
     try:
+        for module, kind, name, t in entries:
+            getattr(module, kind)[name] = fakes[id(t)]
         yield
     finally:
         for module, kind, name, t in entries:
@@ -326,18 +300,54 @@ def _parameters_kept(model: nn.Module) -> Iterator[None]:
 
 def trace_step(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn | None = None,
                optimizer_states: int = 2, name: str | None = None,
-               autocast_dtype: torch.dtype | None = None) -> StepTrace:
+               autocast_dtype: torch.dtype | None = None,
+               target: Target | None = None) -> StepTrace:
     """Trace forward + backward of ``model`` on a fake input of ``input_shape``.
 
-    ``loss_fn(output) -> scalar`` (default: the mean of squared outputs). With
-    ``autocast_dtype``, forward and loss run under ``torch.autocast`` at that dtype (as
-    mixed-precision training runs them), so saved tensors count at their real dtype.
-    ``optimizer_states`` is the number of parameter-sized state tensors of the optimizer
-    (2 for Adam's two moments, 0 for plain SGD). The model itself is not modified.
+    ``loss_fn(output) -> scalar`` (default: the mean of squared outputs), or with
+    ``target`` (``(shape, dtype)`` or a function of the output; see ``planner.loss``)
+    ``loss_fn(output, target)``. Tensors the loss closes over (a real target) are taken
+    as they are. A loss with data-dependent Python (``.item()``, ``.tolist()``) is
+    measured once on real tensors at a small shape and traced as one op that saves as
+    much (``planner.loss.surrogate_loss``). With ``autocast_dtype``, forward and loss run
+    under ``torch.autocast`` at that dtype (as mixed-precision training runs them), so
+    saved tensors count at their real dtype. ``optimizer_states`` is the number of
+    parameter-sized state tensors of the optimizer (2 for Adam's two moments, 0 for
+    plain SGD). The model itself is not modified.
     """
+    loss = bind_target(loss_fn, target) or default_loss
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
-        return _trace(model, tuple(input_shape), loss_fn or default_loss, optimizer_states,
-                      name, autocast_dtype)
+        return _trace(model, tuple(input_shape), loss, optimizer_states, name,
+                      autocast_dtype)
+
+
+def _loss(loss_fn: LossFn, out: Any, rec: _Recorder) -> torch.Tensor:
+    """``loss_fn(out)`` traced, or its stand-in when it needs real values: a dry run on
+    detached outputs, unrecorded, tells which."""
+    rec.suspended = True
+    try:
+        with torch.no_grad():
+            loss_fn(_detached(out))
+        traceable = True
+    except (DataDependentOutputException, DynamicOutputShapeException):
+        traceable = False
+    finally:
+        rec.suspended = False
+    if traceable:
+        return loss_fn(out)
+    with real_tensors():
+        saved = measure_loss_saved(loss_fn, out)
+    return surrogate_loss(out, saved)
+
+
+def _detached(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.detach()
+    if isinstance(out, dict):
+        return {k: _detached(v) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_detached(v) for v in out)
+    return out
 
 
 def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
@@ -353,31 +363,32 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
     dtype = next(iter(named.values())).dtype if named else torch.get_default_dtype()
     # always trace on (fake) CPU tensors: a CUDA model's backward would run on the
     # autograd device thread, outside this thread's dispatch mode; CPU autocast casts
-    # the same ops to the lower precision for conv and matmul
-    real_params = {n: p.detach().cpu() for n, p in named.items()}
-    real_buffers = {n: b.detach().cpu() for n, b in model.named_buffers()}
-    with FakeTensorMode(allow_non_fake_inputs=False) as fm:
-        fparams = {n: fm.from_tensor(p).requires_grad_(named[n].requires_grad)
-                   for n, p in real_params.items()}
-        fbuffers = {n: fm.from_tensor(b) for n, b in real_buffers.items()}
+    # the same ops to the lower precision for conv and matmul. Real tensors the loss or
+    # the model close over (a target, a constant) become fake on first use.
+    with FakeTensorMode(allow_non_fake_inputs=True) as fm:
+        fakes = {id(p): fm.from_tensor(p.detach().cpu()).requires_grad_(p.requires_grad)
+                 for p in named.values()}
+        fakes.update({id(b): fm.from_tensor(b.detach().cpu())
+                      for b in model.buffers()})
+        fparams = [fakes[id(p)] for p in named.values()]
         x = torch.empty(input_shape, dtype=dtype)
-        param_keys = {p.untyped_storage()._cdata for p in fparams.values()}
+        param_keys = {p.untyped_storage()._cdata for p in fparams}
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
-                _saved_hooks(rec, param_keys, saved):
+                _saved_hooks(rec, param_keys, saved), _fake_parameters(model, fakes):
             rec.register(x, "input")
-            with autocast("cpu", autocast_dtype), _parameters_kept(model):
-                out = functional_call(model, {**fparams, **fbuffers}, (x,))
-                loss = loss_fn(out)
+            with autocast("cpu", autocast_dtype):
+                out = model(x)
+                loss = _loss(loss_fn, out, rec)
             n_fwd = len(rec.ops)
             rec.phase = "bwd"
             loss.backward()
             del out, loss
         grad_bytes = sum(p.grad.numel() * p.grad.element_size()
-                         for p in fparams.values() if p.grad is not None)
+                         for p in fparams if p.grad is not None)
         for uid in [e[0] for e in rec.live.values()]:
             if rec.storages[uid].kind == "act" and rec.storages[uid].freed_at is None:
                 rec.storages[uid].kind = "grad"
-        del fparams, fbuffers, x
+        del fparams, fakes, x
     return StepTrace(
         model=name or type(model).__name__, input_shape=tuple(input_shape), ops=rec.ops,
         storages=rec.storages, saved=saved, param_bytes=param_bytes, grad_bytes=grad_bytes,

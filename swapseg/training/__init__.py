@@ -3,6 +3,7 @@
 Modules: ``config`` (TrainConfig and presets), ``losses`` (soft Dice, Dice + BCE),
 ``crossval`` (seeded k-fold splits), ``datasets`` (a fold's datasets), ``loop`` (``train``,
 ``fit``), ``validation``, ``checkpoint``, ``runlog`` (log.csv), ``swaplog`` (swap statistics),
-``distributed`` (DDP through torchrun) and ``demo`` (``swapseg demo``). Import from the
-submodules; this package module stays light.
+and ``distributed`` (DDP through torchrun). The demo, which composes training,
+prediction and evaluation, is :mod:`swapseg.experiments.demo`. Import from the submodules;
+this package module stays light.
 """

@@ -98,7 +98,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         with _allowing(OLD_FORMAT_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
         refused = _refused_globals(path, exc)
         if refused:
             raise InputError(f"{path}: refused: it holds {refused}, not only tensors and plain "

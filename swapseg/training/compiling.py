@@ -19,14 +19,22 @@ swaps and prefetches them. What differs from eager:
 
 Validation and prediction run the eager model (eval mode and other input sizes would
 each compile again).
+
+Compiling happens inside the first training step, which is why that step is long;
+``compile_notice`` says so before it starts and how long it took after it ends, so a
+silent first epoch does not look like a hang.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["compile_model", "BACKEND"]
+__all__ = ["compile_model", "compile_notice", "BACKEND"]
 
 BACKEND = "inductor"
 """torch.compile's default backend (generated C++/OpenMP kernels on a CPU, Triton on CUDA)."""
@@ -38,3 +46,20 @@ def compile_model(model: nn.Module, enabled: bool, backend: str | None = None) -
     The compiled wrapper shares ``model``'s parameters; checkpoints keep saving the bare
     model's state_dict (the wrapper's keys carry an ``_orig_mod.`` prefix)."""
     return torch.compile(model, backend=backend or BACKEND) if enabled else model
+
+
+def compile_notice(echo: Callable[[str], None],
+                   then: Callable[[dict[str, Any]], None] | None = None
+                   ) -> Callable[[dict[str, Any]], None]:
+    """Echo "compiling..." now; the returned first-step callback echoes the time since
+    (compiling and the first step), then calls ``then`` (an earlier first-step callback)."""
+    echo(f"compiling the model (torch.compile, {BACKEND}): the first training step "
+         "compiles it and takes longer...")
+    t0 = time.perf_counter()
+
+    def done(stats: dict[str, Any]) -> None:
+        echo(f"compiled: the first step, compiling included, took "
+             f"{time.perf_counter() - t0:.1f} s")
+        if then is not None:
+            then(stats)
+    return done

@@ -11,116 +11,138 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import MemoryPlan, SwapPolicy
 from swapseg.offload.record import check_fields
-from swapseg.training.losses import LOSSES
+from swapseg.training.losses import LOSSES, Loss
 from swapseg.training.precision import PRECISIONS, Precision
 
-__all__ = ["TrainConfig", "MODES", "tiny", "demo", "brats_full", "brats_patch", "PRESETS",
-           "swap_all_plan"]
+__all__ = ["TrainConfig", "Mode", "MODES", "tiny", "demo", "brats_full", "brats_patch",
+           "PRESETS", "SWAP_ALL"]
 
-MODES = ("full", "patch")
+Mode = Literal["full", "patch"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+#: ``--swap all``: every saved activation swapped, to the tier that frees the run's
+#: device's memory (``auto``, made concrete for the device before the run:
+#: ``training.planning.on_device``).
+SWAP_ALL = MemoryPlan(swap=SwapPolicy(), name="swap-all")
+
+
+def option(default: Any, flag: str, *, resume: bool = False, metavar: str | None = None,
+           low: float | None = None, high: float | None = None, high_open: bool = False,
+           folder: bool = False) -> Any:
+    """A field that the command line sets with ``flag`` (``swapseg.cli.config_flags`` makes
+    the flag from the field: its type from the annotation, its help from the docstring).
+
+    ``resume``: the flag applies with ``--resume`` (it changes when or where the run goes
+    on, not what an epoch computes); ``low``/``high``: the bounds the flag's grammar checks
+    (``high_open``: excluding ``high``); ``folder``: a folder the run writes to."""
+    return dataclasses.field(default=default, metadata={
+        "flag": flag, "resume": resume, "metavar": metavar, "low": low, "high": high,
+        "high_open": high_open, "folder": folder})
 
 
 @dataclass
 class TrainConfig:
     # --- data -------------------------------------------------------------------------
-    data: str = ""
+    data: str = option("", "--data", resume=True, metavar="DIR")
     """Dataset root (any layout that ``swapseg.data.brats.find_cases`` reads)."""
 
-    out: str = "run"
+    out: str = option("run", "--out", folder=True)
     """Run directory: config.json, splits.json, log.csv, checkpoints/ go here."""
 
-    mode: str = "full"
+    mode: Mode = option("full", "--mode")
     """``full``: train on whole (preprocessed) volumes; ``patch``: on random patches."""
 
-    shape: tuple[int, int, int] = (192, 192, 192)
+    shape: tuple[int, int, int] = option((192, 192, 192), "--shape")
     """Volume shape after preprocessing (crop/pad around the brain, then ``zoom``)."""
 
-    zoom: int = 1
+    zoom: int = option(1, "--zoom", low=1)
     """Integer down-sampling factor after the crop (2 or 3 lets a CPU train real cases)."""
 
-    patch: int = 128
+    patch: int = option(128, "--patch", low=1)
     """Patch side length in patch mode (the paper's 128^3 baseline)."""
 
-    patches_per_volume: int = 1
+    patches_per_volume: int = option(1, "--patches-per-volume", metavar="N", low=1)
     """Random patches drawn from each training volume per epoch (patch mode)."""
 
-    tumor_fraction: float = 0.0
+    tumor_fraction: float = option(0.0, "--tumor-fraction", metavar="F", low=0,
+                                   high=1)
     """Share of training patches drawn around tumor voxels (0: uniform, as the reference)."""
 
-    batch_size: int | None = None
-    """Samples per step. None: 1 for full volumes, 2 for patches (the paper's, the
-    largest that fit a 16 GB P100)."""
+    batch_size: int | None = option(None, "--batch", metavar="N", low=1)
+    """Samples per step (None: 1 for full volumes, 2 for patches, the paper's: the largest
+    that fit a 16 GB P100)."""
 
-    augment: bool = True
+    augment: bool = option(True, "--no-augment")
     """Random flips and axis permutations, run in the DataLoader workers."""
 
-    workers: int = 2
+    workers: int = option(2, "--workers", low=0)
     """DataLoader worker processes (0 loads in the training process)."""
 
-    cache_dir: str | None = None
+    cache_dir: str | None = option(None, "--cache-dir", metavar="DIR", folder=True)
     """Where preprocessed volumes are cached as .npy; None uses ``<out>/cache``."""
 
     # --- cross-validation -------------------------------------------------------------
-    folds: int = 5
+    folds: int = option(5, "--folds", low=3)
     """Number of folds. Fold k tests on part k, validates on part k+1 and trains on the
     rest, so 5 folds give the paper's 60/20/20 split."""
 
-    fold: int = 0
+    fold: int = option(0, "--fold")
     """The fold this run trains (0-based)."""
 
-    seed: int = 0
+    seed: int = option(0, "--seed")
     """Seed of the split, the weights, the sampling order and the augmentation."""
 
     # --- model ------------------------------------------------------------------------
-    base_filters: int = 16
+    base_filters: int = option(16, "--base-filters", metavar="N", low=1)
     """Filters of the first U-Net level (level k has base_filters * 2**k)."""
 
-    depth: int = 5
+    depth: int = option(5, "--depth", low=2)
     """U-Net encoder levels; input sides must be multiples of 2**(depth-1)."""
 
-    dropout: float = 0.3
+    dropout: float = option(0.3, "--dropout", low=0, high=1, high_open=True)
     """Dropout3d rate in the context modules."""
 
     # --- optimisation -----------------------------------------------------------------
-    loss: str = "dice"
+    loss: Loss = option("dice", "--loss")
     """``dice``: the per-sample, per-channel soft Dice of the reference; ``dice_bce``:
     soft Dice plus binary cross-entropy."""
 
     dice_eps: float = 1e-5
     """Smoothing term of the soft Dice (numerator and denominator)."""
 
-    lr: float = 5e-4
+    lr: float = option(5e-4, "--lr")
     """Adam learning rate."""
 
     lr_factor: float = 0.5
     """Factor applied to the learning rate when validation loss stops improving."""
 
-    lr_patience: int = 10
+    lr_patience: int = option(10, "--lr-patience", metavar="N", low=0)
     """Epochs without validation-loss improvement before the learning rate drops."""
 
-    early_stop: int = 50
+    early_stop: int = option(50, "--early-stop", metavar="N", low=1)
     """Epochs without validation-loss improvement before training stops."""
 
-    max_epochs: int = 500
+    max_epochs: int = option(500, "--epochs", resume=True, metavar="N", low=1)
     """Upper bound on epochs (ellisdg's n_epochs); early stopping usually ends sooner."""
 
-    max_train_s: float | None = None
+    max_train_s: float | None = option(None, "--time-limit", resume=True,
+                                        metavar="SECONDS")
     """Stop after the first epoch that ends past this many seconds of training (the sum of
     the logged epoch seconds, counted across resumes: a budget per run, as in ``swapseg
     experiment --time-limit`` and the demo's guard; resume with a larger value to go on).
     None: no limit."""
 
-    precision: Precision = "32"
+    precision: Precision = option("32", "--precision")
     """``32`` (float32), ``bf16-mixed`` (bfloat16 autocast around forward and loss) or
     ``16-mixed`` (float16 autocast plus a GradScaler); Lightning's names. Validation and
     prediction run under the same autocast. See ``swapseg.training.precision``."""
 
-    compile: bool = False
+    compile: bool = option(False, "--compile")
     """Run the training forward through ``torch.compile(model)`` (inductor). Validation
     runs the eager model. See docs/training.md for what is swapped inside compiled graphs."""
 
@@ -131,10 +153,10 @@ class TrainConfig:
     ``--swap auto --memory-budget`` resolves to a plan once per run (RUN/plan.json,
     ``swapseg.training.planning``); config.json holds the plan that ran."""
 
-    trace_step: int | None = None
+    trace_step: int | None = option(None, "--trace-step", metavar="N", low=0)
     """Global training step (0-based) whose swap timeline goes to timeline.png/json."""
 
-    device: str = "auto"
+    device: str = option("auto", "--device", resume=True)
     """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def __post_init__(self) -> None:
@@ -246,27 +268,15 @@ def brats_patch(**changes: Any) -> TrainConfig:
     return TrainConfig(mode="patch", shape=(192, 192, 192), patch=128).replace(**changes)
 
 
-def swap_all_plan(device: str = "cpu") -> MemoryPlan:
-    """Every saved activation swapped to the tier that frees ``device``'s memory, named
-    after that tier: ``swap-all-disk`` on a CPU, where device memory is host memory and a
-    host-tier copy frees nothing; ``swap-all-cuda`` on a GPU (pinned host memory, copied
-    on side streams). ``device`` as in ``TrainConfig.device`` (``auto`` resolved here)."""
-    from swapseg.devices import resolve_device
-
-    tier = "cuda" if resolve_device(device).type == "cuda" else "disk"
-    return MemoryPlan(swap=SwapPolicy(tier=tier), name=f"swap-all-{tier}")
-
-
 def demo(**changes: Any) -> TrainConfig:
     """``swapseg demo`` on a 2-core CPU: the reference U-Net (base 16, depth 5) on 48^3
-    phantoms, with every activation swapped (:func:`swap_all_plan` of the device: to disk
-    on a CPU). Differs from the protocol where minutes matter: lr 2e-3 (Adam converges in
-    ~10 epochs instead of ~100), dropout 0.1, patience 5/15, at most 25 epochs or the first
+    phantoms, with every activation swapped (``SWAP_ALL``: to disk on a CPU). Differs from
+    the protocol where minutes matter: lr 2e-3 (Adam converges in ~10 epochs instead of
+    ~100), dropout 0.1, patience 5/15, at most 25 epochs or the first
     epoch ending past 7 minutes of training."""
-    device = changes.get("device", "cpu")
     base = TrainConfig(mode="full", shape=(48, 48, 48), dropout=0.1, lr=2e-3, max_epochs=25,
                        lr_patience=5, early_stop=15, max_train_s=420.0, workers=1,
-                       plan=swap_all_plan(device), device="cpu")
+                       plan=SWAP_ALL, device="cpu")
     return base.replace(**changes)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from swapseg.data.brats import BratsVolumes, Case, find_cases
+from swapseg.data.patches import BratsPatches
 from swapseg.errors import InputError
 from swapseg.training.config import TrainConfig
 
@@ -43,8 +44,6 @@ def build_datasets(config: TrainConfig, cases: dict[str, Case],
     val = volumes(split["val"], augment=False)
     if config.mode == "full":
         return volumes(split["train"], augment=config.augment), val
-    from swapseg.data.patches import BratsPatches  # patch mode only
-
     train = BratsPatches(volumes(split["train"], augment=config.augment), config.patch,
                          per_volume=config.patches_per_volume,
                          tumor_fraction=config.tumor_fraction, seed=config.seed)

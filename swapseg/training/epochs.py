@@ -122,8 +122,7 @@ def _train_epoch(ctx: Ctx, epoch: int, progress: bool,
                 ctx.on_first_step = None
             if trace_epoch and ctx.state.global_step == ctx.config.trace_step \
                     and ctx.info.is_main:
-                write_trace(stats, (t1 - stats.t0, t2 - stats.t0), ctx.run_dir,
-                            ctx.state.global_step)
+                write_trace(stats, ctx.run_dir, ctx.state.global_step)
             ctx.state.global_step += 1
             prog.add(loss, batch["image"].shape[0], t1 - t0, t2 - t1)
             bar.update(1)

@@ -37,7 +37,7 @@ FAULT_SIGNAL_AFTER_STEP = "SWAPSEG_FAULT_SIGNAL_AFTER_STEP"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopRequested(Exception):  # noqa: N818 - a request, not an error
+class StopRequested(Exception):  # a request, not an error
     """Raised by the loop's hooks once a stop signal came; carries the epoch's progress."""
 
     def __init__(self, signum: int, progress: Any = None) -> None:
@@ -46,7 +46,7 @@ class StopRequested(Exception):  # noqa: N818 - a request, not an error
         self.progress = progress
 
 
-class Interrupted(Exception):  # noqa: N818 - the run was interrupted, by request
+class Interrupted(Exception):  # the run was interrupted, by request
     """Training stopped on a signal; ``checkpoint`` is the file a resumed run starts from."""
 
     def __init__(self, signum: int, checkpoint: Path | None = None, where: str = "") -> None:

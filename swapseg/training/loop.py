@@ -32,7 +32,7 @@ from swapseg.training import distributed as dist_
 from swapseg.training import interrupt
 from swapseg.training import planning as plans
 from swapseg.training.checkpoint import remove_stale_temporaries, restore, resume_line
-from swapseg.training.compiling import compile_model
+from swapseg.training.compiling import compile_model, compile_notice
 from swapseg.training.config import TrainConfig
 from swapseg.training.datasets import worker_error_message
 from swapseg.training.epochs import Ctx, NonFiniteLoss, TrainState, engine, run_epochs
@@ -106,6 +106,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, config: TrainConfi
     run = engine(ctx, config.trace_step is not None) if config.compile else \
         contextlib.nullcontext(None)
     start_epoch = state.epoch
+    if config.compile and info.is_main:
+        ctx.on_first_step = compile_notice(echo, then=ctx.on_first_step)
     with run as ctx.run_engine:
         stop_reason = run_epochs(ctx, val_loader, sched, log, gen, progress, echo, partial,
                                  last)
@@ -143,16 +145,20 @@ def _first_step_report(config: TrainConfig, device: torch.device, plan_path: Pat
 
 def _plan_and_check(config: TrainConfig, model: nn.Module, n_train: int,
                     memory_budget: int | None, plan_path: Path,
-                    echo: Callable[[str], None]) -> TrainConfig:
-    """Resolve ``--swap auto`` (once: plan.json), then predict the step's peak and stop
-    when it cannot fit; plan.json is written only once the plan is known to fit."""
+                    echo: Callable[[str], None], resume: bool = False) -> TrainConfig:
+    """Make the plan concrete for the device, resolve ``--swap auto`` (once: plan.json),
+    then predict the step's peak and stop when it cannot fit. plan.json, the record of
+    the plan that runs and its prediction, is written only once the plan is known to fit
+    (and again when a resumed run was given another plan)."""
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    config = plans.on_device(config, device)
     pred = record = None
     if memory_budget is not None and config.plan is None:
         config, pred, record = plans.resolve_auto(config, memory_budget, plan_path, echo,
-                                                  model)
+                                                  model, replan=resume)
     if pred is None:
         pred = plans.predict(config, model, config.plan, device)
+        record = plans.new_record(config, pred, device, plan_path)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plans.check_fits(config, pred, device, math.ceil(n_train / (config.batch * world)), echo)
     plans.check_disk(config.plan, pred, echo)
@@ -184,7 +190,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     train_ds, val_ds = build_datasets(config, cases, split)
     model = build_model(config)
     config = _plan_and_check(config, model, len(train_ds), memory_budget,
-                             Path(plan_path or run_dir / plans.PLAN_FILE), echo)
+                             Path(plan_path or run_dir / plans.PLAN_FILE), echo, resume)
     if int(os.environ.get("RANK", "0")) == 0:  # before init: torchrun's env
         if not splits_path.exists():
             write_json(splits_path, splits)
@@ -212,7 +218,8 @@ def train_all_folds(config: TrainConfig, *, resume: bool = False, progress: bool
     base = config.replace(cache_dir=cache)
     plan_path = run_dir / plans.PLAN_FILE
     if memory_budget is not None and base.plan is None:
-        base, _, record = plans.resolve_auto(base, memory_budget, plan_path, echo)
+        base, _, record = plans.resolve_auto(base, memory_budget, plan_path, echo,
+                                             replan=resume)
         if record is not None:
             write_json(plan_path, record)
     write_json(run_dir / "config.json", base.to_dict())

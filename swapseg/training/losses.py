@@ -13,12 +13,15 @@ The network returns logits; the sigmoid is applied here.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_dice_loss", "dice_bce_loss", "make_loss", "LOSSES"]
+__all__ = ["soft_dice_loss", "dice_bce_loss", "make_loss", "Loss", "LOSSES"]
 
-LOSSES = ("dice", "dice_bce")
+Loss = Literal["dice", "dice_bce"]
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 def soft_dice_per_channel(logits: torch.Tensor, target: torch.Tensor,

@@ -1,5 +1,10 @@
 """A run's memory plan: resolved once, predicted before the first step, measured after it.
 
+- :func:`swap_plan` says what ``--swap none|all|auto|FILE`` means, for ``train``,
+  ``experiment`` and the demo alike; :func:`on_device` makes a run's plan concrete for
+  its device (``MemoryPlan.concrete``: ``auto`` is the disk tier on a CPU, pinned host
+  memory on CUDA) before it is predicted or run, so the plan simulated is the plan that
+  runs and config.json names the tier that ran.
 - :func:`resolve_auto` turns ``--swap auto --memory-budget SIZE`` into one
   :class:`~swapseg.offload.policy.MemoryPlan` with ``choose_plan`` (the run's real loss,
   input shape and autocast dtype) and writes it to ``plan.json``, the run's or the
@@ -9,26 +14,24 @@
   simulates it under the plan: its peak memory and its time.
 - :func:`check_fits` compares that peak with what the device has free (CUDA's
   ``mem_get_info``, or ``MemAvailable`` of /proc/meminfo on a CPU) and stops with one line
-  when it cannot fit; on a CPU it prints the predicted time per epoch. The disk tier's
+  when it cannot fit; on a CPU it prints the predicted time per epoch (the free memory
+  is ``swapseg.devices.available_memory``'s). The disk tier's
   folder is checked for the bytes the plan writes (:func:`check_disk`).
 - :func:`measured_peak` is what the run saw after its first step: the engine's accounting,
   and ``torch.cuda.max_memory_allocated`` on CUDA or the process's peak RSS on a CPU;
-  it is appended to ``plan.json`` beside the prediction.
+  it is appended to ``plan.json`` (``measured``) beside the prediction (``predicted``),
+  under the same names.
 
 Times before a run use a quick profile (``measure_local`` probes only: a 512x512 matmul
 for FLOP/s, a 64 MiB element-wise pass for memory bandwidth, a 64 MiB copy), not the
 model's calibrated step, which costs a real step; the ``--swap auto`` plan itself is
-chosen on the calibrated profile. The environment variable ``SWAPSEG_AVAILABLE_BYTES``
-(a size, e.g. ``2GiB``) replaces the free memory that is read, for tests and for users
-who know better.
+chosen on the calibrated profile.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-import resource
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,21 +41,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from swapseg.devices import available_memory, resolve_device
 from swapseg.errors import InputError
 from swapseg.io import read_json_record, write_json
-from swapseg.offload.policy import MemoryPlan
-from swapseg.sizes import parse_bytes
+from swapseg.offload.measure import peak_rss_bytes
+from swapseg.offload.policy import MemoryPlan, SwapPolicy, concrete_tier, read_plan
+from swapseg.offload.transport.disk import disk_shortfall
+from swapseg.planner.choose import choose_plan, resolve_profile
+from swapseg.planner.local import measure_local
+from swapseg.planner.search import DEFAULT_MARGIN
+from swapseg.planner.simulate import simulate
+from swapseg.planner.trace import trace_step
 from swapseg.training.config import TrainConfig
 from swapseg.training.losses import make_loss
+from swapseg.training.model import build_model
 from swapseg.training.precision import autocast_dtype
 
-__all__ = ["PLAN_FILE", "AVAILABLE_ENV", "Prediction", "input_shape", "predict",
-           "resolve_auto", "read_plan_file", "check_fits", "data_bytes", "check_disk",
-           "available_memory", "plan_line", "measured_peak", "record_measured",
-           "human_bytes"]
+__all__ = ["PLAN_FILE", "SWAP_CHOICES", "Prediction", "input_shape", "predict",
+           "swap_plan", "on_device", "resolve_auto", "plan_record", "new_record",
+           "check_fits", "data_bytes", "check_disk", "plan_line", "measured_peak",
+           "record_measured", "human_bytes"]
 
 PLAN_FILE = "plan.json"
-AVAILABLE_ENV = "SWAPSEG_AVAILABLE_BYTES"
+#: The words ``--swap`` takes besides a JSON file.
+SWAP_CHOICES = ("none", "all", "auto")
 #: How a prediction from the quick profile names its source.
 QUICK = "quick probes (matmul FLOP/s, memory bandwidth)"
 #: Predicted epochs longer than this on a CPU are announced as a warning.
@@ -106,16 +118,38 @@ def _trace_loss(config: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda out: loss(out, torch.zeros_like(out))
 
 
-def _tier(device: torch.device) -> str:
-    """The copy path a plan on ``device`` uses: CUDA's link, or on a CPU ``auto`` (the
-    planner's choice of the tier that frees CPU memory)."""
-    return "cuda" if device.type == "cuda" else "auto"
+def swap_plan(swap: str, budget_bytes: int | None, device: torch.device
+              ) -> tuple[MemoryPlan | None, int | None]:
+    """What ``--swap`` means on ``device``, in every command: (the plan, the budget the
+    planner must choose one for). ``none``: no plan; ``all``: every saved activation to
+    the tier that frees ``device``'s memory; ``auto``: planned later for ``budget_bytes``,
+    or for the memory ``device`` has available when no budget is given; a path: the
+    ``MemoryPlan`` or ``SwapPolicy`` JSON in that file. A budget with anything but
+    ``auto`` would do nothing, so it is refused."""
+    if swap != "auto" and budget_bytes is not None:
+        raise InputError("--memory-budget is only used with --swap auto")
+    if swap == "none":
+        return None, None
+    if swap == "all":
+        return MemoryPlan(swap=SwapPolicy(), name="swap-all").concrete(device.type), None
+    if swap == "auto":
+        return None, budget_bytes if budget_bytes is not None else available_memory(device)[0]
+    path = Path(swap)
+    if not path.is_file():
+        raise InputError(f"--swap {swap}: not {', '.join(SWAP_CHOICES)} or an existing "
+                         "MemoryPlan or SwapPolicy JSON file")
+    return read_plan(path.read_text(), f"--swap {swap}").concrete(device.type), None
+
+
+def on_device(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``config`` with its plan made concrete for ``device`` (``MemoryPlan.concrete``):
+    the plan that is predicted, run and written to config.json."""
+    return config if config.plan is None else \
+        config.replace(plan=config.plan.concrete(device.type))
 
 
 @functools.lru_cache(maxsize=4)
 def _quick_profile(device_type: str) -> Any:
-    from swapseg.planner.devices import measure_local
-
     # probes only (no model step); "host" so that no disk probe runs before every run
     return measure_local(None, tier="cuda" if device_type == "cuda" else "host")
 
@@ -124,9 +158,6 @@ def predict(config: TrainConfig, model: nn.Module, plan: MemoryPlan | None,
             device: torch.device, profile: Any = None) -> Prediction:
     """Trace one step of ``model`` as ``config`` trains it and simulate it under ``plan``
     on ``profile`` (default: the quick profile of ``device``)."""
-    from swapseg.planner.simulate import simulate
-    from swapseg.planner.trace import trace_step
-
     shape = input_shape(config)
     prof = profile if profile is not None else _quick_profile(device.type)
     tr = trace_step(model, shape, _trace_loss(config),
@@ -140,67 +171,82 @@ def predict(config: TrainConfig, model: nn.Module, plan: MemoryPlan | None,
                       f"{prof.name}: {source}")
 
 
-def read_plan_file(path: str | Path, what: str) -> MemoryPlan:
-    """The plan in a JSON file: a ``MemoryPlan`` (``swapseg plan``'s memory_plan.json), a
-    bare ``SwapPolicy``, ``swapseg plan``'s plan.json report (its ``memory_plan``), or a
-    run's plan.json record (its ``plan``). ``what`` names the file in errors."""
-    from swapseg.offload.policy import read_plan
-    from swapseg.offload.record import json_object
-
-    text = Path(path).read_text()
-    d = json_object(text, what)
-    for key in ("memory_plan", "plan"):  # a report or a run's record around the plan
-        if isinstance(d.get(key), dict) and "swap" not in d:
-            return MemoryPlan.from_dict(d[key])
-    return read_plan(text, what)
-
-
 def _record(path: Path) -> dict[str, Any]:
     return read_json_record(path, "plan", "the run's memory plan", "plan record")
 
 
 def resolve_auto(config: TrainConfig, budget_bytes: int, path: str | Path,
                  echo: Callable[[str], None] = print,
-                 model: nn.Module | None = None
+                 model: nn.Module | None = None, budget_from: str | None = None,
+                 replan: bool = False
                  ) -> tuple[TrainConfig, Prediction | None, dict[str, Any] | None]:
     """``config`` with the plan of ``--swap auto --memory-budget budget_bytes``, its
     prediction and the plan record to write to ``path`` (both None when reused).
 
     The plan in ``path`` is reused when it was chosen for the same budget, input and
-    precision (another one is an InputError: one folder, one plan). Otherwise the
-    planner chooses it now; the caller writes the record (``write_json(path, record)``)
-    once the run is known to fit, so a refused run leaves nothing behind.
+    precision (another one is an InputError: one folder, one plan, except with
+    ``replan``: a resumed run given another budget is planned anew, since a plan changes
+    where tensors live, not what a step computes); ``budget_from`` names where a budget
+    that was not given came from (the device's available memory, which changes from run
+    to run), and such a plan is reused whatever its budget was.
+    Otherwise the planner chooses it now, for the tier that frees the device's memory;
+    the caller writes the record (``write_json(path, record)``) once the run is known to
+    fit, so a refused run leaves nothing behind.
     """
-    from swapseg.devices import resolve_device
-    from swapseg.planner.choose import choose_plan, resolve_profile
-    from swapseg.training.model import build_model
-
     path = Path(path)
     shape = input_shape(config)
+    device = resolve_device(config.device)
     if path.is_file():
         rec = _record(path)
-        want = {"budget_bytes": budget_bytes, "input_shape": list(shape),
-                "precision": config.precision}
+        want = {"input_shape": list(shape), "precision": config.precision}
+        if budget_from is None:
+            want["budget_bytes"] = budget_bytes
         have = {k: rec.get(k) for k in want}
-        if have != want:
+        if have == want:
+            plan = MemoryPlan.from_dict(rec["plan"]).concrete(device.type)
+            echo(f"plan: reusing {path} ({plan.name})")
+            return config.replace(plan=plan), None, None
+        if not replan:
             raise InputError(f"{path} holds a plan for {have}, not {want}; use another --out")
-        plan = MemoryPlan.from_dict(rec["plan"])
-        echo(f"plan: reusing {path} ({plan.name})")
-        return config.replace(plan=plan), None, None
     model = model if model is not None else build_model(config)
-    device = resolve_device(config.device)
-    loss, dtype, tier = _trace_loss(config), autocast_dtype(config.precision), _tier(device)
+    loss, dtype = _trace_loss(config), autocast_dtype(config.precision)
+    tier = concrete_tier("auto", device.type)
     prof = resolve_profile("local", model, shape, tier, loss, dtype)
     plan = choose_plan(model, shape, prof, budget_bytes, loss_fn=loss, autocast_dtype=dtype,
-                       tier=tier)
+                       tier=tier).concrete(device.type)
+    config = config.replace(plan=plan)
     pred = predict(config, model, plan, device, prof)
     line = plan_line(plan, pred, budget_bytes)
     echo(line)
-    record = {"plan": plan.to_dict(), "budget_bytes": budget_bytes,
-              "input_shape": list(shape), "precision": config.precision,
-              "device": str(device), "line": line, "predicted": pred.to_dict(),
-              "measured": []}
-    return config.replace(plan=plan), pred, record
+    record = plan_record(config, pred, device, budget_bytes, line)
+    if budget_from is not None:
+        record["budget_from"] = budget_from
+    return config, pred, record
+
+
+def plan_record(config: TrainConfig, pred: Prediction, device: torch.device,
+                budget_bytes: int | None = None, line: str | None = None) -> dict[str, Any]:
+    """A run's plan.json: the plan that runs (concrete for ``device``), what the planner
+    predicted for it and, after the first step, what was measured (``measured``, a list:
+    one entry per fold and per resume)."""
+    assert config.plan is not None
+    return {"plan": config.plan.to_dict(), "budget_bytes": budget_bytes,
+            "input_shape": list(pred.input_shape), "precision": config.precision,
+            "device": str(device), "line": line or plan_line(config.plan, pred, budget_bytes),
+            "predicted": pred.to_dict(), "measured": []}
+
+
+def new_record(config: TrainConfig, pred: Prediction, device: torch.device,
+               path: Path) -> dict[str, Any] | None:
+    """The plan record to write to ``path`` for a run with a plan given (not ``auto``):
+    None when there is no plan or ``path`` already records this one (another fold, a
+    resume), so its measured steps go on accumulating; a new record when the plan
+    changed (a resume with another ``--swap``)."""
+    if config.plan is None:
+        return None
+    if path.is_file() and _record(path).get("plan") == config.plan.to_dict():
+        return None
+    return plan_record(config, pred, device)
 
 
 def plan_line(plan: MemoryPlan, pred: Prediction, budget_bytes: int | None) -> str:
@@ -224,23 +270,6 @@ def plan_line(plan: MemoryPlan, pred: Prediction, budget_bytes: int | None) -> s
             f"{of}, {slow:+.0%} step time")
 
 
-def available_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, where they come from) the step may use on ``device`` now."""
-    given = os.environ.get(AVAILABLE_ENV)
-    if given:
-        return parse_bytes(given, AVAILABLE_ENV), f"given by {AVAILABLE_ENV}"
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free), f"free on {device} (torch.cuda.mem_get_info)"
-    try:
-        with open("/proc/meminfo") as fh:
-            kib = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemAvailable:"))
-        return kib * 1024, "available RAM (MemAvailable in /proc/meminfo)"
-    except (OSError, StopIteration, ValueError):
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return int(total), "physical RAM (sysconf)"
-
-
 def data_bytes(config: TrainConfig) -> int:
     """Host memory the input pipeline holds while a step runs: the batches the DataLoader
     prefetches (2 per worker, PyTorch's default, or the one being used without workers),
@@ -258,8 +287,6 @@ def check_fits(config: TrainConfig, pred: Prediction, device: torch.device,
     The step's predicted peak (plus, on a CPU, the input pipeline's ``data_bytes``) must
     fit in what the device has free minus the planner's safety margin (allocator
     fragmentation, library workspaces and the interpreter are not in the trace)."""
-    from swapseg.planner.search import DEFAULT_MARGIN
-
     avail, source = available_memory(device)
     data = data_bytes(config) if device.type == "cpu" else 0
     need, usable = pred.peak_bytes + data, int(avail * (1 - DEFAULT_MARGIN))
@@ -294,8 +321,6 @@ def check_disk(plan: MemoryPlan | None, pred: Prediction,
                echo: Callable[[str], None] = print) -> int:
     """Warn in one line when the disk tier's folder has less free space than the bytes a
     step writes there; returns the shortfall in bytes (0: it fits, or no disk tier)."""
-    from swapseg.offload.transport.disk import disk_shortfall
-
     if plan is None or plan.swap is None or plan.swap.tier != "disk" or not pred.swapped_bytes:
         return 0
     folder = Path(plan.swap.disk_dir or tempfile.gettempdir()).absolute()
@@ -311,16 +336,17 @@ def check_disk(plan: MemoryPlan | None, pred: Prediction,
 
 
 def measured_peak(stats: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """What the first step used: the engine's resident saved-tensor peak, and the
-    process's peak (CUDA's allocator, or the peak RSS of the process on a CPU)."""
+    """What the first step used, under the names the prediction uses: the saved tensors
+    resident at the engine's peak, the tensors it swapped, and the process's peak (CUDA's
+    allocator, or the peak RSS of the process on a CPU)."""
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
         source = "torch.cuda.max_memory_allocated"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        source = "ru_maxrss, the process's peak RSS"
-    return {"engine_peak_saved_bytes": int(stats.get("peak_device_bytes", 0)),
-            "engine_swapped_tensors": int(stats.get("swapped", 0)),
+        peak, source = peak_rss_bytes(), "the process's peak RSS"
+    # the engine's counter is being renamed from peak_device_bytes to peak_saved_bytes
+    saved = stats.get("peak_saved_bytes", stats.get("peak_device_bytes", 0))
+    return {"peak_saved_bytes": int(saved), "swapped_tensors": int(stats.get("swapped", 0)),
             "peak_bytes": peak, "peak_source": source}
 
 
@@ -341,9 +367,9 @@ def record_measured(path: Path | None, measured: dict[str, Any]) -> str:
         line += f" of {human_bytes(budget)} budget"
     if predicted:
         line += f", predicted {human_bytes(predicted['peak_bytes'])}"
-    if not measured["engine_swapped_tensors"] and not measured["engine_peak_saved_bytes"]:
+    if not measured["swapped_tensors"] and not measured["peak_saved_bytes"]:
         return line + "; engine: not counting (the plan swaps nothing)"
-    line += (f"; engine: {human_bytes(measured['engine_peak_saved_bytes'])} saved tensors "
+    line += (f"; engine: {human_bytes(measured['peak_saved_bytes'])} saved tensors "
              "resident at its peak")
     if predicted:
         line += f" (predicted {human_bytes(predicted['peak_saved_bytes'])})"

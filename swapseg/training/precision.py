@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from swapseg.errors import InputError
+from swapseg.offload.measure import autocast as dtype_autocast
 
 __all__ = ["Precision", "PRECISIONS", "autocast_dtype", "check_precision", "autocast",
            "MixedPrecision"]
@@ -51,11 +52,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` with the dtype of ``precision``; a null context for "32"."""
-    dtype = autocast_dtype(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)
+    """The autocast of ``precision`` on ``device_type`` (the engine's and the planner's one
+    ``autocast``, at ``precision``'s dtype): a null context for "32"."""
+    return dtype_autocast(device_type, autocast_dtype(precision))
 
 
 class MixedPrecision:

@@ -20,8 +20,10 @@ __all__ = ["EpochLog", "LOG_COLUMNS", "epoch_line", "first_step_line", "read_log
 LOG_COLUMNS = (
     "epoch", "train_loss", "val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET",
     "lr", "epoch_s", "data_wait_share", "steps", "skipped_steps", "best",
-    "swap_swapped", "swap_bytes_out", "swap_peak_device_bytes", "swap_wait_s",
+    "swap_swapped", "swap_bytes_out", "swap_peak_saved_bytes", "swap_wait_s",
 )
+#: Columns of older logs, by their name now.
+_RENAMED = {"swap_peak_device_bytes": "swap_peak_saved_bytes"}
 
 
 def read_log(path: str | Path) -> list[dict[str, str]]:
@@ -42,7 +44,8 @@ class EpochLog:
         self.rows = []
         if not self.path.exists():
             return
-        self.rows = [r for r in read_log(self.path) if int(r["epoch"]) <= upto_epoch]
+        self.rows = [{_RENAMED.get(k, k): v for k, v in r.items()}
+                     for r in read_log(self.path) if int(r["epoch"]) <= upto_epoch]
         self._write()
 
     def append(self, row: dict[str, Any]) -> None:
@@ -68,7 +71,7 @@ def first_step_line(d: dict[str, Any]) -> str:
     return (f"swap, first step: {d.get('swapped', 0)} of {d.get('packed', 0)} saved tensors "
             f"swapped ({d.get('deduplicated', 0)} deduplicated), "
             f"{d.get('bytes_out', 0) / 2**20:.1f} MiB out, peak resident "
-            f"{d.get('peak_device_bytes', 0) / 2**20:.1f} MiB, wait {d.get('wait_s', 0):.3f} s")
+            f"{d.get('peak_saved_bytes', 0) / 2**20:.1f} MiB, wait {d.get('wait_s', 0):.3f} s")
 
 
 def epoch_line(row: dict[str, Any], max_epochs: int) -> str:

@@ -2,8 +2,10 @@
 
 The training loop holds one swap context per epoch; the engine's counters are cumulative
 over it. A step's figures are the differences of ``SwapStats.as_dict()`` taken before and
-after it; ``peak_device_bytes`` is the running peak of the context at the end of the
-step (the engine keeps no per-step peak), which for a static graph is the step's own peak.
+after it; ``peak_saved_bytes`` (the saved bytes resident at the engine's peak, the name
+the planner's prediction and plan.json use) is the running peak of the context at the end
+of the step (the engine keeps no per-step peak), which for a static graph is the step's
+own peak.
 This module keeps the first step whole (with its per-scope table), averages the numeric
 fields per epoch and over the run, writes them to ``swap_stats.json`` and gives the
 per-epoch averages that go into log.csv.
@@ -11,16 +13,16 @@ per-epoch averages that go into log.csv.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from swapseg.io import write_json
+from swapseg.offload.timeline import plot_timeline
 
 __all__ = ["SwapLog", "write_trace", "LOG_FIELDS"]
 
 #: SwapStats fields copied into log.csv as ``swap_<name>`` (per-step averages).
-LOG_FIELDS = ("swapped", "bytes_out", "peak_device_bytes", "wait_s")
+LOG_FIELDS = ("swapped", "bytes_out", "peak_saved_bytes", "wait_s")
 
 
 class _Mean:
@@ -69,12 +71,17 @@ class SwapLog:
 
 
 #: Fields that are levels or peaks, not counters: a step reports the value after it.
-_LEVELS = ("device_bytes", "peak_device_bytes")
+_LEVELS = ("device_bytes", "peak_saved_bytes")
+#: The engine's names that the run record spells the planner's way (the engine's
+#: ``peak_device_bytes`` is being renamed ``peak_saved_bytes`` itself).
+_RECORD_NAMES = {"peak_device_bytes": "peak_saved_bytes"}
 
 
 def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """One step's figures from two snapshots of the cumulative counters."""
     out: dict[str, Any] = {}
+    before = {_RECORD_NAMES.get(k, k): v for k, v in before.items()}
+    after = {_RECORD_NAMES.get(k, k): v for k, v in after.items()}
     for k, v in after.items():
         if k == "by_scope":
             continue
@@ -89,33 +96,11 @@ def step_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _event_dict(e: Any) -> Any:
-    if hasattr(e, "as_dict"):
-        return e.as_dict()
-    if dataclasses.is_dataclass(e):
-        return dataclasses.asdict(e)
-    return e
-
-
-def write_trace(stats: Any, window: tuple[float, float], run_dir: Path, step: int) -> None:
-    """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``.
-
-    The events of the step are those the engine numbered with its step counter at the end
-    of the step (the epoch's context counts its own forwards from 1); engines whose events
-    carry no step number are cut by ``window``, the step's (start, end) in the engine's
-    clock (seconds since ``stats.t0``).
-    """
-    from swapseg.offload.timeline import plot_timeline
-
-    events = [_event_dict(e) for e in (getattr(stats, "events", None) or [])]
-    engine_step = getattr(stats, "steps", None)
-    if events and all(isinstance(e, dict) and "step" in e for e in events):
-        events = [e for e in events if e["step"] == engine_step]
-    else:
-        lo, hi = window
-        events = [e for e in events if not isinstance(e, dict) or lo <= e.get("t", lo) <= hi]
-    write_json(run_dir / "timeline.json", {"step": step, "engine_step": engine_step,
-                                           "window_s": list(window),
+def write_trace(stats: Any, run_dir: Path, step: int) -> None:
+    """RUN/timeline.json and RUN/timeline.png of the traced training step ``step``: the
+    engine's events numbered with its step counter at the end of the step."""
+    events = [e for e in stats.events if e["step"] == stats.steps]
+    write_json(run_dir / "timeline.json", {"step": step, "engine_step": stats.steps,
                                            "stats": stats.as_dict(), "events": events})
     if events:  # an auto plan may swap nothing: then there is no timeline to draw
         plot_timeline(events, run_dir / "timeline.png",

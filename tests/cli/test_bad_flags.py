@@ -122,6 +122,7 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--out": bad("--out", "{under_file}"), "--empty": bad("--empty", "zero"),
         "--overlays": bad("--overlays", "many", "-1"),
         "--convention": bad("--convention", "brats1999"), "--no-progress": SWITCH,
+        "--only-predicted": SWITCH,
     },
     "plan": {
         "--model": bad("--model", "nosuch", "nosuch.module:Net"),
@@ -311,7 +312,7 @@ def test_unknown_option_shows_the_subcommands_usage(cmd, world, tmp_path, capsys
 
 
 @pytest.mark.parametrize("argv, target", [
-    (["demo", "--out", "{out}", "--quick"], "swapseg.training.demo.run_demo"),
+    (["demo", "--out", "{out}", "--quick"], "swapseg.experiments.demo.run_demo"),
     (["experiment", "full-vs-patch", "--data", "{data}", "--out", "{out}", "--folds", "3"],
      "swapseg.experiments.full_vs_patch.run_full_vs_patch"),
 ])

@@ -3,6 +3,7 @@ import argparse
 import pytest
 import torch
 
+from swapseg.cli import main
 from swapseg.cli.grammar import (
     Volume,
     autocast_dtype,
@@ -17,7 +18,7 @@ from swapseg.errors import InputError
 
 @pytest.mark.parametrize("text, value", [
     ("16GiB", 16 * 2**30), ("16G", 16 * 10**9), ("16gb", 16 * 10**9), ("12.5GB", 12_500_000_000),
-    ("1e9", 10**9), ("2 kib", 2048), ("1024", 1024), ("0.5MiB", 2**19), ("1.5e3K", 1_500_000),
+    ("1e9B", 10**9), ("2 kib", 2048), ("1024B", 1024), ("0.5MiB", 2**19), ("1.5e3K", 1_500_000),
 ])
 def test_byte_sizes(text, value):
     assert parse_bytes(text) == value
@@ -28,6 +29,35 @@ def test_bad_byte_sizes_are_one_line(text):
     with pytest.raises(InputError, match="memory size") as info:
         parse_bytes(text)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cmd", [["plan", "--shape", "4x16x16x16"],
+                                 ["bench", "methods", "--shape", "4x16x16x16"]])
+def test_a_memory_budget_without_a_unit_suggests_gib(cmd, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*cmd, "--memory-budget", "16", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "--memory-budget" in err and "write 16GiB" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_memory_budget_without_a_unit_suggests_gib(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--swap", "auto",
+                 "--memory-budget", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "--memory-budget: memory size '16' has no unit: write 16GiB" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_budget_below_one_gib_is_shown_in_mib(capsys):
+    assert main(["plan", "--shape", "4x64x64x64", "--profile", "p100-nvlink",
+                 "--memory-budget", "10MB"]) == 2
+    err = capsys.readouterr().err
+    assert "no plan fits 9.54 MiB (usable 8.58 MiB" in err and "0.00 GiB" not in err, err
 
 
 @pytest.mark.parametrize("text, vol", [

@@ -38,12 +38,12 @@ def test_plan_any_model_by_import_spec(tmp_path):
     assert not any(c["name"].startswith("paper-") for c in d["candidates"])
     # a budget below keep-all: something is swapped or recomputed, and it fits
     low = min(c["peak_bytes"] for c in d["candidates"])
-    budget = str(int((low + keep["peak_bytes"]) / 2 / 0.9))
+    budget = int((low + keep["peak_bytes"]) / 2 / 0.9)
     out2 = tmp_path / "seg2"
-    assert main([*args, "--memory-budget", budget, "--out", str(out2)]) == 0
+    assert main([*args, "--memory-budget", f"{budget}B", "--out", str(out2)]) == 0
     d2 = json.loads((out2 / "plan.json").read_text())
     assert d2["chosen"]["name"] != "keep-all"
-    assert d2["chosen"]["peak_bytes"] <= int(budget) * 0.9
+    assert d2["chosen"]["peak_bytes"] <= budget * 0.9
 
 
 def test_plan_bf16_predicts_a_smaller_keep_all_peak(tmp_path):

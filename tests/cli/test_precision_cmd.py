@@ -1,6 +1,7 @@
 """``--precision`` and ``--compile`` on the command line: train, demo, experiment."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,16 @@ def test_compile_with_swap_all_trains(tmp_path, synth, monkeypatch, capsys):
     stats = json.loads((tmp_path / "run" / "swap_stats.json").read_text())
     assert stats["first_step"]["swapped"] > 0
     assert set(stats["first_step"]["by_scope"]) == {""}  # packed by the compiled graph
-    assert "epoch 2/2" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    assert any("epoch 2/2" in line for line in out)
+    # the long first step is announced before it starts and timed after it ends
+    said = [i for i, line in enumerate(out) if line.startswith("compil")]
+    assert len(said) == 2, out
+    assert out[said[0]].startswith("compiling the model (torch.compile, aot_eager)")
+    assert re.fullmatch(r"compiled: the first step, compiling included, took \d+\.\d s",
+                        out[said[1]])
+    first_epoch = next(i for i, line in enumerate(out) if "epoch 1/2" in line)
+    assert said[0] < said[1] < first_epoch
 
 
 def test_bad_precision_exits_2(tmp_path, synth, capsys):
@@ -86,8 +96,8 @@ def test_bad_precision_exits_2(tmp_path, synth, capsys):
 
 
 def test_demo_and_experiment_pass_precision_on(tmp_path, monkeypatch):
+    import swapseg.experiments.demo as demo
     import swapseg.experiments.full_vs_patch as fvp
-    import swapseg.training.demo as demo
 
     seen = {}
 

@@ -97,6 +97,36 @@ def test_errors_exit_2_with_one_line(tmp_path: Path, trained, predicted, capsys)
     assert not ev.exists()
 
 
+def test_evaluate_only_the_predicted_cases(tmp_path: Path, trained, predicted, capsys) -> None:
+    """Predictions for 1 of the 3 truth cases: an error that points to --only-predicted,
+    and with it, that case scored and one line naming the 2 skipped."""
+    data, _ = trained
+    pred, ev = tmp_path / "pred", tmp_path / "eval"
+    pred.mkdir()
+    cases = sorted(p.name for p in data.iterdir())
+    shutil.copy(predicted / f"{cases[1]}.nii.gz", pred)
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(ev)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no prediction for case {cases[0]}" in err, err
+    assert "2 of 3 truth cases have none; --only-predicted scores the 1 that do" in err
+    assert not ev.exists()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(ev),
+                 "--only-predicted", "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1 cases, mean Dice WT")
+    assert out[1] == (f"skipped 2 of 3 truth cases without a prediction (--only-predicted): "
+                      f"{cases[0]}, {cases[2]}")
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and summary["n_truth_cases"] == 3
+    assert summary["skipped_cases"] == [cases[0], cases[2]]
+    assert (ev / "per_case.csv").read_text().splitlines()[1].startswith(cases[1])
+    # a folder with no prediction for any truth case is still an error
+    assert main(["evaluate", "--pred", str(tmp_path / "eval" / "overlays"), "--truth",
+                 str(data), "--out", str(tmp_path / "ev2"), "--only-predicted"]) == 2
+    assert "for any of the 3 truth cases" in capsys.readouterr().err
+
+
 def test_predict_a_fold_of_a_run(tmp_path: Path, trained, capsys) -> None:
     data, best = trained
     run = best.parent.parent

@@ -8,6 +8,7 @@ import torch
 
 from swapseg.cli import main
 from swapseg.cli.train_cmd import parse_bytes
+from swapseg.offload.policy import MemoryPlan
 from swapseg.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,14 +20,14 @@ def _train(data: Path, out: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("text, value", [("16GiB", 16 * 2**30), ("500MB", 500 * 10**6),
-                                         ("1e9", 10**9), ("2 kib", 2048)])
+                                         ("1e9B", 10**9), ("2 kib", 2048)])
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 
 
 @pytest.mark.parametrize("extra, words", [
     (["--swap-exclude", "decoder.*"], "--swap-exclude needs --swap all"),
-    (["--swap", "auto"], "--swap auto needs --memory-budget"),
+    (["--swap", "auto", "--swap-prefetch", "2"], "--swap auto chooses the plan"),
     (["--swap", "all", "--memory-budget", "1GiB"], "only used with --swap auto"),
     (["--swap", "nosuch.json"], "nosuch.json"),
     (["--swap", "all", "--swap-prefetch", "0"], "prefetch must be >= 1"),
@@ -68,13 +69,35 @@ def test_demo_preset_swaps_where_it_frees_memory_and_so_does_not_warn(tmp_path, 
         return config_from_args(args)
 
     cpu = cfg()
-    assert (cpu.device, cpu.plan.name) == ("cpu", "swap-all-disk")
+    assert (cpu.device, cpu.plan.name, cpu.swap.tier) == ("cpu", "swap-all", "disk")
     assert host_tier_warning(cpu.swap, cpu.device) is None
     assert host_tier_warning(cfg("--swap-tier", "host").swap, "cpu") is not None
+    assert cfg("--swap", "all").plan == cpu.plan  # --swap all is the demo's swap-all
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     gpu = cfg("--device", "cuda")  # the preset's plan follows the run's device
-    assert (gpu.swap.tier, gpu.plan.name) == ("cuda", "swap-all-cuda")
+    assert (gpu.swap.tier, gpu.plan.name) == ("cuda", "swap-all")
+    assert cfg("--device", "cuda", "--swap", "all").plan == gpu.plan
+
+
+def test_swap_all_on_a_cpu_runs_the_disk_tier_the_preflight_predicted(tmp_path, synth,
+                                                                        capsys):
+    run = tmp_path / "all"
+    assert _train(synth, run, "--epochs", "1", "--swap", "all") == 0
+    out = capsys.readouterr().out
+    assert "memory plan swap-all, swapping to disk" in out
+    cfg = json.loads((run / "config.json").read_text())
+    rec = json.loads((run / "plan.json").read_text())
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    # the plan predicted (plan.json) is the plan that ran (config.json, the checkpoint)
+    assert cfg["plan"]["swap"]["tier"] == "disk"
+    assert rec["plan"] == cfg["plan"] == ckpt["config"]["plan"]
+    pred, measured = rec["predicted"], rec["measured"]
+    assert pred["swapped_tensors"] > 0 and len(measured) == 1
+    # the engine swaps what the simulator predicted, give or take a tensor the trace
+    # and the engine count differently
+    assert abs(measured[0]["swapped_tensors"] / pred["swapped_tensors"] - 1) < 0.05
+    assert set(pred) >= {"peak_bytes", "peak_saved_bytes"} <= set(measured[0])
 
 
 def test_missing_data_dir(tmp_path, capsys):
@@ -109,6 +132,7 @@ def test_train_with_swap_flags_records_resolved_policy(tmp_path, synth, capsys):
     assert "epoch 2/2" in out and "data-wait" in out and "swap" in out
     # host-tier swapping on a CPU frees nothing: one warning line says so
     assert sum("saves no memory" in ln for ln in cap.err.splitlines()) == 1
+    assert json.loads((run / "plan.json").read_text())["plan"] == cfg["plan"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["plan"]["swap"][
         "prefetch"] == 3
 
@@ -139,7 +163,7 @@ def test_swap_auto_plans_once_into_plan_json(tmp_path, synth, capsys):
     assert "predicted peak" in line and "of 64.00 MiB budget" in line and "{" not in line
     assert "step time" in line
     measured = next(ln for ln in out.splitlines() if ln.startswith("measured after"))
-    assert "ru_maxrss" in measured and "of 64.00 MiB budget" in measured
+    assert "peak RSS" in measured and "of 64.00 MiB budget" in measured
     rec = json.loads((run / "plan.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
     assert "memory_budget_bytes" not in cfg and "swap" not in cfg
@@ -151,7 +175,7 @@ def test_swap_auto_plans_once_into_plan_json(tmp_path, synth, capsys):
     assert 0 < pred["peak_bytes"] <= 64 * 2**20 and pred["step_s"] > 0
     assert len(rec["measured"]) == 1
     m = rec["measured"][0]
-    assert m["peak_bytes"] > 0 and m["peak_source"].startswith("ru_maxrss")
+    assert m["peak_bytes"] > 0 and m["peak_source"] == "the process's peak RSS"
     assert m["within_budget"] == (m["peak_bytes"] <= 64 * 2**20)
     # a resume reuses the plan (no planning) and adds its own measured first step
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2",
@@ -167,11 +191,12 @@ def test_swap_auto_plans_once_into_plan_json(tmp_path, synth, capsys):
 
 
 def test_swap_auto_for_all_folds_plans_once(tmp_path, synth, monkeypatch):
-    from swapseg.planner import choose
+    from swapseg.training import planning
 
     calls = []
-    real = choose.choose_plan
-    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = planning.choose_plan
+    monkeypatch.setattr(planning, "choose_plan",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     run = tmp_path / "cv"
     assert _train(synth, run, "--epochs", "1", "--folds", "3", "--fold", "all",
                   "--swap", "auto", "--memory-budget", "64MiB") == 0
@@ -193,7 +218,8 @@ def test_plan_out_file_trains_with_swap_file(tmp_path, synth):
     run = tmp_path / "run"
     assert _train(synth, run, "--epochs", "1", "--swap",
                   str(plan_dir / "memory_plan.json")) == 0
-    assert json.loads((run / "config.json").read_text())["plan"] == written
+    ran = MemoryPlan.from_dict(written).concrete("cpu")  # its tier auto: disk on a CPU
+    assert json.loads((run / "config.json").read_text())["plan"] == ran.to_dict()
 
 
 @pytest.mark.parametrize("extra", [[], ["--swap", "all"]])
@@ -223,10 +249,10 @@ def test_a_slow_cpu_step_prints_the_predicted_epoch_time(tmp_path, synth, capsys
 
 
 def test_disk_tier_short_of_space_warns_in_one_line(tmp_path, synth, capsys, monkeypatch):
-    from swapseg.offload.transport import disk
+    from swapseg.training import planning
 
     seen = []
-    monkeypatch.setattr(disk, "disk_shortfall",
+    monkeypatch.setattr(planning, "disk_shortfall",
                         lambda folder, nbytes: seen.append((folder, nbytes)) or 12345)
     disk_dir = tmp_path / "swapdisk"
     assert _train(synth, tmp_path / "run", "--epochs", "1", "--swap", "all", "--swap-tier",
@@ -284,3 +310,16 @@ def test_corrupt_case_found_in_a_worker_is_named_in_one_line(tmp_path, synth, ca
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert flair.name in err and "Caught" not in err
+
+
+def test_swap_auto_without_a_budget_plans_for_the_devices_memory(tmp_path, synth, capsys,
+                                                                 monkeypatch):
+    from swapseg.devices import AVAILABLE_ENV
+
+    monkeypatch.setenv(AVAILABLE_ENV, "64MiB")  # what the device has available
+    run = tmp_path / "auto"
+    assert _train(synth, run, "--epochs", "1", "--swap", "auto") == 0
+    assert "of 64.00 MiB budget" in capsys.readouterr().out
+    rec = json.loads((run / "plan.json").read_text())
+    assert rec["budget_bytes"] == 64 * 2**20
+    assert rec["plan"] == json.loads((run / "config.json").read_text())["plan"]

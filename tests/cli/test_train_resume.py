@@ -121,3 +121,27 @@ def test_moved_old_run_resolves_data_against_cwd_or_asks_for_it(synth, tmp_path,
     cfg.update(data="data", out="runs/r")
     (moved / "config.json").write_text(json.dumps(cfg))
     assert main([*args[:-2], "3", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("plan", [["--swap", "all"], ["--swap", "PLAN"],
+                                  ["--swap", "auto", "--memory-budget", "64MiB"]])
+def test_resume_with_another_memory_plan_trains_on_bitwise_as_before(synth, tmp_path, capsys,
+                                                                     plan):
+    """After an out-of-memory stop a run goes on with a plan that fits: a plan changes
+    where saved tensors live, not what a step computes (dropout on, so RNG use counts)."""
+    recompute = tmp_path / "recompute.json"
+    recompute.write_text('{"name": "rc", "swap": null, "recompute": {"scopes": ["*"]}}')
+    plan = [str(recompute) if p == "PLAN" else p for p in plan]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert _train(synth, straight, "--epochs", "3", "--dropout", "0.2") == 0
+    assert _train(synth, run, "--epochs", "2", "--dropout", "0.2") == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress",
+                 *plan]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume with a new memory plan" in err[0]
+    a, b = _weights(straight), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["plan"] is not None and cfg["max_epochs"] == 3
+    assert json.loads((run / "plan.json").read_text())["plan"] == cfg["plan"]

@@ -196,3 +196,21 @@ def test_truth_folder_with_two_files_for_a_case(tmp_path: Path, dataset) -> None
                            ["{}.nii.gz", "{}_seg.nii.gz"])
     with pytest.raises(InputError, match=f"case {ids[0]} has several label files"):
         evaluate_folders(tmp_path, labels, tmp_path / "eval", progress=False)
+
+
+def test_only_predicted_scores_the_cases_with_a_prediction(tmp_path: Path, dataset) -> None:
+    root, ids = dataset
+    _predictions(root, ids, tmp_path / "pred")
+    (tmp_path / "pred" / f"{ids[0]}.nii.gz").unlink()
+    _expect_error(tmp_path, root, f"no prediction for case {ids[0]} .*--only-predicted")
+    s = evaluate_folders(tmp_path / "pred", root, tmp_path / "eval", only_predicted=True,
+                         overlays=0, progress=False)
+    assert (s["n_cases"], s["n_truth_cases"], s["skipped_cases"]) == (1, 2, [ids[0]])
+    assert s["dice"]["WT"] == 1.0 and s["dice"]["ET"] == 0.0  # case 1: ET missed
+    on_disk = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert on_disk["skipped_cases"] == [ids[0]]
+    (tmp_path / "pred" / f"{ids[1]}.nii.gz").unlink()
+    with pytest.raises(InputError, match="no prediction in .* for any of the 2 truth cases"):
+        evaluate_folders(tmp_path / "pred", root, tmp_path / "e2", only_predicted=True,
+                         progress=False)
+    assert not (tmp_path / "e2").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from swapseg.cli import main
+from swapseg.devices import AVAILABLE_ENV
 from swapseg.errors import InputError
 from swapseg.experiments.full_vs_patch import (
     default_patch,
@@ -66,18 +67,19 @@ def test_mode_configs_share_the_protocol(tmp_path: Path) -> None:
     assert c["full"].swap == SwapPolicy()
 
 
-def test_full_plan_of_each_swap_choice(tmp_path: Path) -> None:
+def test_full_plan_of_each_swap_choice(tmp_path: Path, monkeypatch) -> None:
     from swapseg.experiments.full_vs_patch import full_plan
     from swapseg.offload.policy import SwapPolicy
 
-    assert full_plan("all", None, "cpu")[0].swap == SwapPolicy()
+    # all: every activation to the tier that frees a CPU's memory (a host copy frees none)
+    assert full_plan("all", None, "cpu")[0].swap == SwapPolicy(tier="disk")
     assert full_plan("none", None, "cpu") == (None, None)
-    cpu_auto, budget = full_plan("auto", None, "cpu")
-    assert cpu_auto.swap.tier == "disk" and budget is None  # host-tier frees no CPU memory
+    monkeypatch.setenv(AVAILABLE_ENV, "3GiB")
+    assert full_plan("auto", None, "cpu") == (None, 3 * 2**30)  # the device's memory
     assert full_plan("auto", 2**30, "cpu") == (None, 2**30)  # planned once by the caller
     with pytest.raises(InputError, match="only used with --swap auto"):
         full_plan("all", 2**30, "cpu")
-    with pytest.raises(InputError, match="--swap some: not auto, all, none or an existing"):
+    with pytest.raises(InputError, match="--swap some: not none, all, auto or an existing"):
         full_plan("some", None, "cpu")
     # a policy file, as `swapseg train --swap FILE`, or a MemoryPlan as `swapseg plan` writes
     policy = tmp_path / "policy.json"
@@ -93,11 +95,12 @@ def test_full_plan_of_each_swap_choice(tmp_path: Path) -> None:
 
 def test_swap_auto_is_planned_once_for_every_fold(tmp_path: Path, monkeypatch) -> None:
     from swapseg.experiments.full_vs_patch import run_full_vs_patch
-    from swapseg.planner import choose
+    from swapseg.training import planning
 
     calls = []
-    real = choose.choose_plan
-    monkeypatch.setattr(choose, "choose_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = planning.choose_plan
+    monkeypatch.setattr(planning, "choose_plan",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     data = _synth(tmp_path / "data", 4, 16)
     base = tiny(data=str(data), out=str(tmp_path / "exp"), folds=3, max_epochs=1)
     run_full_vs_patch(base, tmp_path / "exp", swap="auto", memory_budget=64 * 2**20,
@@ -203,3 +206,11 @@ def test_saved_configs_from_older_versions_still_match() -> None:
     assert _same_config(older, config)
     assert not _same_config({**config, "max_epochs": 3}, config)
     assert not _same_config({**config, "no_such_field": 1}, config)
+    # a full arm saved with tier auto ran as the concrete plan the same settings give now
+    from swapseg.offload.policy import MemoryPlan, SwapPolicy
+
+    swapped = tiny(data="d", out="o", plan=MemoryPlan(swap=SwapPolicy(tier="disk")))
+    assert _same_config({**swapped.to_dict(), "plan": {"swap": {"tier": "auto"}}},
+                        swapped.to_dict())
+    assert not _same_config({**swapped.to_dict(), "plan": {"swap": {"tier": "host"}}},
+                            swapped.to_dict())

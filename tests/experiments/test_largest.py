@@ -7,10 +7,15 @@ import sys
 
 import pytest
 
+from swapseg.errors import InputError
 from swapseg.experiments import largest as L
+from swapseg.experiments.largest_probe import idle_process_bytes
+from swapseg.experiments.methods_bench import dice_trace
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import MemoryPlan
-from swapseg.planner.devices import PROFILES
+from swapseg.planner import DEFAULT_MARGIN
+from swapseg.planner.profiles import PROFILES
+from swapseg.planner.simulate import simulate
 
 SIDES = list(range(16, 161, 16))  # 10 sides
 
@@ -100,6 +105,7 @@ def test_largest_json_schema(monkeypatch):
                        0.25 if ok else None, plan=plan.name)
 
     monkeypatch.setattr(L, "run_probe", fake_probe)
+    monkeypatch.setattr(L, "idle_process_bytes", lambda python: 0)
     written = []
     res = L.run_largest(model, ["none", "swap-disk"], 2**30, sides, PROFILES["p100-nvlink"],
                         write=lambda r: written.append(r["methods"].copy()),
@@ -159,3 +165,26 @@ def test_copy_busy_time_merges_overlaps_and_a_disk_probe_reports_its_rates():
     assert r.fits, r
     t = r.extra["tier"]
     assert t["out_bytes"] > 0 and t["out_bytes_per_s"] > 0 and t["forward_s"] > 0
+
+
+def test_the_process_bytes_come_off_a_cpu_cap():
+    """A side that fits the cap by the step's own peak stops fitting once the probe
+    process's bytes are counted; auto then plans for what is left."""
+    model = Isensee3DUNet(base_filters=4, depth=3)
+    prof = PROFILES["p100-nvlink"]
+    tr = dice_trace(model, (1, 4, 16, 16, 16), None)
+    keep = simulate(tr, prof).peak_bytes
+    cap = int(keep / (1 - DEFAULT_MARGIN)) + 1
+    assert L.predicted_fits("none", model, 16, 4, prof, cap)
+    assert not L.predicted_fits("none", model, 16, 4, prof, cap, process_bytes=keep // 4)
+    plan = L.method_plan("auto", model, (1, 4, 16, 16, 16), prof, cap,
+                         process_bytes=keep // 4)
+    assert plan is not None and plan.name != "auto: keep-all"
+    assert L.predicted_fits("auto", model, 16, 4, prof, cap, process_bytes=keep // 4)
+
+
+def test_idle_probe_measures_the_process_own_bytes():
+    n = idle_process_bytes()
+    assert 50 * 2**20 < n < 4 * 2**30  # torch imported: tens to hundreds of MiB
+    with pytest.raises(InputError, match="idle probe process failed"):
+        idle_process_bytes(python="/bin/false")

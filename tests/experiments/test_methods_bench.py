@@ -2,7 +2,7 @@ import pytest
 
 from swapseg.experiments.methods_bench import bench_methods
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.planner.devices import PROFILES
+from swapseg.planner.profiles import PROFILES
 
 
 def test_bench_methods_side_by_side():

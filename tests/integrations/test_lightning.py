@@ -24,17 +24,17 @@ class Module(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001
+    def training_step(self, batch, batch_idx):
         if batch_idx == self.fail_at:
             raise RuntimeError("boom")
         x, y = batch
         return F.cross_entropy(self(x), y)
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 

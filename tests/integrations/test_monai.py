@@ -7,12 +7,12 @@ import torch
 from torch.nn import functional as F
 
 pytest.importorskip("ignite")
-from _tiny import N_BATCHES, TinySeg, assert_bitwise_equal, batches  # noqa: E402
-from monai.engines import SupervisedTrainer  # noqa: E402
+from _tiny import N_BATCHES, TinySeg, assert_bitwise_equal, batches
+from monai.engines import SupervisedTrainer
 
-from swapseg.errors import InputError  # noqa: E402
-from swapseg.integrations._plan import SwapPolicy  # noqa: E402
-from swapseg.integrations.monai import attach_swapping  # noqa: E402
+from swapseg.errors import InputError
+from swapseg.integrations._plan import SwapPolicy
+from swapseg.integrations.monai import attach_swapping
 
 
 def _trainer(epochs: int = 2, fail: bool = False) -> SupervisedTrainer:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 pytest.importorskip("nnunetv2")
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
-from nnunetv2.utilities.find_class_by_name import recursive_find_python_class  # noqa: E402
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-from swapseg.integrations._plan import MemoryPlan, SwapPolicy  # noqa: E402
-from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder  # noqa: E402
-from swapseg.integrations.nnunet.trainer import (  # noqa: E402
+from swapseg.integrations._plan import MemoryPlan, SwapPolicy
+from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder
+from swapseg.integrations.nnunet.trainer import (
     BUDGET_ENV,
     PROFILE_ENV,
     TIER_ENV,
@@ -23,7 +23,7 @@ from swapseg.integrations.nnunet.trainer import (  # noqa: E402
     nnUNetTrainerSwapFullImage,
     plan_line,
 )
-from swapseg.integrations.steps import StepSwapper  # noqa: E402
+from swapseg.integrations.steps import StepSwapper
 
 PLANS = json.loads((Path(__file__).parent / "tiny_nnunet_plans.json").read_text())
 DATASET = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
@@ -118,13 +118,19 @@ def test_full_image_trainer_stops_with_the_missing_bytes(
     assert t.dataloader_train is None
 
 
+@pytest.mark.parametrize("value, words", [
+    ("12 parsecs", "SWAPSEG_MEMORY_BUDGET: not a memory size"),
+    ("6", "SWAPSEG_MEMORY_BUDGET: memory size '6' has no unit: write 6GiB"),  # not 6 bytes
+])
 def test_bad_budget_is_one_line(nnunet_env: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+                                capsys: pytest.CaptureFixture[str], value: str,
+                                words: str) -> None:
     t = _trainer(nnUNetTrainerSwap)
-    monkeypatch.setenv(BUDGET_ENV, "12 parsecs")
+    monkeypatch.setenv(BUDGET_ENV, value)
     with pytest.raises(SystemExit):
         t.choose_swap_plan()
-    assert "SWAPSEG_MEMORY_BUDGET: not a memory size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_nnunet_finds_the_trainers_in_the_ext_folder() -> None:

@@ -66,7 +66,7 @@ def test_as_plan_and_sizes() -> None:
     assert as_plan(SwapPolicy(prefetch=3)).swap == SwapPolicy(prefetch=3)
     with pytest.raises(InputError, match="SwapPolicy or MemoryPlan"):
         as_plan("all")  # type: ignore[arg-type]
-    assert parse_size("12GiB") == 12 * 2**30 and parse_size("1.5e3") == 1500
+    assert parse_size("12GiB") == 12 * 2**30 and parse_size("1.5e3B") == 1500
     for bad in ("12 parsecs", "", "0GiB"):
         with pytest.raises(InputError):
             parse_size(bad)

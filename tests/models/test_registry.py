@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 from torch import nn
 
@@ -34,3 +36,33 @@ def test_kwargs_must_be_a_json_object():
         parse_kwargs("{a: 1}")
     with pytest.raises(InputError, match="must be an object"):
         parse_kwargs("[1]")
+
+
+@pytest.mark.parametrize("spec", ["usernet_e20:build", "./usernet_e20.py:build",
+                                  "usernet_e20.py:build", "sub/deep_e20.py:build"])
+def test_a_model_from_the_users_own_file(user_folder, spec):
+    m = build_model(spec, {"channels": 3})
+    assert isinstance(m, nn.Sequential) and m[0].in_channels == 3
+
+
+def test_a_file_spec_loads_once_under_a_private_name(user_folder):
+    spec = f"{user_folder / 'usernet_e20.py'}:build"
+    build_model(spec)
+    build_model(spec)
+    loaded = [n for n in sys.modules if "usernet_e20" in n]
+    # a private name: a user's json.py must not replace the standard json module
+    assert len(loaded) == 1 and loaded[0].startswith("_swapseg_model_usernet_e20_"), loaded
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("./nosuch_e20.py:build", "model './nosuch_e20.py:build': ./nosuch_e20.py: no such file"),
+    ("sub/:build", "a folder, not a file"),
+    ("nosuch_e20:build", "cannot import 'nosuch_e20'"),
+    ("broken_e20:build", "importing broken_e20 raised SyntaxError"),
+    ("./broken_e20.py:build", "importing ./broken_e20.py raised SyntaxError"),
+    ("./usernet_e20.py:nope", "has no attribute 'nope'"),
+])
+def test_a_bad_user_file_is_one_line(user_folder, spec, words):
+    with pytest.raises(InputError) as info:
+        build_model(spec)
+    assert words in str(info.value) and "\n" not in str(info.value)

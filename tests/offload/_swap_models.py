@@ -63,7 +63,7 @@ def train_steps(make_model, context_factory, shape=(1, 2, 16, 16, 16), steps=3,
     if one_context:
         outer = context_factory
 
-        def context_factory(model):  # noqa: F811 - one shared context for every step
+        def context_factory(model):
             return contextlib.nullcontext(shared[0])
         shared: list = []
     torch.manual_seed(1234)

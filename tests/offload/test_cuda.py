@@ -1,6 +1,8 @@
 """CUDA code paths: the cuda transport (pinned pool, side streams, events) and the engine on GPU.
 
-Skipped without a GPU (tests/conftest.py). ``benchmarks/gpu_check.sh`` runs them.
+Skipped without a GPU (tests/conftest.py). ``benchmarks/gpu_check.sh`` runs them. The same
+transport code runs on CPU under the CUDA runtime double in test_cuda_protocol.py and
+test_cuda_training.py.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def test_cuda_transport_round_trip_and_pool():
     back = tr.start_in(stored, CUDA).result()  # the current stream waits on the copy
     assert back.is_cuda and torch.equal(back, src)
     tr.free(stored)
+    tr.close()  # a freed buffer returns to the pool once both side streams passed it
     again = pool.acquire(1 << 20)
     assert again.data_ptr() == stored.data_ptr() and pool.allocations == 1
-    tr.close()
+    assert pool.reserved_bytes == 1 << 20  # a power of two already
 
 
 def test_cuda_tickets_carry_event_times_and_stalls():

@@ -253,12 +253,12 @@ class _Stash(torch.autograd.Function):
     kept: list = []
 
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         ctx.save_for_backward(x)
         return x * 2
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         (x,) = ctx.saved_tensors
         _Stash.kept.append(x)
         return g * 2

@@ -7,7 +7,7 @@ from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload import apply_plan
 from swapseg.offload.policy import SwapPolicy
 from swapseg.planner import choose_plan
-from swapseg.planner.devices import PROFILES
+from swapseg.planner.profiles import PROFILES
 from swapseg.planner.simulate import simulate
 from swapseg.planner.trace import trace_step
 

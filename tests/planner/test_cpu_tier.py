@@ -10,7 +10,7 @@ import pytest
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.policy import SwapPolicy
 from swapseg.planner.calibrate import _fit_other, calibrate_tier, calibrated, conv_curve
-from swapseg.planner.devices import DeviceProfile, layer_key
+from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.search import search
 from swapseg.planner.simulate import simulate, swap_mode
 from swapseg.planner.trace import trace_step

@@ -6,12 +6,8 @@ from torch import nn
 from swapseg.errors import InputError
 from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.planner.calibrate import calibrate_step
-from swapseg.planner.devices import (
-    PROFILES,
-    calibration_shape,
-    get_profile,
-    measure_local,
-)
+from swapseg.planner.local import calibration_shape, get_profile, measure_local
+from swapseg.planner.profiles import PROFILES
 
 
 def test_named_profiles_cite_sources():

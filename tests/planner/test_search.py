@@ -4,7 +4,7 @@ from swapseg.errors import InputError
 from swapseg.experiments.methods_bench import dice_trace
 from swapseg.experiments.paper_configs import paper_candidates
 from swapseg.models.unet3d import Isensee3DUNet
-from swapseg.planner.devices import PROFILES
+from swapseg.planner.profiles import PROFILES
 from swapseg.planner.search import search
 
 GiB = 2**30

@@ -9,7 +9,7 @@ from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.offload.measure import default_loss, profiled_peak_bytes
 from swapseg.offload.policy import SwapPolicy, scope_matches
 from swapseg.offload.recompute import RecomputePolicy
-from swapseg.planner.devices import DeviceProfile
+from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.simulate import decide, simulate
 from swapseg.planner.trace import (
     OpRecord,

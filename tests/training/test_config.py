@@ -86,30 +86,25 @@ def test_presets_are_valid_and_distinct():
     assert demo(max_epochs=3).max_epochs == 3
 
 
-def test_demo_swaps_to_disk_on_a_cpu_and_to_pinned_host_memory_on_cuda(tmp_path,
-                                                                       monkeypatch):
-    from swapseg.training.config import swap_all_plan
-    from swapseg.training.demo import demo_config
+def test_demo_swaps_all_to_the_tier_that_frees_its_devices_memory(tmp_path):
+    import torch
 
-    # on a CPU, host memory is device memory: only the disk tier frees any
+    from swapseg.experiments.demo import demo_config
+    from swapseg.training.config import SWAP_ALL
+    from swapseg.training.planning import on_device
+
     for config in (demo(), demo_config(tmp_path), demo_config(tmp_path, quick=True)):
-        assert config.device == "cpu"
-        assert config.plan == MemoryPlan(swap=SwapPolicy(tier="disk"), name="swap-all-disk")
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert swap_all_plan("auto").swap.tier == "disk"
+        assert config.device == "cpu" and config.plan == SWAP_ALL
+        # on a CPU, host memory is device memory: only the disk tier frees any
+        assert on_device(config, torch.device("cpu")).swap == SwapPolicy(tier="disk")
+        assert on_device(config, torch.device("cuda", 1)).swap == SwapPolicy(tier="cuda")
     assert demo(plan=None).plan is None  # a plan given wins
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
-    for device in ("cuda", "cuda:1", "auto"):
-        gpu = demo(device=device)
-        assert gpu.plan == MemoryPlan(swap=SwapPolicy(tier="cuda"), name="swap-all-cuda")
-        assert gpu.device == device
-    with pytest.raises(InputError, match="--device gpu"):
+    with pytest.raises(InputError, match="device must be auto, cpu or cuda"):
         demo(device="gpu")
 
 
 def test_demo_config_time_limit(tmp_path):
-    from swapseg.training.demo import demo_config
+    from swapseg.experiments.demo import demo_config
 
     assert demo_config(tmp_path).max_train_s == demo().max_train_s == 420.0
     assert demo_config(tmp_path, time_limit=0).max_train_s is None

@@ -145,7 +145,6 @@ def test_swapping_changes_nothing_but_the_stats(tmp_path):
 
 
 def test_trace_step_writes_timeline(tmp_path):
-    pytest.importorskip("swapseg.offload.timeline")
     from swapseg.offload.policy import MemoryPlan, SwapPolicy
 
     cfg = tiny(out=str(tmp_path / "t"), max_epochs=2, plan=MemoryPlan(swap=SwapPolicy()),
@@ -155,8 +154,6 @@ def test_trace_step_writes_timeline(tmp_path):
     assert tl["step"] == 3 and tl["events"]
     # step 3 is the 2nd step of epoch 2: the engine's 2nd step in that epoch's context
     assert tl["engine_step"] == 2 and {e["step"] for e in tl["events"]} == {2}
-    lo, hi = tl["window_s"]
-    assert all(lo <= e["t"] <= hi for e in tl["events"] if e["kind"] == "pack")
     assert (tmp_path / "t" / "timeline.png").stat().st_size > 0
 
 

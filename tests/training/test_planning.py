@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from swapseg.devices import AVAILABLE_ENV
 from swapseg.errors import InputError
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
 from swapseg.training import planning
@@ -38,7 +39,7 @@ def test_prediction_follows_the_plan():
 
 
 def test_fit_check_refuses_in_one_line_and_names_the_ways_out(monkeypatch):
-    monkeypatch.setenv(planning.AVAILABLE_ENV, "3MiB")
+    monkeypatch.setenv(AVAILABLE_ENV, "3MiB")
     cfg = tiny(workers=0)
     data = planning.data_bytes(cfg)
     assert data == 7 * 4 * 16**3  # one batch of 4 + 3 float32 channels
@@ -48,7 +49,7 @@ def test_fit_check_refuses_in_one_line_and_names_the_ways_out(monkeypatch):
     assert "\n" not in msg and str(3 * 2**20 + data) in msg
     assert "--shape" in msg and "--zoom" in msg and "--swap auto --memory-budget" in msg
     # 10% of what is free stays free: a peak just under 90% of it fits
-    monkeypatch.setenv(planning.AVAILABLE_ENV, str(int((3 * 2**20 + data) / 0.9) + 1))
+    monkeypatch.setenv(AVAILABLE_ENV, f"{int((3 * 2**20 + data) / 0.9) + 1}B")
     lines = []
     planning.check_fits(cfg, _pred(), CPU, 3, echo=lines.append)
     assert lines and "6 s per epoch of 3 steps" in lines[0]
@@ -93,6 +94,41 @@ def test_resolve_auto_reuses_its_plan_and_refuses_another(tmp_path):
     assert again.plan == chosen.plan and pred2 is None and rec2 is None
     with pytest.raises(InputError, match="holds a plan for"):
         planning.resolve_auto(cfg, 32 * 2**20, path, echo=lambda _: None)
+    # a budget read from the device changes from run to run: its plan is reused as it is
+    kept, _, none = planning.resolve_auto(cfg, 32 * 2**20, path, echo=lambda _: None,
+                                          budget_from="the device's available memory")
+    assert kept.plan == chosen.plan and none is None
+    # a resumed run given another budget is planned anew
+    _, pred3, rec3 = planning.resolve_auto(cfg, 2**30, path, echo=lambda _: None, replan=True)
+    assert pred3 is not None and rec3["budget_bytes"] == 2**30
+    # on a CPU the chosen plan is concrete: it swaps to disk or not at all
+    assert chosen.plan.swap is None or chosen.plan.swap.tier == "disk"
+
+
+def test_swap_means_the_same_everywhere(tmp_path, monkeypatch):
+    cuda = torch.device("cuda", 0)
+    assert planning.swap_plan("none", None, CPU) == (None, None)
+    every, none = planning.swap_plan("all", None, CPU)
+    assert every.swap == SwapPolicy(tier="disk") and none is None
+    assert planning.swap_plan("all", None, cuda)[0].swap.tier == "cuda"
+    assert planning.swap_plan("auto", 2**30, CPU) == (None, 2**30)
+    monkeypatch.setenv(AVAILABLE_ENV, "3GiB")  # no budget: the device's available memory
+    assert planning.swap_plan("auto", None, CPU) == (None, 3 * 2**30)
+    with pytest.raises(InputError, match="only used with --swap auto"):
+        planning.swap_plan("all", 2**30, CPU)
+    path = tmp_path / "p.json"
+    path.write_text('{"prefetch": 3}')  # a bare policy, tier auto: disk on a CPU
+    assert planning.swap_plan(str(path), None, CPU)[0].swap == SwapPolicy(prefetch=3,
+                                                                          tier="disk")
+    with pytest.raises(InputError, match="not none, all, auto or an existing"):
+        planning.swap_plan(str(tmp_path / "nope.json"), None, CPU)
+
+
+def test_a_run_plan_is_made_concrete_for_its_device():
+    cfg = tiny(plan=MemoryPlan(swap=SwapPolicy(), name="swap-all"))
+    assert planning.on_device(cfg, CPU).swap.tier == "disk"
+    assert planning.on_device(cfg, torch.device("cuda", 0)).swap.tier == "cuda"
+    assert planning.on_device(tiny(), CPU).plan is None
 
 
 def test_measured_peak_is_added_to_the_record(tmp_path):
@@ -100,8 +136,10 @@ def test_measured_peak_is_added_to_the_record(tmp_path):
     path.write_text(json.dumps({"plan": {}, "budget_bytes": 2**40,
                                 "predicted": {"peak_bytes": 2**20, "peak_saved_bytes": 2**19},
                                 "measured": []}))
-    m = planning.measured_peak({"peak_device_bytes": 4096, "swapped": 3}, CPU)
-    assert m["peak_bytes"] > 0 and m["peak_source"].startswith("ru_maxrss")
+    m = planning.measured_peak({"peak_saved_bytes": 4096, "swapped": 3}, CPU)
+    assert m["peak_bytes"] > 0 and m["peak_source"] == "the process's peak RSS"
+    # measured under the names the prediction uses
+    assert {"peak_bytes", "peak_saved_bytes"} <= set(m) and m["swapped_tensors"] == 3
     line = planning.record_measured(path, {"fold": 0, **m})
     rec = json.loads(path.read_text())
     assert rec["measured"][0]["within_budget"] is True and rec["measured"][0]["fold"] == 0

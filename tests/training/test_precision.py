@@ -183,7 +183,7 @@ def test_no_skips_in_normal_fp16_training(tmp_path):
 def test_prediction_runs_under_the_checkpoint_precision(tmp_path, monkeypatch, precision,
                                                         dtype):
     from swapseg.data.synthetic import synthesize
-    from swapseg.evaluation import inference
+    from swapseg.predict import inference
 
     _run(tmp_path, "run", precision, None)
     synthesize(tmp_path / "cases", 1, 16, seed=2)

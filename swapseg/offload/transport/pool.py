@@ -7,15 +7,24 @@ as many free buffers of each size as were in use at once since the previous trim
 last context's high-water mark per size) and frees the rest. A run whose shapes do not
 change keeps exactly what its next context needs; one whose shapes change (volumes of
 different sizes) does not accumulate buffers of sizes it stopped using.
+
+What a buffer costs is counted twice: ``allocated_bytes`` in tensor bytes, and
+``reserved_bytes`` as the allocator reserves it. PyTorch's pinned host allocator rounds
+every allocation up to a power of two, so a pool of pinned buffers reserves up to twice
+its tensor bytes; a host budget must use ``reserved_bytes``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["BufferPool", "Recycler", "get_pool", "clear_pools"]
+__all__ = ["BufferPool", "Recycler", "get_pool", "clear_pools", "HostAlloc"]
+
+#: Makes a new host buffer: ``alloc(nbytes) -> (buffer, bytes the allocator reserved)``.
+HostAlloc = Callable[[int], "tuple[torch.Tensor, int]"]
 
 
 class BufferPool:
@@ -31,17 +40,36 @@ class BufferPool:
         """Bytes of all buffers this pool allocated and still owns (free or in use)."""
         self.allocations = 0
         """Buffers allocated over the pool's life."""
+        self.reserved_bytes = 0
+        """What the allocator reserved for the buffers this pool owns (pinned: rounded up)."""
+        self._reserved: dict[int, int] = {}  # data_ptr -> reserved bytes of that buffer
 
-    def acquire(self, nbytes: int) -> torch.Tensor:
+    def acquire(self, nbytes: int, alloc: HostAlloc | None = None) -> torch.Tensor:
+        """A buffer of ``nbytes``: a free one, or a new one from ``alloc`` (default: a
+        plain ``torch.empty``, pinned if the pool is, counted at its tensor bytes)."""
         with self._lock:
             n = self._in_use[nbytes] = self._in_use.get(nbytes, 0) + 1
             self._peak[nbytes] = max(self._peak.get(nbytes, 0), n)
             free = self._free.get(nbytes)
             if free:
                 return free.pop()
+        if alloc is None:
+            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin_memory)
+            reserved = nbytes
+        else:
+            buf, reserved = alloc(nbytes)
+        with self._lock:
             self.allocated_bytes += nbytes
             self.allocations += 1
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin_memory)
+            self.reserved_bytes += reserved
+            self._reserved[buf.data_ptr()] = reserved
+        return buf
+
+    def _drop(self, bufs: list[torch.Tensor]) -> None:
+        """Forget buffers being freed (under the lock)."""
+        for b in bufs:
+            self.allocated_bytes -= b.numel()
+            self.reserved_bytes -= self._reserved.pop(b.data_ptr(), b.numel())
 
     def release(self, buf: torch.Tensor) -> None:
         n = buf.numel()
@@ -65,18 +93,19 @@ class BufferPool:
                 keep = max(0, self._peak.get(n, 0) - self._in_use.get(n, 0))
                 drop = len(bufs) - keep
                 if drop > 0:
+                    self._drop(bufs[keep:])
                     del bufs[keep:]
                     freed += n * drop
                 if not bufs:
                     del self._free[n]
-            self.allocated_bytes -= freed
             self._peak = {n: c for n, c in self._in_use.items() if c}
         return freed
 
     def clear(self) -> None:
         """Drop the free buffers (buffers in use stay owned by their holders)."""
         with self._lock:
-            self.allocated_bytes -= sum(n * len(v) for n, v in self._free.items())
+            for bufs in self._free.values():
+                self._drop(bufs)
             self._free.clear()
 
 

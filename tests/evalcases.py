@@ -1,5 +1,5 @@
-"""Tiny BraTS-layout datasets and checkpoints for the evaluation tests (a helper module
-with a unique name, so that it cannot shadow another test folder's conftest)."""
+"""Tiny BraTS-layout datasets and checkpoints for the evaluation and prediction tests (a
+helper module with a unique name, so that it cannot shadow another test folder's conftest)."""
 
 from __future__ import annotations
 

@@ -34,11 +34,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from swapseg.data.brats import find_cases, load_case
+from swapseg.data.check import check_headers
+from swapseg.data.labels import CONVENTIONS, regions_to_labels
+from swapseg.data.preprocess import prepare_brain, restore
 from swapseg.devices import resolve_device
 from swapseg.errors import InputError
 from swapseg.evaluation.predictor import Inference, choose_window, predict_logits
 from swapseg.io import atomic_path, write_json
+from swapseg.models.registry import DEFAULT_MODEL, build_model
+from swapseg.models.unet3d import Isensee3DUNet
 from swapseg.progress import Progress, track
+from swapseg.training.checkpoint import load_checkpoint
+from swapseg.training.precision import autocast
 
 __all__ = ["predict_volume", "predict_cases", "load_model", "resolve_device",
            "labels_from_probabilities", "training_window"]
@@ -69,15 +77,11 @@ def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor,
 
 def labels_from_probabilities(probs: np.ndarray, convention: str) -> np.ndarray:
     """Threshold region probabilities ``(3, *S)`` at 0.5 and map them to raw labels."""
-    from swapseg.data.labels import regions_to_labels
-
     return regions_to_labels(probs > THRESHOLD, convention)
 
 
 def _model_args(config: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the U-Net, from a flat or nested (``config["model"]``) dict."""
-    from swapseg.models.unet3d import Isensee3DUNet
-
     source = config.get("model") if isinstance(config.get("model"), dict) else config
     params = inspect.signature(Isensee3DUNet.__init__).parameters
     return {k: v for k, v in source.items() if k in params and k != "self"}
@@ -96,11 +100,9 @@ def load_model(checkpoint: str | Path,
     Accepts what ``swapseg train`` writes (``{"model": state_dict, "model_kwargs": {...},
     "config": dict}``), read by :func:`swapseg.training.checkpoint.load_checkpoint` (the
     one checkpoint reader, ``weights_only``); without ``model_kwargs`` the constructor
-    arguments come from the top of the config or from ``config["model"]``.
+    arguments come from the top of the config or from ``config["model"]``. The network is
+    built by the model registry (:func:`swapseg.models.registry.build_model`), as in training.
     """
-    from swapseg.models.unet3d import Isensee3DUNet
-    from swapseg.training.checkpoint import load_checkpoint
-
     path = Path(checkpoint)
     torch_device = resolve_device(device)  # an unusable device fails before any reading
     obj = load_checkpoint(path)
@@ -109,7 +111,7 @@ def load_model(checkpoint: str | Path,
         config = config.to_dict()
     state = _state_dict(obj, path)
     kwargs = obj.get("model_kwargs") if isinstance(obj.get("model_kwargs"), dict) else None
-    model = Isensee3DUNet(**(kwargs if kwargs is not None else _model_args(config)))
+    model = build_model(DEFAULT_MODEL, kwargs if kwargs is not None else _model_args(config))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -155,10 +157,6 @@ def _inference_of(config: dict[str, Any], inference: Inference,
 
 def _predict_one(model: nn.Module, case: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """Predict one case label-blind and write ``<out>/<case>.nii.gz``; its record."""
-    from swapseg.data.brats import load_case
-    from swapseg.data.preprocess import prepare_brain, restore
-    from swapseg.training.precision import autocast
-
     t0 = time.perf_counter()
     assert case.seg is None  # label-blind: predict_cases drops every segmentation
     loaded = load_case(case)
@@ -205,10 +203,6 @@ def predict_cases(checkpoint: str | Path, input_dir: str | Path, out_dir: str | 
     the autocast of the forward passes (default: the training run's).
     Returns (and writes as ``out_dir/predictions.json``) the settings and per-case records.
     """
-    from swapseg.data.brats import find_cases
-    from swapseg.data.check import check_headers
-    from swapseg.data.labels import CONVENTIONS
-
     if convention is not None and convention not in CONVENTIONS:
         raise InputError(f"--convention {convention}: not one of {', '.join(CONVENTIONS)}")
     if not 0.0 <= overlap < 1.0:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from swapseg.cli import main
-from swapseg.evaluation.inference import predict_cases
+from swapseg.predict.inference import predict_cases
 from swapseg.training.config import tiny
 from swapseg.training.loop import train
 

@@ -16,8 +16,8 @@ import swapseg.evaluation.predictor as predictor
 from swapseg.data.brats import find_cases, load_case
 from swapseg.data.synthetic import synthesize
 from swapseg.errors import InputError
-from swapseg.evaluation.inference import predict_cases, resolve_device
 from swapseg.evaluation.predictor import choose_window, predicted_bytes
+from swapseg.predict.inference import predict_cases, resolve_device
 
 #: odd sizes, a head larger than the 16^3 training window of the checkpoints below
 BIG = (41, 37, 29)

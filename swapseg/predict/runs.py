@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from swapseg.errors import InputError
+from swapseg.training.crossval import fold_split
 
 __all__ = ["FoldRun", "find_fold"]
 
@@ -54,8 +55,6 @@ def _checkpoint_dir(run: Path, fold: int) -> Path:
 
 def find_fold(run: str | Path, fold: int) -> FoldRun:
     """The checkpoint, test case ids and data folder of fold ``fold`` of ``run``."""
-    from swapseg.training.crossval import fold_split
-
     run = Path(run)
     if not run.is_dir():
         raise InputError(f"--run {run}: no such folder")

@@ -9,10 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from evalcases import AFFINE, constant_model, save_checkpoint, tiny_model
+from evalcases import AFFINE, TINY_MODEL, constant_model, save_checkpoint, tiny_model
 
 from swapseg.errors import InputError
-from swapseg.evaluation.inference import load_model, predict_cases, predict_volume
+from swapseg.models import registry
+from swapseg.predict.inference import load_model, predict_cases, predict_volume
 
 
 def _image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -92,6 +93,24 @@ def test_load_model_round_trip(tmp_path: Path, nested: bool) -> None:
     assert config["shape"] == [16, 16, 16]
     img = _image((8, 8, 8))
     np.testing.assert_array_equal(predict_volume(loaded, img), predict_volume(model, img))
+
+
+def test_load_model_builds_through_the_model_registry(tmp_path: Path, monkeypatch) -> None:
+    built = []
+
+    def factory(**kwargs):
+        built.append(kwargs)
+        return tiny_model()
+
+    monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, factory)
+    path = save_checkpoint(tmp_path / "best.pt", tiny_model(), nested=True)
+    load_model(path)
+    assert built == [TINY_MODEL]
+    torch.save({"model": tiny_model().state_dict(), "model_kwargs": {"depth": 3, "bad": 1},
+                "config": {}}, path)
+    monkeypatch.undo()  # the real factory: a keyword the network does not take
+    with pytest.raises(InputError, match="isensee"):
+        load_model(path)
 
 
 def test_load_model_errors(tmp_path: Path) -> None:

@@ -4,11 +4,15 @@ The whole pipeline of the project on a laptop CPU in minutes:
 
 1. write BraTS-like phantoms (``swapseg.data.synthetic``) to ``<out>/data``;
 2. split them 60/20/20 (fold 0 of 5) and train the Isensee U-Net on whole volumes with
-   every activation swapped (to disk on a CPU: ``config.swap_all_plan``) to ``<out>/run``;
+   every activation swapped (to disk on a CPU: ``config.SWAP_ALL``) to ``<out>/run``;
 3. predict the held-out test cases from the best checkpoint (``<out>/predictions``) and
    score them (``swapseg.evaluation``): ``summary.json``, ``per_case.csv``,
    ``boxplot.png``, ``overlays/`` land in ``<out>``, beside copies of ``log.csv`` and
    ``swap_stats.json`` and ``demo.json`` (timings, settings, environment).
+
+The demo stops by epochs (25, or ``epochs``), not by time: a busy machine makes it
+slower, not worse: it trains every epoch, as the README's figure did. It prints the time to
+expect before it starts; ``time_limit`` (``--time-limit``) adds a guard on request.
 """
 
 from __future__ import annotations
@@ -33,15 +37,18 @@ __all__ = ["run_demo", "demo_config", "DEFAULT_OUT", "DEFAULT_CASES"]
 DEFAULT_OUT = "swapseg-demo"
 DEFAULT_CASES = 20
 """20 phantoms: 12 train, 4 validation, 4 held-out test (fold 0 of 5)."""
+QUIET_EPOCH_S = (14.0, 25.0)
+"""Seconds per epoch of the default demo on a quiet 2-core CPU, disk tier (the range of
+the run in docs/training.md, "swapseg demo"): the basis of the time printed up front."""
 
 
 def demo_config(out: Path, shape: int | None = None, epochs: int | None = None,
                 quick: bool = False, time_limit: float | None = None) -> TrainConfig:
     """The training config of the demo; ``quick`` is a smoke-test version (seconds).
-    ``time_limit`` replaces the preset's training-time guard (0: none)."""
-    changes: dict[str, Any] = {"data": str(out / "data"), "out": str(out / "run")}
-    if time_limit is not None:
-        changes["max_train_s"] = time_limit or None
+    It stops by epochs: the preset's training-time guard is off unless ``time_limit``
+    (seconds; 0 or None: none) asks for one."""
+    changes: dict[str, Any] = {"data": str(out / "data"), "out": str(out / "run"),
+                               "max_train_s": time_limit or None}
     if quick:
         changes.update(shape=(32, 32, 32), base_filters=4, depth=3, max_epochs=2, workers=0)
     if shape is not None:
@@ -51,12 +58,26 @@ def demo_config(out: Path, shape: int | None = None, epochs: int | None = None,
     return demo(**changes)
 
 
+def expected_time(config: TrainConfig, quick: bool) -> str:
+    """What the demo says up front about its length."""
+    guard = f", or fewer when --time-limit {config.max_train_s:g} s passes" \
+        if config.max_train_s else ""
+    plan = f"{config.max_epochs} epochs at {config.shape[0]}^3{guard}"
+    if quick:
+        return f"{plan}: a pipeline check, well under a minute"
+    if config.shape != demo().shape or config.max_epochs != demo().max_epochs \
+            or config.compile:
+        return f"{plan}"
+    low, high = (config.max_epochs * s / 60 for s in QUIET_EPOCH_S)
+    return (f"{plan}: expect {low:.0f}-{high:.0f} min on a quiet 2-core CPU "
+            "(a busy one takes longer; it still trains every epoch)")
+
+
 def choose_threads() -> int:
     """Intra-op threads for the demo: all cores, or 1 when the CPU is already busy.
 
-    Measured on the shared 2-core machine at load average ~8: an epoch took 171 s with
-    2 threads and 67 s with 1. Spin-waiting OpenMP threads that lose their core to other
-    processes stall each other; one thread cannot.
+    Spin-waiting OpenMP threads that lose their core to other processes stall each other;
+    one thread cannot (measured 2026-11-29: benchmarks/results/2026-11-29-demo-threads-cpu.md).
     """
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0] > cores if hasattr(os, "getloadavg") else False
@@ -82,7 +103,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     ``precision`` and ``compile`` are the TrainConfig fields of the same names."""
     from swapseg.data.synthetic import synthesize
     from swapseg.evaluation.evaluate import evaluate_folders
-    from swapseg.evaluation.inference import predict_cases
+    from swapseg.predict.inference import predict_cases
     from swapseg.training.loop import train
 
     if cases < 5:
@@ -98,6 +119,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, cases: int = DEFAULT_CASES,
     data = out / "data"
     for old in ("data", "run", "test", "predictions", "overlays"):  # a fresh run each time
         shutil.rmtree(out / old, ignore_errors=True)
+    echo(f"demo: {expected_time(config, quick)}")
     echo(f"demo: {threads} torch thread(s); writing {cases} synthetic cases of "
          f"{config.shape[0]}^3 to {data}")
     synthesize(data, cases, config.shape, seed=seed)
