@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
-from swapseg.integrations.nnunet.dataset import convert_brats  # noqa: E402
-from tests.integrations.test_nnunet_flow import _run, _tool  # noqa: E402
+from swapseg.integrations.nnunet.dataset import convert_brats
+from tests.integrations.test_nnunet_flow import _run, _tool
 
 # realdata, not slow: it is part of the default run (skipped without the sample)
 pytestmark = pytest.mark.realdata

@@ -12,19 +12,19 @@ import sys
 import pytest
 
 pytest.importorskip("nnunetv2")
-import torch  # noqa: E402
+import torch
 
-from swapseg.cli import main  # noqa: E402
-from swapseg.errors import InputError  # noqa: E402
-from swapseg.integrations._plan import plan_search  # noqa: E402
-from swapseg.integrations.nnunet.fit import (  # noqa: E402
+from swapseg.cli import main
+from swapseg.errors import InputError
+from swapseg.integrations._plan import plan_search
+from swapseg.integrations.nnunet.fit import (
     Verdict,
     ds_loss,
     largest_passing,
     network_for,
     patch_chain,
 )
-from tests.integrations.test_nnunet_flow import _run, _tool  # noqa: E402
+from tests.integrations.test_nnunet_flow import _run, _tool
 
 DATASET_ID = 504
 NAME = f"Dataset{DATASET_ID}_SynthBraTS"
