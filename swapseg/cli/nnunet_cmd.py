@@ -15,7 +15,7 @@ from swapseg.errors import InputError
 from swapseg.integrations.nnunet import TRAINER_NAMES, trainers_folder
 from swapseg.integrations.nnunet.dataset import write_raw_dataset
 from swapseg.io import write_json
-from swapseg.planner.devices import PROFILES
+from swapseg.planner.profiles import PROFILES
 
 __all__ = ["register", "run"]
 
