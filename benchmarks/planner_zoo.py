@@ -172,7 +172,7 @@ def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bo
     for f in budgets:
         budget = int(f * keep)
         try:
-            plan = choose_plan(model, shape, prof, budget)
+            plan = choose_plan(model, shape, prof, budget_bytes=budget)
         except InputError as exc:
             rows.append({"net": name, "shape": list(shape), "budget": budget, "fraction": f,
                          "plan": None, "detail": str(exc)})

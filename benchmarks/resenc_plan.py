@@ -175,7 +175,7 @@ def plan_resenc(root: Path, budget: int, device: str, batch: int | None,
     res = plan_search(trainer._planning_network(), shape, device, budget_bytes=budget,
                       loss_fn=trainer._trace_loss, autocast_dtype=autocast_dtype(precision),
                       require_fit=False)
-    d = res.as_dict()
+    d = res.search.as_dict()
     return {"predicted": True,
             "what": "swapseg planner prediction (simulator on a device profile); no GPU run",
             "precision": precision,

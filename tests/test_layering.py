@@ -79,8 +79,6 @@ PENDING: dict[str, set[str]] = {
     "cli/nnunet_cmd.py": {"swapseg.integrations.nnunet.experiment",
                           "swapseg.integrations.nnunet.predict",
                           "swapseg.integrations.nnunet.trainer"},
-    "cli/plan_cmd.py": {"swapseg.planner.profiles", "swapseg.errors",
-                        "swapseg.experiments.plan_report", "swapseg.models.registry"},
     "experiments/demo.py": {"swapseg.data.synthetic", "swapseg.evaluation.evaluate",
                             "swapseg.predict.inference", "swapseg.training.loop"},
     "experiments/largest.py": {"swapseg.envinfo"},

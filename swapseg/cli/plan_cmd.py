@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from swapseg.cli import grammar as g
+from swapseg.errors import InputError
+from swapseg.experiments.plan_report import format_table, run_plan
+from swapseg.models.registry import parse_kwargs
+from swapseg.planner.profiles import PROFILES
 from swapseg.sizes import format_bytes as fmt
 
 EXAMPLES = """examples:
@@ -17,17 +21,17 @@ EXAMPLES = """examples:
   swapseg plan --shape 4x96x96x96 --profile local --memory-budget 2GiB --out plan-local
   swapseg plan --shape 4x32x32x32 --memory-budget 200MiB --out plan32  # seconds on a CPU
 
-Writes OUT/plan.json (every candidate with swapped_tensors, swapped_bytes,
-recomputed_tensors, peak_bytes, step_s, fits; and the chosen one), OUT/memory_plan.json
-(the chosen plan alone, a MemoryPlan: {"swap": SwapPolicy, "recompute": RecomputePolicy,
-"name"}) and OUT/timeline.png (simulated compute and copy lanes with the memory curve).
-Exit status 2 with the missing bytes when no plan fits.
+Writes OUT/plan_search.json (every evaluated plan with swapped_tensors, swapped_bytes,
+recomputed_tensors, peak_bytes, step_s, fits; the Pareto front; the chosen one),
+OUT/memory_plan.json (the chosen plan alone, a MemoryPlan: {"swap": SwapPolicy,
+"recompute": RecomputePolicy, "name", "model_class"}), OUT/timeline.png (simulated
+compute and copy lanes with the memory curve) and OUT/pareto.png (predicted peak
+against step time of every plan, the front, the budget, the chosen plan). Exit status 2
+with the lowest reachable peak and what it consists of when no plan fits.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from swapseg.planner.profiles import PROFILES
-
     p = g.add_command(
         subparsers, "plan", "plan swapping/recomputation of any model to fit a memory budget",
         "Trace one training step under fake tensors, simulate every candidate plan on a "
@@ -49,31 +53,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=0.10,
                    help="fraction of the budget kept free (default 0.10)")
     p.add_argument("--out", type=g.output_dir,
-                   help="output folder for plan.json, memory_plan.json, timeline.png")
+                   help="output folder for plan_search.json, memory_plan.json, "
+                        "timeline.png, pareto.png")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapseg.errors import InputError
-    from swapseg.experiments.plan_report import format_table, run_plan
-    from swapseg.models.registry import parse_kwargs
-
     kwargs = parse_kwargs(args.model_kwargs)
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     shape = args.shape.input_shape(args.batch, kwargs.get("in_channels", 4))
-    res, d = run_plan(args.model, kwargs, shape, args.profile, args.memory_budget, args.out,
-                      margin=args.margin, autocast_dtype=g.autocast_dtype(args.precision),
-                      precision=args.precision)
+    found, d = run_plan(args.model, kwargs, shape, args.profile, args.memory_budget,
+                        args.out, margin=args.margin,
+                        autocast_dtype=g.autocast_dtype(args.precision),
+                        precision=args.precision)
     t = d["trace"]
     print(f"traced {t['saved_tensors']} saved tensors ({fmt(t['saved_bytes'])}, "
           f"precision {args.precision}) in {t['trace_s']:.2f} s; budget "
-          f"{fmt(d['budget_bytes'])}, usable {fmt(d['usable_bytes'])} on {res.device.name}")
-    print(format_table(res))
+          f"{fmt(d['budget_bytes'])}, usable {fmt(d['usable_bytes'])} on "
+          f"{found.profile.name}")
+    print(format_table(found.search))
     c = d["chosen"]
     print(f"chosen: {c['name']} (predicted peak {fmt(c['peak_bytes'])} of "
           f"{fmt(d['usable_bytes'])} usable, step {c['step_s']:.3f} s)")
     if args.out:
-        print(f"wrote {args.out}/plan.json, {args.out}/memory_plan.json and "
-              f"{args.out}/timeline.png")
+        print(f"wrote {args.out}/plan_search.json, {args.out}/memory_plan.json, "
+              f"{args.out}/timeline.png and {args.out}/pareto.png")
     return 0

@@ -153,8 +153,8 @@ def measured_largest_sides(model: nn.Module, plans: dict[str, Any], cap: int,
             for s in sides:
                 if plan == "auto":
                     try:
-                        p = choose_plan(model, (1, channels, s, s, s), "local", cap,
-                                        dice_loss, tier="cuda")
+                        p = choose_plan(model, (1, channels, s, s, s), "local",
+                                        budget_bytes=cap, loss_fn=dice_loss, tier="cuda")
                     except Exception:  # noqa: BLE001 - InputError: the planner says no fit
                         break
                 else:

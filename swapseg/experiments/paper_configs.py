@@ -21,7 +21,6 @@ through the skip connections; the emulation is therefore kinder to config 2 than
 from __future__ import annotations
 
 from swapseg.offload.policy import MemoryPlan, RecomputePolicy, SwapPolicy
-from swapseg.planner.search import Candidate
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["paper_candidates", "hybrid_plan", "PAPER_FRACTION_CONFIG2", "PAPER_CONFIGS",
@@ -33,19 +32,19 @@ PAPER_FRACTION_CONFIG2 = 500 / 843
 PAPER_CONFIGS = tuple(f"paper-config-{k}" for k in range(1, 5))
 
 #: The methods bench's hybrid: recompute the decoder (speed policy), swap the rest.
-HYBRID = "hybrid-recompute-speed-decoder-swap-rest-lb20"
+HYBRID = "hybrid-recompute-speed-decoder-swap-rest-pf20"
 
 
-def paper_candidates(trace: StepTrace) -> list[Candidate]:
+def paper_candidates(trace: StepTrace) -> list[MemoryPlan]:
     """Configs 1-4 for a traced Isensee3DUNet step (3 and 4 need its ``decoder``)."""
     n_uniq = len(trace.unique_saved())
-    c = [Candidate("paper-config-1", SwapPolicy(prefetch=1), None),
-         Candidate("paper-config-2",
-                   SwapPolicy(n_tensors=round(PAPER_FRACTION_CONFIG2 * n_uniq)), None)]
+    c = [MemoryPlan(SwapPolicy(prefetch=1), name="paper-config-1"),
+         MemoryPlan(SwapPolicy(n_tensors=round(PAPER_FRACTION_CONFIG2 * n_uniq)),
+                    name="paper-config-2")]
     if any(s.scope.split(".")[0] == "decoder" for s in trace.saved):
-        c += [Candidate("paper-config-3", SwapPolicy(exclude=("decoder.*",)), None),
-              Candidate("paper-config-4", SwapPolicy(exclude=("decoder.*",), prefetch=20),
-                        None)]
+        c += [MemoryPlan(SwapPolicy(exclude=("decoder.*",)), name="paper-config-3"),
+              MemoryPlan(SwapPolicy(exclude=("decoder.*",), prefetch=20),
+                         name="paper-config-4")]
     return c
 
 

@@ -1,4 +1,4 @@
-"""`swapseg plan` as a library call: build the model, trace, search, write the outputs.
+"""`swapseg plan` as a library call: build the model, plan it, write the outputs.
 
 The planner knows no model; this is where the domain adds what it knows: the
 registry's models, the soft-Dice training loss for segmentation networks, and, for the
@@ -18,11 +18,13 @@ from swapseg.experiments.methods_bench import dice_loss
 from swapseg.experiments.paper_configs import paper_candidates
 from swapseg.io import write_json, write_text
 from swapseg.models.registry import DEFAULT_MODEL, MODELS, build_model
-from swapseg.offload.policy import MemoryPlan
-from swapseg.planner import SearchResult, calibration_shape, get_profile, search, trace_step
-from swapseg.planner.timeline_plot import plot_timelines
+from swapseg.planner import PlanEvidence, SearchResult, plan_memory
+from swapseg.planner.timeline_plot import plot_pareto, plot_timelines
 
-__all__ = ["run_plan", "format_table", "plan_model"]
+__all__ = ["run_plan", "format_table", "plan_model", "SEARCH_FILE"]
+
+#: The ``plan`` command's search report (a run's plan record is ``plan.json``).
+SEARCH_FILE = "plan_search.json"
 
 
 def plan_model(spec: str, kwargs: dict[str, Any], channels: int) -> nn.Module:
@@ -48,52 +50,45 @@ def format_table(res: SearchResult) -> str:
     return "\n".join(lines)
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...], spec: str, loss: Any,
-           dtype: torch.dtype | None) -> Any:
+def run_plan(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...], profile: str,
+             budget: int, out: str | Path | None, margin: float = 0.10,
+             autocast_dtype: torch.dtype | None = None, precision: str = "32",
+             tier: str = "auto") -> tuple[PlanEvidence, dict[str, Any]]:
+    """Plan ``spec`` at ``shape`` (B, C, D, H, W) and (when ``out`` is given) write
+    plan_search.json (every evaluated plan and the Pareto front), memory_plan.json (the
+    chosen MemoryPlan), timeline.png and pareto.png. Raises InputError before anything
+    is written."""
+    model = plan_model(spec, kwargs, shape[1])
     divisor = getattr(model, "divisor", None)
     if isinstance(divisor, int) and any(s % divisor for s in shape[2:]):
         raise InputError(f"shape {'x'.join(map(str, shape[1:]))}: spatial sides of {spec} "
                          f"must be multiples of {divisor}")
-    try:
-        return trace_step(model, shape, loss, name=spec, autocast_dtype=dtype)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise InputError(f"model {spec} cannot run at input {'x'.join(map(str, shape))}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
-                         ) from None
-
-
-def run_plan(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...], profile: str,
-             budget: int, out: str | Path | None, margin: float = 0.10,
-             autocast_dtype: torch.dtype | None = None, precision: str = "32",
-             tier: str = "host") -> tuple[SearchResult, dict[str, Any]]:
-    """Trace ``spec`` at ``shape`` (B, C, D, H, W), search, and (when ``out`` is given)
-    write plan.json (every candidate), memory_plan.json (the chosen MemoryPlan) and
-    timeline.png. Raises InputError before anything is written."""
-    model = plan_model(spec, kwargs, shape[1])
     loss = dice_loss if spec in MODELS else None  # registered models are segmentation nets
-    dev = get_profile(profile, model, tier, loss_fn=loss, autocast_dtype=autocast_dtype,
-                      calibrate_shape=calibration_shape(shape) if profile == "local" else None)
-    trace = _trace(model, shape, spec, loss, autocast_dtype)
-    extra = paper_candidates(trace) if spec == DEFAULT_MODEL else []
-    res = search(trace, dev, budget, margin, extra=extra)  # raises before anything is written
-    chosen = res.chosen
-    assert chosen is not None and chosen.result is not None
-    d = res.as_dict()
+    extra = paper_candidates if spec == DEFAULT_MODEL else ()
+    found = plan_memory(model, shape, profile, budget_bytes=budget, loss_fn=loss,
+                        autocast_dtype=autocast_dtype, margin=margin, tier=tier,
+                        extra=extra, name=spec)  # raises before anything is written
+    d = found.search.as_dict()
     d["command"] = {"model": spec, "model_kwargs": kwargs, "shape": list(shape),
                     "profile": profile, "memory_budget_bytes": budget, "precision": precision}
-    plan = MemoryPlan(chosen.swap, chosen.recompute, chosen.name)
-    d["memory_plan"] = plan.to_dict()
+    d["memory_plan"] = found.plan.to_dict()
     if out is not None:
-        out = Path(out)
-        byname = {c.name: c for c in res.candidates}
-        panels = [(f"{n}: peak {byname[n].result.peak_bytes / 2**30:.2f} GiB, step "
-                   f"{byname[n].result.step_s:.3f} s", byname[n].result.timeline)
-                  for n in ("paper-config-1", "paper-config-3", "paper-config-4")
-                  if n in byname]
-        panels.insert(0, (f"chosen: {chosen.name}: peak "
-                          f"{chosen.result.peak_bytes / 2**30:.2f} GiB, step "
-                          f"{chosen.result.step_s:.3f} s", chosen.result.timeline))
-        plot_timelines(panels, out / "timeline.png", budget_bytes=budget)
-        write_text(out / "memory_plan.json", plan.to_json() + "\n")
-        write_json(out / "plan.json", d)
-    return res, d
+        _write(Path(out), found, d)
+    return found, d
+
+
+def _write(out: Path, found: PlanEvidence, d: dict[str, Any]) -> None:
+    res, chosen = found.search, found.search.chosen
+    assert chosen is not None
+    byname = {c.name: c for c in res.candidates}
+    panels = [(f"{n}: peak {byname[n].result.peak_bytes / 2**30:.2f} GiB, step "
+               f"{byname[n].result.step_s:.3f} s", byname[n].result.timeline)
+              for n in ("paper-config-1", "paper-config-3", "paper-config-4") if n in byname]
+    panels.insert(0, (f"chosen: {chosen.name}: peak {chosen.result.peak_bytes / 2**30:.2f} "
+                      f"GiB, step {chosen.result.step_s:.3f} s", chosen.result.timeline))
+    plot_timelines(panels, out / "timeline.png", budget_bytes=res.budget_bytes)
+    plot_pareto([(c.name, c.result.peak_bytes, c.result.step_s) for c in res.candidates],
+                [c.name for c in res.front], chosen.name, out / "pareto.png",
+                res.budget_bytes, res.usable_bytes)
+    write_text(out / "memory_plan.json", found.plan.to_json() + "\n")
+    write_json(out / SEARCH_FILE, d)

@@ -15,11 +15,11 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan
-from swapseg.planner import choose_plan
+from swapseg.planner import PlanEvidence, choose_plan, plan_memory
 from swapseg.sizes import parse_bytes
 
-__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "SwapPolicy", "SwapStats", "ScopeStats",
-           "as_plan", "parse_size", "plan_search"]
+__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "plan_memory", "PlanEvidence",
+           "SwapPolicy", "SwapStats", "ScopeStats", "as_plan", "parse_size", "plan_search"]
 
 LossFn = Callable[[Any], torch.Tensor]
 
@@ -36,19 +36,14 @@ def as_plan(policy_or_plan: SwapPolicy | MemoryPlan | None) -> MemoryPlan:
 
 
 def plan_search(model: nn.Module, input_shape: Sequence[int], device: str = "local", *,
-                budget_bytes: int, loss_fn: LossFn | None = None,
+                budget_bytes: int | str, loss_fn: LossFn | None = None,
                 autocast_dtype: torch.dtype | None = None, tier: str = "host",
-                require_fit: bool = True) -> Any:
-    """The planner's whole search for one step of ``model``: every candidate's predicted
-    peak and step time; ``.chosen`` is the fastest that fits."""
-    from swapseg.planner.choose import resolve_profile
-    from swapseg.planner.search import DEFAULT_MARGIN, search
-    from swapseg.planner.trace import trace_step
-
-    shape = tuple(int(s) for s in input_shape)
-    profile = resolve_profile(device, model, shape, tier, loss_fn, autocast_dtype)
-    trace = trace_step(model, shape, loss_fn, autocast_dtype=autocast_dtype)
-    return search(trace, profile, budget_bytes, DEFAULT_MARGIN, require_fit=require_fit)
+                require_fit: bool = True) -> PlanEvidence:
+    """The planner's whole search for one step of ``model`` (``plan_memory``): the plan,
+    its prediction and keep-all's, every evaluated row and the profile."""
+    return plan_memory(model, tuple(int(s) for s in input_shape), device,
+                       budget_bytes=budget_bytes, loss_fn=loss_fn,
+                       autocast_dtype=autocast_dtype, tier=tier, require_fit=require_fit)
 
 
 def parse_size(text: str, what: str = "memory size") -> int:

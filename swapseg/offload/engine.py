@@ -131,6 +131,8 @@ class SwapEngine:
         eligible = (not excluded and nbytes >= p.min_bytes
                     and (not p.include or scope_matches(scope, p.include)))
         swap = eligible and (p.n_tensors < 0 or self._eligible < p.n_tensors)
+        if p.storages:  # a per-storage plan names each swapped entry by its forward index
+            swap = len(self._entries) in p.storages
         self._eligible += eligible
         e = Entry(id=self._next_id, index=len(self._entries), scope=scope, nbytes=nbytes,
                   device=t.device, swap=swap)

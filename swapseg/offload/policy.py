@@ -110,10 +110,19 @@ class SwapPolicy(Record):
     the disk at the cost of that much memory. -1: the tier's default (the engine's
     ``DISK_INFLIGHT_BYTES`` for the disk tier, no bound for the others)."""
 
+    storages: tuple[int, ...] = ()
+    """Swap exactly these saved storages, named by their forward index among the unique
+    storages the engine's hooks see in one step (the order autograd first saves them;
+    parameters and buffers are not counted). Stable for a static graph, so a planner
+    can decide per storage. Non-empty: ``n_tensors``, ``include``, ``exclude`` and
+    ``min_bytes`` must keep their defaults (they would do nothing)."""
+
     def __post_init__(self) -> None:
         # lists from JSON or the CLI become tuples, so the policy stays hashable
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "storages", tuple(self.storages))
+        self._check_storages()
         if self.n_tensors < -1:
             raise InputError(f"n_tensors must be -1 (all) or >= 0, got {self.n_tensors}")
         if self.min_bytes < 0:
@@ -127,6 +136,17 @@ class SwapPolicy(Record):
             raise InputError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
         if self.disk_dir is not None and self.tier not in ("disk", "auto"):
             raise InputError(f"disk_dir is only used by the disk tier, not {self.tier!r}")
+
+    def _check_storages(self) -> None:
+        if not self.storages:
+            return
+        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0
+               for i in self.storages) or list(self.storages) != sorted(set(self.storages)):
+            raise InputError("storages must be distinct forward indices >= 0 in increasing "
+                             f"order, got {list(self.storages)[:8]}")
+        if self.n_tensors != -1 or self.include or self.exclude or self.min_bytes:
+            raise InputError("storages names exactly what is swapped: n_tensors, include, "
+                             "exclude and min_bytes would do nothing beside it")
 
     def concrete(self, device_type: str) -> SwapPolicy:
         """This policy with its tier made concrete for ``device_type`` (``concrete_tier``)."""
@@ -174,7 +194,10 @@ class MemoryPlan(Record):
     recompute: RecomputePolicy | None = None
     """Which scopes are checkpointed and how; None recomputes nothing."""
     name: str = ""
-    """The planner's candidate name (e.g. ``swap-all-lb8``); informational."""
+    """The planner's candidate name (e.g. ``swap-all-pf8``); informational."""
+    model_class: str = ""
+    """``module:QualName`` of the model the plan was made for (the planner fills it), so
+    a reader can tell which network its scopes and storage indices name; "" unknown."""
 
     def __post_init__(self) -> None:
         if self.swap is not None and not isinstance(self.swap, SwapPolicy):
@@ -183,6 +206,7 @@ class MemoryPlan(Record):
             raise InputError("plan recompute must be a RecomputePolicy, got "
                              f"{type(self.recompute).__name__}")
         object.__setattr__(self, "name", str(self.name))
+        object.__setattr__(self, "model_class", str(self.model_class))
 
     def concrete(self, device_type: str) -> MemoryPlan:
         """This plan with its swap tier made concrete for ``device_type``: the plan that
@@ -205,6 +229,6 @@ def read_plan(text: str, what: str = "plan") -> MemoryPlan:
     """A plan file's text: ``MemoryPlan`` JSON (what ``swapseg plan`` writes to
     memory_plan.json), or a bare ``SwapPolicy`` JSON, read as a plan that only swaps."""
     d = json_object(text, what)
-    if set(d) <= {"swap", "recompute", "name"}:
+    if set(d) <= {"swap", "recompute", "name", "model_class"}:
         return MemoryPlan.from_dict(d)
     return MemoryPlan(swap=SwapPolicy.from_dict(d))

@@ -7,11 +7,17 @@ op temporaries) and peak saved bytes resident (what the engine's ``peak_device_b
 counts), plus the timeline as data.
 
 Semantics follow the engine (docs/swapping.md): a swapped storage leaves the device once its
-copy-out ends and no forward code still holds it; in backward, the unpack at position p
-of the swapped-unpack order starts the swap-in of positions p+1..p+prefetch, the first
-window starts when backward starts, and a swap-in cannot start before the copy-out of the
+copy-out ends and no forward code still holds it; in backward, the first unpack of the
+entry at position p of the unpack order (every storage the engine's hooks see, kept or
+swapped) starts the swap-in of positions p+1..p+prefetch, the first window starts when
+backward starts, and a swap-in cannot start before the copy-out of the
 same storage ended. Recomputed scopes rerun their forward ops just before the first
 backward op that needs one of their saved tensors.
+
+The first step is simulated apart: with no unpack order learned yet, the engine
+prefetches in reverse forward order; a storage needed out of that order is copied in on
+demand, one prefetched early stays resident longer. ``peak_bytes`` is the higher of the
+first and later steps' peaks, so a plan that fits fits on every step.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from typing import Any
 import numpy as np
 
 from swapseg.offload.engine import inflight_bound
-from swapseg.offload.policy import SPEED_KEEP_OPS, RecomputePolicy, SwapPolicy, scope_matches
+from swapseg.offload.policy import (
+    SPEED_KEEP_OPS,
+    RecomputePolicy,
+    SwapPolicy,
+    concrete_tier,
+    scope_matches,
+)
 from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode"]
+__all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode", "device_type"]
 
 KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
 
@@ -84,7 +96,13 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
             regions[r] = min(uses) if uses else trace.n_fwd_ops
             region_ops[r] = ops
             region_inputs[r] = list(trace.module_inputs.get(r, []))
-    if swap is not None:
+    if swap is not None and swap.storages:  # per storage: forward index among the
+        # storages the engine's hooks see (those inside a recomputed scope are not)
+        seen = [u for u in uniq if u not in in_region]
+        for i in swap.storages:
+            if i < len(seen):
+                fate[seen[i]] = SWAP
+    elif swap is not None:
         n = 0
         for uid, recs in uniq.items():
             if fate[uid] != KEEP or uid in in_region or recs[0].nbytes < swap.min_bytes:
@@ -101,7 +119,7 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
     return Decision(fate, regions, region_ops, region_inputs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimResult:
     step_s: float
     compute_s: float
@@ -112,24 +130,32 @@ class SimResult:
     swapped_tensors: int
     swapped_bytes: int
     recomputed_tensors: int
-    timeline: dict[str, Any] = field(repr=False, default_factory=dict)
+    first_step_peak_bytes: int = 0
+    """The first step's own peak (no learned unpack order yet); within ``peak_bytes``."""
+    timeline: dict[str, Any] = field(repr=False, default_factory=dict, compare=False)
 
     def as_dict(self, with_timeline: bool = False) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("step_s", "compute_s", "stall_s", "recompute_s",
                                             "peak_bytes", "peak_saved_bytes", "swapped_tensors",
-                                            "swapped_bytes", "recomputed_tensors")}
+                                            "swapped_bytes", "recomputed_tensors",
+                                            "first_step_peak_bytes")}
         if with_timeline:
             d["timeline"] = self.timeline
         return d
 
 
+def device_type(dev: DeviceProfile) -> str:
+    """The torch device type a profile stands for: ``cpu`` where device memory is host
+    memory, ``cuda`` otherwise (what ``MemoryPlan.concrete`` takes)."""
+    return "cpu" if dev.unified_memory else "cuda"
+
+
 def swap_mode(swap: SwapPolicy | None, dev: DeviceProfile) -> str:
     """How a plan's swapped bytes travel on ``dev``: ``link`` (the d2h/h2d copy engine),
     ``disk`` (files, at the disk's bandwidth beyond the page cache) or ``same-memory``
-    (a host-tier copy on a device whose memory is host memory: it frees nothing)."""
-    tier = swap.tier if swap is not None else "auto"
-    if tier == "auto":
-        tier = "disk" if dev.unified_memory else "host"
+    (a host-tier copy on a device whose memory is host memory: it frees nothing). The
+    tier is made concrete for the device first (``concrete_tier``)."""
+    tier = concrete_tier(swap.tier if swap is not None else "auto", device_type(dev))
     if tier == "disk" and dev.models_disk:
         return "disk"
     if tier == "host" and dev.unified_memory:
@@ -169,21 +195,29 @@ def _copy_extra(dev: DeviceProfile, nbytes: int, disk: bool) -> float:
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
-               prefetch: int, mode: str = "link", inflight_max: int | None = None
-               ) -> dict[str, Any]:
-    """Walk the ops in order; returns op start/end times and copy intervals per storage."""
+               prefetch: int, mode: str = "link", inflight_max: int | None = None,
+               first_step: bool = False) -> dict[str, Any]:
+    """Walk the ops in order; returns op start/end times and copy intervals per storage.
+
+    Prefetch windows run over the unpack order of all entries the engine learned in the
+    step before; on the ``first_step`` over their reverse forward order."""
     uniq = trace.unique_saved()
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
-    first_use = {u: min((x for r in uniq[u] for x in r.uses), default=len(trace.ops))
-                 for u in swapped}
-    order = sorted(swapped, key=lambda u: first_use[u])     # swapped-unpack order
+    is_swapped = set(swapped)
+    first_use = {u: min((x for r in recs for x in r.uses), default=len(trace.ops))
+                 for u, recs in uniq.items()}
+    # the engine's entries (every storage its hooks see), in the order backward unpacks
+    # them: each first unpack, kept or swapped, starts the next window
+    order = sorted((u for u in uniq if dec.fate[u] != RECOMPUTE), key=first_use.__getitem__)
+    if first_step:  # no order learned yet: reverse forward order
+        order = [u for u in reversed(list(uniq)) if dec.fate[u] != RECOMPUTE]
     pos = {u: i for i, u in enumerate(order)}
     out_at = {u: uniq[u][0].packed_at for u in swapped}
     outs_by_op: dict[int, list[int]] = {}
     for u, i in out_at.items():
         outs_by_op.setdefault(i, []).append(u)
     needs: dict[int, list[int]] = {}
-    for u in swapped:
+    for u in order:
         needs.setdefault(first_use[u], []).append(u)
     rerun_at: dict[int, list[str]] = {}
     for r, i in dec.regions.items():
@@ -205,8 +239,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
 
     def swap_in(u: int, now: float) -> None:
         nonlocal h2d_free, t
-        if u in copy_in or u not in copy_out:  # not packed yet (a checkpoint's rerun in
-            return                             # backward packs late): no prefetch
+        if u in copy_in or u not in is_swapped or u not in copy_out:
+            return  # kept, or not packed yet (a checkpoint's rerun packs in backward)
         s = max(now, h2d_free, copy_out[u][1])
         n = trace.storages[u].nbytes
         cpu = n / in_rate  # the cores' part; a disk read adds the device's time
@@ -255,7 +289,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             swap_in(u, t)
             for v in order[pos[u] + 1: pos[u] + 1 + prefetch]:
                 swap_in(v, t)
-            if copy_in[u][1] > t:
+            if u in is_swapped and copy_in[u][1] > t:
                 stalls.append((t, copy_in[u][1]))
                 stall += copy_in[u][1] - t
                 t = copy_in[u][1]
@@ -326,15 +360,25 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
 
 def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = None,
              recompute: RecomputePolicy | None = None) -> SimResult:
+    """Predict one step under the plan ``(swap, recompute)``, its tier made concrete for
+    ``dev`` first, so the plan simulated is the plan that runs."""
+    swap = swap.concrete(device_type(dev)) if swap is not None else None
     dec = decide(trace, swap, recompute)
     mode = swap_mode(swap, dev)
     bound = inflight_bound(dataclasses.replace(swap, tier="disk")) if swap else None
-    lanes = _run_lanes(trace, dev, dec, swap.prefetch if swap else 1, mode, bound)
+    prefetch = swap.prefetch if swap else 1
+    lanes = _run_lanes(trace, dev, dec, prefetch, mode, bound)
     mem, saved = _memory(trace, dec, lanes, dev.cpu_conv_workspace)
     base = trace.persistent_bytes
     swapped = [u for u, f in dec.fate.items() if f == SWAP]
     if mode == "same-memory":  # the host pool's buffers live in the device's memory
         base += sum(trace.storages[u].nbytes for u in swapped)
+    first = int(mem.max() + base)
+    if swapped:  # the first step prefetches by another order
+        first_mem, _ = _memory(trace, dec, _run_lanes(trace, dev, dec, prefetch, mode, bound,
+                                                      first_step=True),
+                               dev.cpu_conv_workspace)
+        first = int(first_mem.max() + base)
     compute = sum(e - s for s, e in zip(lanes["starts"], lanes["ends"], strict=True))
     timeline = {
         "op_start_s": lanes["starts"], "op_end_s": lanes["ends"],
@@ -348,7 +392,8 @@ def simulate(trace: StepTrace, dev: DeviceProfile, swap: SwapPolicy | None = Non
     }
     return SimResult(
         step_s=lanes["step_s"], compute_s=compute, stall_s=lanes["stall_s"],
-        recompute_s=lanes["recompute_s"], peak_bytes=int(mem.max() + base),
+        recompute_s=lanes["recompute_s"], peak_bytes=max(int(mem.max() + base), first),
         peak_saved_bytes=int(saved.max()), swapped_tensors=len(swapped),
         swapped_bytes=sum(trace.storages[u].nbytes for u in swapped),
-        recomputed_tensors=dec.count(RECOMPUTE), timeline=timeline)
+        recomputed_tensors=dec.count(RECOMPUTE), first_step_peak_bytes=first,
+        timeline=timeline)

@@ -250,7 +250,9 @@ def _scope_hooks(model: nn.Module, rec: _Recorder, module_inputs: dict[str, list
 
 def _saved_hooks(rec: _Recorder, params: set[int], saved: list[SavedRecord]) -> Any:
     def pack(t: torch.Tensor) -> Any:
-        if rec.suspended or t.untyped_storage()._cdata in params:
+        # as the swap engine: parameters, buffers and empty storages make no entry
+        if rec.suspended or t.untyped_storage()._cdata in params \
+                or t.untyped_storage().nbytes() == 0:
             return ("param", t)
         uid = rec.uid_of(t)
         if uid is None:  # saved before we saw it (e.g. a buffer): treat as a step input
@@ -372,7 +374,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], loss_fn: LossFn,
                       for b in model.buffers()})
         fparams = [fakes[id(p)] for p in named.values()]
         x = torch.empty(input_shape, dtype=dtype)
-        param_keys = {p.untyped_storage()._cdata for p in fparams}
+        param_keys = {p.untyped_storage()._cdata for p in fakes.values()}  # and buffers
         with rec, _scope_hooks(model, rec, module_inputs, module_ops), \
                 _saved_hooks(rec, param_keys, saved), _fake_parameters(model, fakes):
             rec.register(x, "input")

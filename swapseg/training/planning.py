@@ -47,7 +47,7 @@ from swapseg.io import read_json_record, write_json
 from swapseg.offload.measure import peak_rss_bytes
 from swapseg.offload.policy import MemoryPlan, SwapPolicy, concrete_tier, read_plan
 from swapseg.offload.transport.disk import disk_shortfall
-from swapseg.planner.choose import choose_plan, resolve_profile
+from swapseg.planner.choose import plan_memory
 from swapseg.planner.local import measure_local
 from swapseg.planner.search import DEFAULT_MARGIN
 from swapseg.planner.simulate import simulate
@@ -211,11 +211,13 @@ def resolve_auto(config: TrainConfig, budget_bytes: int, path: str | Path,
     model = model if model is not None else build_model(config)
     loss, dtype = _trace_loss(config), autocast_dtype(config.precision)
     tier = concrete_tier("auto", device.type)
-    prof = resolve_profile("local", model, shape, tier, loss, dtype)
-    plan = choose_plan(model, shape, prof, budget_bytes, loss_fn=loss, autocast_dtype=dtype,
-                       tier=tier).concrete(device.type)
+    found = plan_memory(model, shape, "local", budget_bytes=budget_bytes, loss_fn=loss,
+                        autocast_dtype=dtype, tier=tier)  # one trace: its evidence is used
+    plan, r, base = found.plan.concrete(device.type), found.predicted, found.keep_all
     config = config.replace(plan=plan)
-    pred = predict(config, model, plan, device, prof)
+    pred = Prediction(r.peak_bytes, r.peak_saved_bytes, r.step_s, base.step_s,
+                      r.swapped_tensors, r.swapped_bytes, r.recomputed_tensors, shape,
+                      f"{found.profile.name}: calibrated local profile")
     line = plan_line(plan, pred, budget_bytes)
     echo(line)
     record = plan_record(config, pred, device, budget_bytes, line)

@@ -11,8 +11,14 @@ def test_plan_writes_json_and_timeline(tmp_path, capsys):
     rc = main(["plan", "--model", "isensee", "--shape", "4x64x64x64", "--profile",
                "p100-nvlink", "--memory-budget", "0.4GiB", "--out", str(out)])
     assert rc == 0
-    d = json.loads((out / "plan.json").read_text())
+    d = json.loads((out / "plan_search.json").read_text())
     assert (out / "timeline.png").stat().st_size > 10_000
+    assert (out / "pareto.png").stat().st_size > 10_000 and not (out / "plan.json").exists()
+    rows = {c["name"]: c for c in d["candidates"]}
+    front = d["front"]
+    assert front and all(f["name"] in rows for f in front)
+    assert [f["peak_bytes"] for f in front] == sorted(f["peak_bytes"] for f in front)
+    assert any(f["name"] == d["chosen"]["name"] for f in front)  # the fastest that fits
     assert d["chosen"]["fits"] and d["chosen"]["peak_bytes"] <= 0.4 * 2**30 * 0.9
     names = {c["name"] for c in d["candidates"]}
     assert {f"paper-config-{k}" for k in range(1, 5)} <= names
@@ -21,6 +27,8 @@ def test_plan_writes_json_and_timeline(tmp_path, capsys):
                 "peak_bytes", "step_s", "fits"} <= set(c)
     plan = MemoryPlan.from_json((out / "memory_plan.json").read_text())
     assert plan.name == d["chosen"]["name"] and plan.to_dict() == d["memory_plan"]
+    assert plan.model_class == "swapseg.models.unet3d:Isensee3DUNet"
+    assert plan.swap is None or plan.swap.tier == "cuda"  # concrete for the profile's GPU
     text = capsys.readouterr().out
     assert "paper-config-4" in text and f"chosen: {d['chosen']['name']}" in text
 
@@ -32,7 +40,7 @@ def test_plan_any_model_by_import_spec(tmp_path):
     args = ["plan", "--model", "monai.networks.nets:SegResNet", "--model-kwargs", kwargs,
             "--shape", "2x32x32x32", "--profile", "a100-pcie4"]
     assert main([*args, "--memory-budget", "1GiB", "--out", str(out)]) == 0
-    d = json.loads((out / "plan.json").read_text())
+    d = json.loads((out / "plan_search.json").read_text())
     keep = d["candidates"][0]
     assert keep["name"] == "keep-all" and d["chosen"]["name"] == "keep-all"
     assert not any(c["name"].startswith("paper-") for c in d["candidates"])
@@ -41,7 +49,7 @@ def test_plan_any_model_by_import_spec(tmp_path):
     budget = int((low + keep["peak_bytes"]) / 2 / 0.9)
     out2 = tmp_path / "seg2"
     assert main([*args, "--memory-budget", f"{budget}B", "--out", str(out2)]) == 0
-    d2 = json.loads((out2 / "plan.json").read_text())
+    d2 = json.loads((out2 / "plan_search.json").read_text())
     assert d2["chosen"]["name"] != "keep-all"
     assert d2["chosen"]["peak_bytes"] <= budget * 0.9
 
@@ -52,7 +60,7 @@ def test_plan_bf16_predicts_a_smaller_keep_all_peak(tmp_path):
         out = tmp_path / prec
         assert main(["plan", "--shape", "4x64x64x64", "--memory-budget", "16GiB",
                      "--precision", prec, "--out", str(out)]) == 0
-        d = json.loads((out / "plan.json").read_text())
+        d = json.loads((out / "plan_search.json").read_text())
         assert d["command"]["precision"] == prec
         peaks[prec] = d["candidates"][0]["peak_bytes"]
     assert peaks["bf16-mixed"] < 0.75 * peaks["32"]

@@ -98,8 +98,8 @@ def test_swap_auto_is_planned_once_for_every_fold(tmp_path: Path, monkeypatch) -
     from swapseg.training import planning
 
     calls = []
-    real = planning.choose_plan
-    monkeypatch.setattr(planning, "choose_plan",
+    real = planning.plan_memory
+    monkeypatch.setattr(planning, "plan_memory",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     data = _synth(tmp_path / "data", 4, 16)
     base = tiny(data=str(data), out=str(tmp_path / "exp"), folds=3, max_epochs=1)

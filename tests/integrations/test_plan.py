@@ -38,7 +38,8 @@ def test_planning_leaves_an_aliased_model_its_own_parameters(device: str) -> Non
     model = Aliased()
     before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
     res = plan_search(model, (1, 2, 16, 16, 16), device, budget_bytes=2**30, loss_fn=_loss)
-    assert res.chosen is not None and res.chosen.name == "keep-all"  # 1 GiB is plenty
+    assert res.fits and res.plan.name == "keep-all"  # 1 GiB is plenty
+    assert res.plan.model_class.endswith(":Aliased") and res.rows[0].result == res.keep_all
     for n, p in model.named_parameters():
         assert p is before[n][0] and type(p) is nn.Parameter and torch.equal(p, before[n][1])
     assert model.decoder.encoder[0].weight is model.encoder[0].weight

@@ -79,7 +79,7 @@ def _plans_and_runs(model, shape, tier):
     keep = simulate(tr, dev).peak_bytes
     low = simulate(tr, dev, SwapPolicy(tier=tier)).peak_bytes
     assert low <= keep
-    plan = choose_plan(model, shape, dev, int((low + keep) / 2 / 0.9) + 1, tier=tier)
+    plan = choose_plan(model, shape, dev, budget_bytes=int((low + keep) / 2 / 0.9) + 1, tier=tier)
     assert simulate(tr, dev, plan.swap, plan.recompute).peak_bytes <= (low + keep) / 2 + 1
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     twin = copy.deepcopy(model)
@@ -127,7 +127,7 @@ def test_swin_unetr_2d_with_use_checkpoint_traces_plans_and_runs():
     dev = PROFILES["a100-pcie4"]
     keep = simulate(tr, dev).peak_bytes
     low = simulate(tr, dev, SwapPolicy(tier="host")).peak_bytes
-    plan = choose_plan(model, shape, dev, int((low + keep) / 2 / 0.9) + 1, tier="host")
+    plan = choose_plan(model, shape, dev, budget_bytes=int((low + keep) / 2 / 0.9) + 1, tier="host")
     assert plan.swap is not None and low < keep
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     twin = copy.deepcopy(model)
@@ -146,7 +146,7 @@ def test_swin_unetr_3d_with_use_checkpoint_traces_plans_and_runs():
     assert trace_step(model, shape).summary()["saved_bytes"] \
         == _real_saved_bytes(model, torch.randn(shape))
     dev = PROFILES["a100-pcie4"]
-    plan = choose_plan(model, shape, dev, 10 * 2**30, tier="host")
+    plan = choose_plan(model, shape, dev, budget_bytes=10 * 2**30, tier="host")
     assert plan.name == "keep-all"
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     twin = copy.deepcopy(model)

@@ -64,7 +64,7 @@ def test_search_on_a_cpu_chooses_disk_never_host():
     assert res.chosen.swap is None or res.chosen.swap.tier == "disk"
     assert all(c.swap is None or c.swap.tier == "disk" for c in res.candidates)
     gpu = search(tr, DEV, budget_bytes=int(0.8 * keep), margin=0.0)
-    assert all(c.swap is None or c.swap.tier == "auto" for c in gpu.candidates)
+    assert all(c.swap is None or c.swap.tier == "cuda" for c in gpu.candidates)
 
 
 def test_conv_curve_bins_and_interpolates():

@@ -43,7 +43,7 @@ def test_a_fixed_size_network_calibrates_at_the_shape_to_predict_and_says_so():
 def test_choose_plan_on_local_plans_a_fixed_size_network():
     model = FixedSize(80)
     with pytest.warns(UserWarning, match="instead"):
-        plan = choose_plan(model, (1, 2, 80, 80, 80), "local", 2**34, tier="host")
+        plan = choose_plan(model, (1, 2, 80, 80, 80), "local", budget_bytes=2**34, tier="host")
     assert plan.name == "keep-all"
 
 
@@ -94,5 +94,5 @@ def test_monai_unetr_built_for_one_size_plans_on_local():
     model = UNETR(in_channels=1, out_channels=2, img_size=80, feature_size=8,
                   hidden_size=48, mlp_dim=96, num_heads=4)
     with pytest.warns(UserWarning, match="calibrating at 1x1x80x80x80 instead"):
-        plan = choose_plan(model, (1, 1, 80, 80, 80), "local", 2**34, tier="host")
+        plan = choose_plan(model, (1, 1, 80, 80, 80), "local", budget_bytes=2**34, tier="host")
     assert plan.name == "keep-all"

@@ -143,3 +143,38 @@ def test_swap_peak_within_10pct_of_engine_accounting(policy):
     r = simulate(trace_step(model, x.shape), fast, policy)
     assert r.swapped_tensors == stats.swapped
     assert abs(r.peak_saved_bytes / stats.peak_device_bytes - 1) < 0.10
+
+
+def _out_of_order_trace() -> StepTrace:
+    """fwd saves A (500 B, op0), B (10 B, op1), C (1000 B, op2); bwd unpacks them in
+    forward order, A at op4, B at op5, C at op6: not reverse forward order."""
+    ops = [OpRecord(i, "fwd" if i < 4 else "bwd", "aten.x", "m" if i < 4 else "", 1.0, 0)
+           for i in range(8)]
+    sizes = (500, 10, 1000)
+    st = {u: StorageRecord(u, n, "act", u, u + 1, "aten.x", "m") for u, n in enumerate(sizes)}
+    saved = [SavedRecord(u, u, n, "m", u, uses=[4 + u], released_at=4 + u)
+             for u, n in enumerate(sizes)]
+    return StepTrace("order", (1,), ops, st, saved, param_bytes=0, grad_bytes=0,
+                     optimizer_bytes=0, n_fwd_ops=4, module_inputs={}, module_ops={})
+
+
+def test_first_step_prefetches_in_reverse_forward_order():
+    """With no learned order, the first step's window prefetches C (used last) at the
+    start of backward, so C is resident beside A: 1500 B. Later steps prefetch by the
+    learned order: at most B + C = 1010 B. The plan's peak is the first step's."""
+    fast = dataclasses.replace(DEV, d2h_bytes_per_s=1e6, h2d_bytes_per_s=1e6)
+    r = simulate(_out_of_order_trace(), fast, SwapPolicy(prefetch=1))
+    assert max(r.timeline["memory_bytes"]) == 1010  # the later steps
+    assert r.first_step_peak_bytes == 1500
+    assert r.peak_bytes == 1500
+    keep = simulate(_out_of_order_trace(), fast)
+    assert keep.first_step_peak_bytes == keep.peak_bytes  # nothing swapped: no order
+
+
+def test_storages_policy_swaps_exactly_those():
+    tr = _out_of_order_trace()
+    fast = dataclasses.replace(DEV, d2h_bytes_per_s=1e6, h2d_bytes_per_s=1e6)
+    r = simulate(tr, fast, SwapPolicy(storages=(0, 2)))
+    assert r.swapped_tensors == 2 and r.swapped_bytes == 1500
+    dec = decide(tr, SwapPolicy(storages=(1,)), None)
+    assert dec.fate == {0: "keep", 1: "swap", 2: "keep"}

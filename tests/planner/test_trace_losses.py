@@ -107,7 +107,7 @@ def test_choose_plan_with_dice_ce_and_a_real_target_plans_and_the_plan_runs():
     low = simulate(tr, dev, SwapPolicy(tier="host")).peak_bytes
     assert low < keep
     budget = int((low + keep) / 2 / 0.9)
-    plan = choose_plan(model, SHAPE, dev, budget, loss_fn)
+    plan = choose_plan(model, SHAPE, dev, budget_bytes=budget, loss_fn=loss_fn, tier="host")
     assert plan.swap or plan.recompute
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     loss_fn(model(x)).backward()

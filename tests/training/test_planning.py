@@ -144,3 +144,25 @@ def test_measured_peak_is_added_to_the_record(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["measured"][0]["within_budget"] is True and rec["measured"][0]["fold"] == 0
     assert "predicted 1.00 MiB" in line and "4.00 KiB saved tensors" in line
+
+
+def test_resolve_auto_traces_the_model_once_at_its_shape(tmp_path, monkeypatch):
+    """The plan, its prediction and keep-all's come from one trace at the run's input
+    shape (the local profile's calibration step runs at its own smaller shape)."""
+    from swapseg.planner import choose, trace
+
+    shapes = []
+    real = trace.trace_step
+
+    def counted(m, shape, *a, **k):
+        shapes.append(tuple(shape))
+        return real(m, shape, *a, **k)
+
+    monkeypatch.setattr(choose, "trace_step", counted)  # the planner's own trace
+    monkeypatch.setattr(trace, "trace_step", counted)   # any other caller's
+    cfg = tiny(shape=(96, 80, 72))  # larger than the calibration step's shape
+    chosen, pred, record = planning.resolve_auto(cfg, 2**31, tmp_path / "plan.json",
+                                                 echo=lambda _: None)
+    assert shapes.count(planning.input_shape(cfg)) == 1
+    assert pred is not None and pred.input_shape == planning.input_shape(cfg)
+    assert record["plan"] == chosen.plan.to_dict()
