@@ -89,19 +89,19 @@ def test_dry_run_table_is_the_planners_numbers(planned: dict) -> None:
         row = [r for r in planned["record"]["table"] if r["label"].startswith(label)
                and "no swapping" not in r["label"]][0]
         assert row["patch_size"] == conf["patch_size"] and row["batch_size"] == conf["batch_size"]
-        res = plan_search(network_for(conf["architecture"], 4, 4),
-                          (conf["batch_size"], 4, *conf["patch_size"]), "a100-pcie4",
-                          budget_bytes=budget, loss_fn=ds_loss, autocast_dtype=torch.float16,
-                          tier="cuda", require_fit=False)
-        assert res.chosen is not None and row["plan"]["name"] == res.chosen.name
-        assert row["predicted_peak_bytes"] == res.chosen.result.peak_bytes
-        assert row["predicted_step_s"] == pytest.approx(res.chosen.result.step_s, rel=1e-12)
-        assert row["keep_all_peak_bytes"] == res.candidates[0].result.peak_bytes
+        ev = plan_search(network_for(conf["architecture"], 4, 4),
+                         (conf["batch_size"], 4, *conf["patch_size"]), "a100-pcie4",
+                         budget_bytes=budget, loss_fn=ds_loss, autocast_dtype=torch.float16,
+                         tier="cuda", require_fit=False)
+        assert ev.fits and row["plan"]["name"] == ev.plan.name
+        assert row["predicted_peak_bytes"] == ev.predicted.peak_bytes
+        assert row["predicted_step_s"] == pytest.approx(ev.predicted.step_s, rel=1e-12)
+        assert row["keep_all_peak_bytes"] == ev.keep_all.peak_bytes
         if label == "nnU-Net default":  # the same step with nothing swapped
             kept = planned["record"]["table"][0]
             assert kept["label"] == "nnU-Net default (no swapping)" and kept["plan"] is None
-            assert kept["predicted_peak_bytes"] == res.candidates[0].result.peak_bytes
-            assert kept["fits"] == (res.chosen.name == "keep-all") and not kept["fits"]
+            assert kept["predicted_peak_bytes"] == ev.keep_all.peak_bytes
+            assert not kept["fits"]
     assert "swap planner" in planned["table"] and "nnU-Net GiB" in planned["table"]
 
 

@@ -25,8 +25,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from swapseg.errors import InputError
 from swapseg.integrations._plan import MemoryPlan, plan_search
 
-__all__ = ["Verdict", "judge", "patch_chain", "largest_passing", "network_for", "ds_loss",
-           "DEFAULT_PROFILE", "DEFAULT_MAX_SLOWDOWN"]
+__all__ = ["Verdict", "judge", "portable", "patch_chain", "largest_passing", "network_for",
+           "ds_loss", "DEFAULT_PROFILE", "DEFAULT_MAX_SLOWDOWN"]
 
 DEFAULT_PROFILE = "a100-pcie4"
 DEFAULT_MAX_SLOWDOWN = 0.15
@@ -89,18 +89,21 @@ def judge(network: torch.nn.Module, batch_size: int, in_channels: int,
     """swapseg's planner on one nnU-Net step at ``patch_size``, under mixed precision as
     nnU-Net trains on a GPU."""
     patch, batch_size = tuple(int(p) for p in patch_size), int(batch_size)
-    res = plan_search(network, (batch_size, in_channels, *patch), profile,
-                      budget_bytes=budget_bytes, loss_fn=ds_loss,
-                      autocast_dtype=torch.float16, tier="cuda", require_fit=False)
-    base = res.candidates[0].result  # keep-all comes first
-    c = res.chosen
-    r = c.result if c is not None else min((x.result for x in res.candidates),
-                                           key=lambda x: x.peak_bytes)
-    # the tier stays "auto": pinned host memory on the GPU, disk where a CPU trains it
-    plan = MemoryPlan(swap=c.swap, recompute=c.recompute, name=c.name) \
-        if c is not None else None
-    return Verdict(patch, batch_size, c is not None, r.step_s / base.step_s - 1, plan,
-                   int(r.peak_bytes), float(r.step_s), int(base.peak_bytes), float(base.step_s))
+    ev = plan_search(network, (batch_size, in_channels, *patch), profile,
+                     budget_bytes=budget_bytes, loss_fn=ds_loss,
+                     autocast_dtype=torch.float16, tier="cuda", require_fit=False)
+    r, base = ev.predicted, ev.keep_all
+    return Verdict(patch, batch_size, ev.fits, r.step_s / base.step_s - 1,
+                   portable(ev.plan) if ev.fits else None, int(r.peak_bytes), float(r.step_s),
+                   int(base.peak_bytes), float(base.step_s))
+
+
+def portable(plan: MemoryPlan) -> MemoryPlan:
+    """``plan`` with its swap tier back to ``auto`` (pinned host memory on a GPU, disk on a
+    CPU): the planner makes it concrete for the profile's device, the trainer for its own."""
+    if plan.swap is None or plan.swap.tier == "auto":
+        return plan
+    return plan.replace(swap=plan.swap.replace(tier="auto"))
 
 
 def patch_chain(spacing: Sequence[float], median_shape: Sequence[float],

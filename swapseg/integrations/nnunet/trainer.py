@@ -22,6 +22,7 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.integrations._plan import MemoryPlan, parse_size, plan_search
+from swapseg.integrations.nnunet.fit import portable
 from swapseg.integrations.nnunet.planner import PLAN_KEY
 from swapseg.integrations.nnunet.shapes import full_image_plans
 from swapseg.integrations.steps import StepSwapper
@@ -147,17 +148,15 @@ class nnUNetTrainerSwap(nnUNetTrainer):
         profile = os.environ.get(PROFILE_ENV, "").strip() or "local"
         cuda = self.device.type == "cuda"
         budget = self.swap_budget()
-        res = plan_search(self._planning_network(), self.swap_input_shape(), profile,
-                          budget_bytes=budget, loss_fn=self._trace_loss,
-                          autocast_dtype=torch.float16 if cuda else None,
-                          tier="cuda" if cuda else "auto")
-        c, base = res.chosen, res.candidates[0].result
-        assert c is not None and c.result is not None and base is not None  # or it raised
-        return (MemoryPlan(swap=c.swap, recompute=c.recompute, name=c.name), budget,
+        ev = plan_search(self._planning_network(), self.swap_input_shape(), profile,
+                         budget_bytes=budget, loss_fn=self._trace_loss,
+                         autocast_dtype=torch.float16 if cuda else None,
+                         tier="cuda" if cuda else "auto")
+        return (portable(ev.plan), budget,
                 {"source": "planned at start", "device_profile": profile,
-                 "predicted_peak_bytes": int(c.result.peak_bytes),
-                 "predicted_step_s": c.result.step_s,
-                 "predicted_slowdown": c.result.step_s / base.step_s - 1})
+                 "predicted_peak_bytes": int(ev.predicted.peak_bytes),
+                 "predicted_step_s": ev.predicted.step_s,
+                 "predicted_slowdown": ev.predicted.step_s / ev.keep_all.step_s - 1})
 
     def on_train_start(self) -> None:
         if not self.was_initialized:
