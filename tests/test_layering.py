@@ -87,8 +87,6 @@ PENDING: dict[str, set[str]] = {
                                      "swapseg.offload.engine", "swapseg.offload.measure",
                                      "swapseg.offload.recompute", "swapseg.offload.timeline"},
     "experiments/methods_bench.py": {"swapseg.envinfo", "swapseg.models.unet3d"},
-    "integrations/_plan.py": {"swapseg.planner.choose", "swapseg.planner.search",
-                              "swapseg.planner.trace"},
     "models/registry.py": {"swapseg.models.unet3d"},
     "offload/__init__.py": {"swapseg.offload.timeline"},
     "offload/measure.py": {"torch._C._profiler", "torch.profiler"},
