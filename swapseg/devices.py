@@ -8,7 +8,7 @@ import os
 import torch
 
 from swapseg.errors import InputError
-from swapseg.sizes import parse_bytes
+from swapseg.offload.sizes import parse_bytes
 
 __all__ = ["resolve_device", "available_memory", "AVAILABLE_ENV"]
 

@@ -39,12 +39,12 @@ PACKAGES = ("offload", "planner", "models", "data", "evaluation", "training", "p
             "integrations", "experiments", "cli")
 
 #: package -> the swapseg modules it may import (besides third parties). Lowest first:
-#: the engine and the planner name no root module but errors (and sizes), the domain
+#: the engine and the planner name no root module but errors, the domain
 #: packages any root module; evaluation scores anyone's predictions (data only), predict
 #: reads a training run, experiments compose everything below the CLI.
 ALLOWED = {
     "offload": _sw("offload", "errors"),
-    "planner": _sw("planner", "offload", "errors", "sizes"),
+    "planner": _sw("planner", "offload", "errors"),
     "models": _sw("models", "offload") | ANY_ROOT,
     "data": _sw("data") | ANY_ROOT,
     "evaluation": _sw("evaluation", "data") | ANY_ROOT,
@@ -62,7 +62,7 @@ ROOT_ALLOWED = {
     "errors": set(),
     "plotting": (ANY_ROOT - _sw("plotting")) | _sw("offload.figure"),
 }
-ROOT_DEFAULT = ANY_ROOT - _sw("plotting")
+ROOT_DEFAULT = (ANY_ROOT - _sw("plotting")) | _sw("offload.sizes")  # the size grammar
 
 #: third-party packages a function may import (optional or heavy; their absence or cost
 #: must not reach users who never call that function).
@@ -251,14 +251,14 @@ def test_an_upward_import_is_a_violation_in_every_package(tmp_path: Path) -> Non
               "predict": "swapseg.experiments", "integrations": "swapseg.training",
               "experiments": "swapseg.cli"}
     files = {f"{p}/m.py": f"import {target}\n" for p, target in upward.items()}
-    files["errors.py"] = "import swapseg.sizes\n"
+    files["errors.py"] = "import swapseg.offload.sizes\n"
     files["io.py"] = "import swapseg.offload\n"
     root = _tree(tmp_path, files)
     for p, target in upward.items():
         assert violations(root / p / "m.py", root) == [
             f"swapseg/{p}/m.py:1: {p} imports {target}"]
     assert violations(root / "errors.py", root) == ["swapseg/errors.py:1: errors imports "
-                                                    "swapseg.sizes"]
+                                                    "swapseg.offload.sizes"]
     assert violations(root / "io.py", root) == ["swapseg/io.py:1: io imports swapseg.offload"]
     assert not violations(_tree(tmp_path / "ok", {"cli/m.py": "import swapseg.predict\n"})
                           / "cli" / "m.py", tmp_path / "ok" / "swapseg")
@@ -296,7 +296,7 @@ def test_only_optional_packages_may_be_imported_in_a_function(tmp_path: Path) ->
 def test_the_layers_are_there() -> None:
     mods = {p.relative_to(ROOT).parts[0] for p in _modules() if len(p.relative_to(ROOT).parts) > 1}
     assert mods == set(PACKAGES) == set(ALLOWED)
-    assert {"errors", "sizes", "io", "devices", "progress", "plotting"} <= ROOT_MODULES
+    assert {"errors", "io", "devices", "progress", "plotting"} <= ROOT_MODULES
     assert len([p for p in _modules() if p.relative_to(ROOT).parts[0] == "offload"]) > 5
 
 

@@ -8,7 +8,7 @@ Shapes (every subcommand)::
 never part of a shape: it is the ``--batch`` flag. Spatial-only flags (``train
 --shape``) refuse a channel count.
 
-Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.sizes``)::
+Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.offload.sizes``)::
 
     SIZE := NUMBER UNIT                e.g. 16GiB, 16G, 12.5GB, 1e9B, 17179869184B
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from swapseg.errors import InputError
-from swapseg.sizes import SIZE_HELP, parse_bytes
+from swapseg.offload.sizes import SIZE_HELP, parse_bytes
 from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
 __all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number", "output_path",

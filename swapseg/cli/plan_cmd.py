@@ -8,8 +8,8 @@ from swapseg.cli import grammar as g
 from swapseg.errors import InputError
 from swapseg.experiments.plan_report import format_table, run_plan
 from swapseg.models.registry import parse_kwargs
+from swapseg.offload.sizes import format_bytes as fmt
 from swapseg.planner.profiles import PROFILES
-from swapseg.sizes import format_bytes as fmt
 
 EXAMPLES = """examples:
   swapseg plan --shape 4x192x192x192 --profile p100-nvlink --memory-budget 16GiB --out p192

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan, as_plan
+from swapseg.offload.sizes import parse_bytes
 from swapseg.planner import PlanEvidence, choose_plan, plan_memory
-from swapseg.sizes import parse_bytes
 
 __all__ = ["MemoryPlan", "apply_plan", "choose_plan", "plan_memory", "PlanEvidence",
            "SwapPolicy", "SwapStats", "ScopeStats", "as_plan", "parse_size", "plan_search"]

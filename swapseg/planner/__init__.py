@@ -8,7 +8,7 @@
 
 ``choose_plan`` is ``plan_memory(...).plan``. Lower level: ``trace_step`` ->
 ``simulate`` / ``search`` on a ``DeviceProfile``. Imports only ``swapseg.offload``,
-``swapseg.errors``, ``swapseg.sizes`` and itself; knows nothing of any particular model.
+``swapseg.errors``, ``swapseg.offload.sizes`` and itself; knows nothing of any particular model.
 See docs/planner.md.
 """
 

@@ -18,13 +18,13 @@ from torch import nn
 
 from swapseg.errors import InputError
 from swapseg.offload.policy import MemoryPlan
+from swapseg.offload.sizes import parse_bytes
 from swapseg.planner.local import calibration_shape, get_profile
 from swapseg.planner.loss import Target, bind_target
 from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.search import DEFAULT_MARGIN, Candidate, SearchResult, search
 from swapseg.planner.simulate import SimResult
 from swapseg.planner.trace import LossFn, StepTrace, trace_step
-from swapseg.sizes import parse_bytes
 
 #: Extra candidate plans: a list, or a function of the step's trace that makes them.
 Extra = Sequence[MemoryPlan] | Callable[[StepTrace], Sequence[MemoryPlan]]

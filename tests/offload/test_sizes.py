@@ -1,4 +1,4 @@
-"""The one size grammar (swapseg.sizes): a unit is required in text, and sizes are shown
+"""The one size grammar (swapseg.offload.sizes): a unit is required in text, and sizes are shown
 in the binary unit that reads best."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from swapseg.errors import InputError
-from swapseg.sizes import format_bytes, parse_bytes
+from swapseg.offload.sizes import format_bytes, parse_bytes
 
 
 @pytest.mark.parametrize("text, value", [("16GiB", 16 * 2**30), ("1e9B", 10**9),
