@@ -4,7 +4,8 @@ For each network of the zoo (MONAI and nnU-Net's dynamic_network_architectures, 
 net), at a CPU shape where activations dominate: the trace's keep-all peak, then
 ``choose_plan`` at budgets of 0.8, 0.6 and 0.4 of it on one ``local`` profile (probes of
 this machine, measured once; the plan's peak does not depend on the clock, its choice
-does). Each plan, and keep-all, runs three Adam steps (one ``apply_plan`` per step); each
+does). Each plan, and keep-all, runs three Adam steps under one ``OffloadEngine`` (built
+once, entered per step, as a training run does); each
 step's peak is the profiler's allocation peak of forward + backward (gradients set to
 None first) plus weights and Adam state, the planner's definition. With ``--rss`` each
 plan also runs in a fresh process: its peak RSS over the steps less its RSS once the
@@ -33,7 +34,7 @@ from torch import nn
 from swapseg.envinfo import environment
 from swapseg.errors import InputError
 from swapseg.io import write_json, write_text
-from swapseg.offload import apply_plan
+from swapseg.offload import OffloadEngine
 from swapseg.offload.measure import default_loss, profiled_peak_bytes
 from swapseg.offload.policy import MemoryPlan
 from swapseg.planner import choose_plan, measure_local
@@ -113,17 +114,18 @@ def measured_steps(model: nn.Module, shape: tuple[int, ...], plan: MemoryPlan | 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     persistent = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     peaks, times = [], []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
+    with OffloadEngine(model, plan) as engine:  # one engine per run, entered per step
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
 
-        def step() -> None:
-            with apply_plan(model, plan):
-                default_loss(model(x)).backward()
+            def step() -> None:
+                with engine.step():
+                    default_loss(model(x)).backward()
 
-        t0 = time.perf_counter()
-        peaks.append(persistent + profiled_peak_bytes(step))
-        times.append(time.perf_counter() - t0)
-        opt.step()
+            t0 = time.perf_counter()
+            peaks.append(persistent + profiled_peak_bytes(step))
+            times.append(time.perf_counter() - t0)
+            opt.step()
     return peaks, times
 
 
@@ -145,11 +147,12 @@ def _child(name: str, plan_path: str, out: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(shape)
     before = _status("VmRSS")
-    for _ in range(3):
-        opt.zero_grad(set_to_none=True)
-        with apply_plan(model, plan):
-            default_loss(model(x)).backward()
-        opt.step()
+    with OffloadEngine(model, plan) as engine:
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            with engine.step():
+                default_loss(model(x)).backward()
+            opt.step()
     Path(out).write_text(json.dumps({"step_rss_bytes": _status("VmHWM") - before}))
 
 
