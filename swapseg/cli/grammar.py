@@ -8,6 +8,16 @@ Shapes (every subcommand)::
 never part of a shape: it is the ``--batch`` flag. Spatial-only flags (``train
 --shape``) refuse a channel count.
 
+Loss targets (``plan --target``; the planner builds the target as zeros)::
+
+    TARGET := like-output[:DTYPE] | labels[:DTYPE] | BxCxDxHxW:DTYPE | BxDxHxW:DTYPE
+    DTYPE  := float32 | float16 | bfloat16 | int64 | int32 | uint8 | bool
+
+``like-output`` is shaped like the model's output (default float32: a one-hot target);
+``labels`` is ``B x 1 x D x H x W`` class indices (default int64: MONAI's
+``to_onehot_y=True``); a shape is the whole target, batch included (``BxDxHxW:int64``
+for ``torch.nn.CrossEntropyLoss``), its batch and spatial sides those of the input.
+
 Byte sizes (every ``--memory-budget``, ``--cap``; the grammar is ``swapseg.offload.sizes``)::
 
     SIZE := NUMBER UNIT                e.g. 16GiB, 16G, 12.5GB, 1e9B, 17179869184B
@@ -37,16 +47,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+import torch
+
 from swapseg.errors import InputError
 from swapseg.offload.sizes import SIZE_HELP, parse_bytes
+from swapseg.planner.loss import Target, like_output
 from swapseg.training.precision import PRECISIONS, autocast_dtype, check_precision
 
 __all__ = ["Parser", "add_command", "add_action", "Volume", "integer", "number", "output_path",
            "output_dir",
            "flags_for_fields", "fields_as_flags", "parse_shape", "parse_bytes", "check_precision",
            "autocast_dtype", "byte_size", "spatial_shape", "volume_shape", "precision",
-           "PRECISIONS",
-           "SHAPE_HELP", "SIZE_HELP"]
+           "PRECISIONS", "TargetSpec", "parse_target", "loss_target", "TARGET_DTYPES",
+           "SHAPE_HELP", "SIZE_HELP", "TARGET_HELP"]
 
 SHAPE_HELP = "N, DxHxW or CxDxHxW (e.g. 64, 4x192x192x192)"
 
@@ -127,6 +140,67 @@ def parse_shape(text: str, channels: bool = True) -> Volume:
     return Volume(dims[0], tuple(dims[1:]))
 
 
+TARGET_HELP = ("like-output, labels, or a whole shape and dtype such as "
+               "1x1x64x64x64:int64 (like-output and labels take :DTYPE too)")
+
+#: ``--target`` dtypes by name.
+TARGET_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+_TARGET_FORMS = {"like-output": torch.float32, "labels": torch.int64}
+
+
+class TargetSpec(NamedTuple):
+    """A parsed ``--target``: ``form`` is ``like-output``, ``labels`` or ``shape``."""
+
+    text: str
+    form: str
+    dtype: torch.dtype
+    shape: tuple[int, ...] = ()
+
+    def describe(self, input_shape: tuple[int, ...]) -> Target:
+        """The planner's target description for one input ``(B, C, *spatial)``; a shape
+        whose batch or spatial sides are not the input's is an InputError."""
+        batch, spatial = input_shape[0], tuple(input_shape[2:])
+        if self.form == "like-output":
+            return like_output(self.dtype)
+        if self.form == "labels":
+            return (batch, 1, *spatial), self.dtype
+        n = len(spatial)
+        if len(self.shape) not in (n + 1, n + 2):
+            raise InputError(f"--target {self.text}: {len(self.shape)} sides; expected "
+                             f"{n + 2} (B, C and {n} spatial) or {n + 1} (no channels)")
+        if self.shape[0] != batch or self.shape[-n:] != spatial:
+            want = "x".join(map(str, (batch, *spatial)))
+            raise InputError(f"--target {self.text}: batch and spatial sides must be the "
+                             f"input's ({want} from --batch and --shape)")
+        return self.shape, self.dtype
+
+
+def parse_target(text: str) -> TargetSpec:
+    """``'labels'``, ``'like-output:float16'``, ``'1x1x64x64x64:int64'`` -> TargetSpec."""
+    raw = str(text).strip()
+    head, sep, dtype_name = raw.lower().partition(":")
+    if head in _TARGET_FORMS and not sep:
+        return TargetSpec(raw, head, _TARGET_FORMS[head])
+    if not sep:
+        raise InputError(f"target {text!r}: expected {TARGET_HELP}")
+    if dtype_name not in TARGET_DTYPES:
+        raise InputError(f"target {text!r}: unknown dtype {dtype_name!r} (use "
+                         f"{', '.join(TARGET_DTYPES)})")
+    dtype = TARGET_DTYPES[dtype_name]
+    if head in _TARGET_FORMS:
+        return TargetSpec(raw, head, dtype)
+    try:
+        shape = tuple(int(s) for s in head.split("x"))
+    except ValueError:
+        raise InputError(f"target {text!r}: expected {TARGET_HELP}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise InputError(f"target {text!r}: a shape needs the batch and at least one more "
+                         "positive side")
+    return TargetSpec(raw, "shape", dtype, shape)
+
+
 def _argtype(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
@@ -190,6 +264,7 @@ byte_size = _argtype(parse_bytes, "size")
 volume_shape = _argtype(parse_shape, "shape")
 spatial_shape = _argtype(lambda t: parse_shape(t, channels=False).spatial, "shape")
 precision = _argtype(check_precision, "precision")
+loss_target = _argtype(parse_target, "target")
 
 
 def add_command(subparsers: Any, name: str, help: str, description: str | None = None,

@@ -7,6 +7,7 @@ Isensee U-Net, the paper's configurations 1-4 as extra candidates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from swapseg.experiments.paper_configs import paper_candidates
 from swapseg.io import write_json, write_text
 from swapseg.models.registry import DEFAULT_MODEL, MODELS, build_model
 from swapseg.planner import PlanEvidence, SearchResult, plan_memory
+from swapseg.planner.loss import Target
 from swapseg.planner.timeline_plot import plot_pareto, plot_timelines
 
 __all__ = ["run_plan", "format_table", "plan_model", "SEARCH_FILE"]
@@ -53,24 +55,33 @@ def format_table(res: SearchResult) -> str:
 def run_plan(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...], profile: str,
              budget: int, out: str | Path | None, margin: float = 0.10,
              autocast_dtype: torch.dtype | None = None, precision: str = "32",
-             tier: str = "auto") -> tuple[PlanEvidence, dict[str, Any]]:
+             tier: str = "auto", loss_fn: Callable[..., torch.Tensor] | None = None,
+             target: Target | None = None, loss_record: dict[str, Any] | None = None
+             ) -> tuple[PlanEvidence, dict[str, Any]]:
     """Plan ``spec`` at ``shape`` (B, C, D, H, W) and (when ``out`` is given) write
     plan_search.json (every evaluated plan and the Pareto front), memory_plan.json (the
     chosen MemoryPlan), timeline.png and pareto.png. Raises InputError before anything
-    is written."""
+    is written.
+
+    ``loss_fn`` (and ``target``, a description: ``planner.loss``) is the user's loss;
+    without it a registered model trains on soft Dice, any other on the mean of squared
+    outputs. ``loss_record`` (how the loss and target were named) goes into
+    plan_search.json's ``command``."""
     model = plan_model(spec, kwargs, shape[1])
     divisor = getattr(model, "divisor", None)
     if isinstance(divisor, int) and any(s % divisor for s in shape[2:]):
         raise InputError(f"shape {'x'.join(map(str, shape[1:]))}: spatial sides of {spec} "
                          f"must be multiples of {divisor}")
-    loss = dice_loss if spec in MODELS else None  # registered models are segmentation nets
+    loss = loss_fn if loss_fn is not None else \
+        dice_loss if spec in MODELS else None  # registered models are segmentation nets
     extra = paper_candidates if spec == DEFAULT_MODEL else ()
     found = plan_memory(model, shape, profile, budget_bytes=budget, loss_fn=loss,
-                        autocast_dtype=autocast_dtype, margin=margin, tier=tier,
+                        target=target, autocast_dtype=autocast_dtype, margin=margin, tier=tier,
                         extra=extra, name=spec)  # raises before anything is written
     d = found.search.as_dict()
     d["command"] = {"model": spec, "model_kwargs": kwargs, "shape": list(shape),
-                    "profile": profile, "memory_budget_bytes": budget, "precision": precision}
+                    "profile": profile, "memory_budget_bytes": budget, "precision": precision,
+                    **(loss_record or {})}
     d["memory_plan"] = found.plan.to_dict()
     if out is not None:
         _write(Path(out), found, d)

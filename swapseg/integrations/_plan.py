@@ -16,8 +16,10 @@ from torch import nn
 from swapseg.offload import MemoryPlan, ScopeStats, SwapPolicy, SwapStats, apply_plan, as_plan
 from swapseg.offload.sizes import parse_bytes
 from swapseg.planner import PlanEvidence, choose_plan, plan_memory
+from swapseg.planner.loss import Target, like_output
 
-__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "plan_memory", "PlanEvidence",
+__all__ = ["MemoryPlan", "apply_plan", "choose_plan", "plan_memory", "PlanEvidence", "Target",
+           "like_output",
            "SwapPolicy", "SwapStats", "ScopeStats", "as_plan", "parse_size", "plan_search"]
 
 LossFn = Callable[[Any], torch.Tensor]
@@ -25,12 +27,20 @@ LossFn = Callable[[Any], torch.Tensor]
 
 def plan_search(model: nn.Module, input_shape: Sequence[int], device: str = "local", *,
                 budget_bytes: int | str, loss_fn: LossFn | None = None,
-                autocast_dtype: torch.dtype | None = None, tier: str = "host",
-                require_fit: bool = True) -> PlanEvidence:
+                target: Target | None = None, autocast_dtype: torch.dtype | None = None,
+                tier: str = "host", require_fit: bool = True) -> PlanEvidence:
     """The planner's whole search for one step of ``model`` (``plan_memory``): the plan,
-    its prediction and keep-all's, every evaluated row and the profile."""
+    its prediction and keep-all's, every evaluated row and the profile.
+
+    ``loss_fn`` is the training loss: ``loss_fn(output)``, or with ``target``
+    ``loss_fn(output, target)``, where ``target`` describes the target rather than
+    giving it: ``(shape, dtype)`` at ``input_shape`` (e.g. ``((B, 1, *patch),
+    torch.int64)`` for MONAI's ``DiceCELoss(to_onehot_y=True)``), ``like_output()``, or
+    a function of the output (``swapseg.planner.loss``). The planner builds it as
+    zeros; losses with data-dependent Python (MONAI's Dice family) are measured once on
+    real tensors and stood in for."""
     return plan_memory(model, tuple(int(s) for s in input_shape), device,
-                       budget_bytes=budget_bytes, loss_fn=loss_fn,
+                       budget_bytes=budget_bytes, loss_fn=loss_fn, target=target,
                        autocast_dtype=autocast_dtype, tier=tier, require_fit=require_fit)
 
 

@@ -4,6 +4,15 @@
     trainer.run()
     print(stats.swapped, stats.last_step.prefetch_misses)
 
+To plan for the budget with the trainer's own loss, describe its target (built as zeros:
+``(shape, dtype)`` at the input shape, batch included, or ``like_output()``)::
+
+    from swapseg.integrations._plan import plan_search
+    ev = plan_search(trainer.network, (2, 1, 96, 96, 96), "local", budget_bytes="8GiB",
+                     loss_fn=trainer.loss_function,   # e.g. DiceCELoss(to_onehot_y=True)
+                     target=((2, 1, 96, 96, 96), torch.int64))
+    stats = attach_swapping(trainer, ev.plan)
+
 One engine serves the whole run (``StepSwapper``): each iteration is one of its steps,
 so every iteration after the first prefetches in the order the one before it learned.
 Needs ``pip install 'swapseg[monai]'`` (MONAI's engines run on pytorch-ignite).

@@ -25,8 +25,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from swapseg.errors import InputError
 
-__all__ = ["Target", "bind_target", "LossSaved", "measure_loss_saved", "surrogate_loss",
-           "small_like", "real_tensors"]
+__all__ = ["Target", "bind_target", "like_output", "LossSaved", "measure_loss_saved",
+           "surrogate_loss", "small_like", "real_tensors"]
 
 #: A target description: ``(shape, dtype)`` at the traced input shape, or a function of
 #: the model's output returning the target tensor.
@@ -58,6 +58,18 @@ def _make_target(target: Target, out: Any) -> torch.Tensor:
                          f"output's {spatial} spatial ones")
     full = (*shape[:len(shape) - spatial], *ref.shape[2:]) if spatial > 0 else tuple(shape)
     return torch.zeros(full, dtype=dtype, device=ref.device)
+
+
+def like_output(dtype: torch.dtype = torch.float32) -> Callable[[Any], torch.Tensor]:
+    """A target description: zeros shaped like the model's (first) output, at ``dtype``
+    (a one-hot or dense target, as MONAI's losses take without ``to_onehot_y``)."""
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"like_output needs a torch dtype, got {dtype!r}")
+
+    def build(out: Any) -> torch.Tensor:
+        ref = _first_tensor(out)
+        return torch.zeros(ref.shape, dtype=dtype, device=ref.device)
+    return build
 
 
 def bind_target(loss_fn: Callable[..., torch.Tensor] | None, target: Target | None

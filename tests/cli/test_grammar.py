@@ -111,3 +111,24 @@ def test_precision_names_map_to_autocast_dtypes():
     assert autocast_dtype("16-mixed") is torch.float16
     with pytest.raises(InputError, match="precision must be one of .*'fp8'"):
         autocast_dtype("fp8")
+
+
+def test_target_grammar():
+    from swapseg.cli.grammar import parse_target
+
+    assert parse_target("labels").describe((2, 4, 8, 9, 10)) == ((2, 1, 8, 9, 10), torch.int64)
+    assert parse_target("labels:uint8").dtype is torch.uint8
+    t = parse_target("Like-Output").describe((1, 4, 8, 8, 8))
+    assert callable(t) and t(torch.empty(1, 3, 8, 8, 8)).dtype is torch.float32
+    assert parse_target("like-output:bfloat16").describe((1, 4, 8, 8, 8))(
+        torch.empty(1, 3, 8, 8, 8)).dtype is torch.bfloat16
+    assert parse_target("1x1x8x9x10:int64").describe((1, 4, 8, 9, 10)) == (
+        (1, 1, 8, 9, 10), torch.int64)
+    assert parse_target("2x8x9x10:bool").describe((2, 4, 8, 9, 10)) == (
+        (2, 8, 9, 10), torch.bool)
+    for bad, words in [("1x3:float99", "unknown dtype 'float99'"), ("1x1x8x8x8", "expected"),
+                       ("x:int64", "expected"), ("1:int64", "batch and at least")]:
+        with pytest.raises(InputError, match=words):
+            parse_target(bad)
+    with pytest.raises(InputError, match="--target 2x1x8x8x8:int64: batch and spatial"):
+        parse_target("2x1x8x8x8:int64").describe((1, 4, 8, 8, 8))

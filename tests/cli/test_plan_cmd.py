@@ -103,3 +103,92 @@ def test_plan_bad_flags_are_argparse_errors(tmp_path, capsys, extra):
 def test_plan_shape_not_divisible_names_it(tmp_path, capsys):
     assert main(["plan", "--shape", "4x60x64x64", "--memory-budget", "1GiB"]) == 2
     assert "multiples of 16" in capsys.readouterr().err
+
+
+BASIC_UNET = ["--model", "monai.networks.nets:BasicUNet", "--model-kwargs",
+              '{"spatial_dims": 3, "in_channels": 1, "out_channels": 3, '
+              '"features": [4, 4, 8, 8, 16, 4], "norm": ["group", {"num_groups": 1}]}',
+              "--shape", "1x17x19x21", "--memory-budget", "100MiB"]
+DICE_CE = ["--loss", "monai.losses:DiceCELoss",
+           "--loss-kwargs", '{"to_onehot_y": true, "softmax": true}']
+
+
+def test_plan_with_the_users_monai_loss_and_target(tmp_path, capsys):
+    pytest.importorskip("monai")
+    out = tmp_path / "dicece"
+    assert main(["plan", *BASIC_UNET, *DICE_CE, "--target", "1x1x17x19x21:int64",
+                 "--out", str(out)]) == 0
+    d = json.loads((out / "plan_search.json").read_text())
+    assert d["command"]["loss"] == "monai.losses:DiceCELoss"
+    assert d["command"]["loss_kwargs"] == {"to_onehot_y": True, "softmax": True}
+    assert d["command"]["target"] == "1x1x17x19x21:int64"
+    assert d["chosen"]["fits"] and (out / "memory_plan.json").exists()
+    # the loss was traced (through its measured stand-in): it saves more than the
+    # default mean of squares, which keeps the output alone
+    plain = tmp_path / "plain"
+    assert main(["plan", *BASIC_UNET, "--out", str(plain)]) == 0
+    d0 = json.loads((plain / "plan_search.json").read_text())
+    assert "loss" not in d0["command"]
+    assert d["trace"]["saved_bytes"] > d0["trace"]["saved_bytes"]
+
+
+def test_plan_labels_target_is_the_explicit_shape(tmp_path):
+    pytest.importorskip("monai")
+    saved = {}
+    for target in ("labels", "1x1x17x19x21:int64"):
+        out = tmp_path / target.replace(":", "_")
+        assert main(["plan", *BASIC_UNET, *DICE_CE, "--target", target,
+                     "--out", str(out)]) == 0
+        saved[target] = json.loads((out / "plan_search.json").read_text())["trace"]
+    assert saved["labels"]["saved_bytes"] == saved["1x1x17x19x21:int64"]["saved_bytes"]
+
+
+def test_plan_torch_loss_with_like_output_target(tmp_path):
+    out = tmp_path / "mse"
+    assert main(["plan", "--shape", "4x32x32x32", "--memory-budget", "1GiB",
+                 "--loss", "torch.nn:MSELoss", "--target", "like-output",
+                 "--out", str(out)]) == 0
+    d = json.loads((out / "plan_search.json").read_text())
+    assert d["command"]["loss"] == "torch.nn:MSELoss" and d["command"]["target"] == "like-output"
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--target", "labels"], "--target needs --loss"),
+    (["--loss-kwargs", "{}"], "--loss-kwargs needs --loss"),
+    (["--loss", "nosuch.module:Loss"], "loss 'nosuch.module:Loss': cannot import"),
+    (["--loss", "torch.nn:NoSuchLoss"], "loss 'torch.nn:NoSuchLoss': 'torch.nn' has no"),
+    (["--loss", "nosuch"], "unknown loss 'nosuch'"),
+    (["--loss", "torch.nn:MSELoss", "--loss-kwargs", "{bad"], "loss kwargs '{bad'"),
+    (["--loss", "torch.nn:MSELoss", "--loss-kwargs", '{"nosuch": 1}'],
+     "loss 'torch.nn:MSELoss' with kwargs"),
+    (["--loss", "builtins:int"], "loss 'builtins:int' built a int"),
+    (["--loss", "torch.nn:MSELoss", "--target", "2x3x32x32x32:float32"],
+     "--target 2x3x32x32x32:float32: batch and spatial sides"),
+    (["--loss", "torch.nn:MSELoss", "--target", "1x32x32:float32"],
+     "--target 1x32x32:float32: 3 sides"),
+    (["--loss", "torch.nn:MSELoss"], "the loss takes a target: give --target"),
+])
+def test_plan_bad_loss_or_target_exit_2_nothing_written(tmp_path, capsys, extra, words):
+    out = tmp_path / "p"
+    assert main(["plan", "--shape", "4x32x32x32", "--memory-budget", "1GiB", *extra,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("target, words", [
+    ("1x3:float99", "target '1x3:float99': unknown dtype 'float99'"),
+    ("1x1x32x32x32", "target '1x1x32x32x32': expected like-output"),
+    ("1xax32:int64", "target '1xax32:int64': expected"),
+    ("0x1x32x32x32:int64", "positive"),
+    ("onehot", "target 'onehot': expected"),
+])
+def test_plan_bad_target_is_an_argparse_error(tmp_path, capsys, target, words):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--shape", "4x32x32x32", "--memory-budget", "1GiB",
+              "--loss", "torch.nn:MSELoss", "--target", target, "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("swapseg plan: error: argument --target: ") and words in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "p").exists()

@@ -52,3 +52,30 @@ def test_an_impossible_budget_says_what_is_missing() -> None:
     with pytest.raises(InputError, match="bytes\\) missing"):
         choose_plan(Aliased(), (1, 2, 16, 16, 16), "a100-pcie4", budget_bytes=1000,
                     loss_fn=_loss)
+
+
+def test_plan_search_passes_the_target_description_to_the_planner() -> None:
+    """DiceCELoss takes ``(output, target)``: a described target (and one shaped like
+    the output) plans as the same loss closed over a real target does; dropped, the
+    one-argument loss would fail."""
+    monai_losses = pytest.importorskip("monai.losses")
+    from swapseg.errors import InputError
+    from swapseg.integrations._plan import like_output
+
+    shape, labels = (1, 2, 13, 14, 15), (1, 1, 13, 14, 15)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+    dice = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True)
+    real = torch.randint(0, 3, labels, generator=torch.Generator().manual_seed(1))
+    closed = plan_search(model, shape, "a100-pcie4", budget_bytes="1GiB",
+                         loss_fn=lambda out: dice(out, real))
+    described = plan_search(model, shape, "a100-pcie4", budget_bytes="1GiB", loss_fn=dice,
+                            target=(labels, torch.int64))
+    assert described.keep_all.peak_bytes == pytest.approx(closed.keep_all.peak_bytes,
+                                                          rel=0.01)
+    onehot = monai_losses.DiceCELoss(softmax=True)
+    like = plan_search(model, shape, "a100-pcie4", budget_bytes="1GiB", loss_fn=onehot,
+                       target=like_output())
+    assert like.fits and like.keep_all.peak_bytes > 0
+    with pytest.raises(InputError, match="target"):
+        plan_search(model, shape, "a100-pcie4", budget_bytes="1GiB", loss_fn=dice)
