@@ -137,6 +137,11 @@ ROWS: dict[str, dict[str, list[list[str]]]] = {
         "--memory-budget": bad("--memory-budget", "lots", "0"),
         "--precision": bad("--precision", "8"), "--margin": bad("--margin", "some", "1.5"),
         "--out": bad("--out", "{under_file}"),
+        "--loss": bad("--loss", "nosuch", "nosuch.module:Loss", "builtins:int"),
+        "--loss-kwargs": [["--loss-kwargs", "[]"],  # without --loss
+                          ["--loss", "torch.nn:MSELoss", "--loss-kwargs", "not json"]],
+        "--target": [*bad("--target", "1x3:float99", "labels"),  # labels: without --loss
+                     ["--loss", "torch.nn:MSELoss", "--target", "2x4x32x32x32:float32"]],
     },
     "bench": {
         "--shape": bad("--shape", "abc", "40"), "--steps": bad("--steps", NOT_INT, "0"),
