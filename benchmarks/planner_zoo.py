@@ -37,10 +37,9 @@ from swapseg.io import write_json, write_text
 from swapseg.offload import OffloadEngine
 from swapseg.offload.measure import default_loss, profiled_peak_bytes
 from swapseg.offload.policy import MemoryPlan
-from swapseg.planner import choose_plan, measure_local
+from swapseg.planner import measure_local, plan_memory
 from swapseg.planner.profiles import DeviceProfile
-from swapseg.planner.simulate import simulate
-from swapseg.planner.trace import trace_step
+from swapseg.planner.search import DEFAULT_MARGIN
 
 BUDGETS = (0.8, 0.6, 0.4)
 
@@ -60,7 +59,7 @@ def _dna(name: str, dims: int = 3, **kw: Any) -> Callable[[], nn.Module]:
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
         norm = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
         return getattr(unet, name)(
-            input_channels=1, n_stages=4, features_per_stage=(8, 16, 32, 64), conv_op=conv,
+            input_channels=1, n_stages=4, features_per_stage=(16, 32, 64, 128), conv_op=conv,
             kernel_sizes=3, strides=(1, 2, 2, 2), num_classes=3,
             n_conv_per_stage_decoder=1, norm_op=norm, norm_op_kwargs={"affine": True},
             nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, **kw)
@@ -70,38 +69,41 @@ def _dna(name: str, dims: int = 3, **kw: Any) -> Callable[[], nn.Module]:
 #: name -> (builder, input shape): small channel counts so activations dominate.
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "monai UNet (residual units)": (_monai(
-        "UNet", spatial_dims=3, in_channels=1, out_channels=3, channels=(8, 16, 32, 64),
+        "UNet", spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128),
         strides=(2, 2, 2), num_res_units=2), (1, 1, 64, 64, 64)),
     "monai BasicUNet 2-D": (_monai(
         "BasicUNet", spatial_dims=2, in_channels=1, out_channels=3,
-        features=(8, 8, 16, 32, 64, 8)), (1, 1, 256, 256)),
+        features=(16, 16, 32, 64, 128, 16)), (1, 1, 256, 256)),
     "monai AttentionUnet": (_monai(
         "AttentionUnet", spatial_dims=3, in_channels=1, out_channels=3,
-        channels=(8, 16, 32, 64), strides=(2, 2, 2)), (1, 1, 48, 48, 48)),
+        channels=(16, 32, 64, 128), strides=(2, 2, 2)), (1, 1, 64, 64, 64)),
     "monai UNETR": (_monai(
-        "UNETR", in_channels=1, out_channels=3, img_size=48, feature_size=8, hidden_size=48,
+        "UNETR", in_channels=1, out_channels=3, img_size=48, feature_size=16, hidden_size=48,
         mlp_dim=96, num_heads=4), (1, 1, 48, 48, 48)),
     "monai SwinUNETR": (_monai(
-        "SwinUNETR", in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1),
+        "SwinUNETR", in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2),
         spatial_dims=3), (1, 1, 64, 64, 64)),
     "monai DynUNet (deep supervision)": (_monai(
         "DynUNet", spatial_dims=3, in_channels=1, out_channels=3, kernel_size=(3, 3, 3, 3),
-        strides=(1, 2, 2, 2), upsample_kernel_size=(2, 2, 2), filters=(8, 16, 32, 64),
-        deep_supervision=True, deep_supr_num=2, res_block=True), (1, 1, 48, 48, 48)),
-    # VNet's fixed widths (16-256, 5^3 kernels) hold 174 MiB of parameters, 4x that with
-    # gradients and Adam: its activations only pass that from about 80^3
-    "monai VNet": (_monai("VNet", spatial_dims=3, in_channels=1, out_channels=3),
-                   (1, 1, 80, 80, 80)),
+        strides=(1, 2, 2, 2), upsample_kernel_size=(2, 2, 2), filters=(16, 32, 64, 128),
+        deep_supervision=True, deep_supr_num=2, res_block=True), (1, 1, 64, 64, 64)),
+    # VNet's fixed widths (16-256, 5^3 kernels) hold 174 MiB of parameters in 3-D, 4x that
+    # with gradients and Adam, and a 3-D step where activations pass that takes half a
+    # minute here; in 2-D (5x5 kernels) its activations dominate at CPU cost
+    "monai VNet 2-D": (_monai("VNet", spatial_dims=2, in_channels=1, out_channels=3),
+                       (1, 1, 512, 512)),
+    "monai HighResNet (dilated residual)": (_monai(
+        "HighResNet", spatial_dims=3, in_channels=1, out_channels=3), (1, 1, 48, 48, 48)),
     "monai SegResNet": (_monai(
-        "SegResNet", spatial_dims=3, in_channels=1, out_channels=3, init_filters=8),
-        (1, 1, 48, 48, 48)),
+        "SegResNet", spatial_dims=3, in_channels=1, out_channels=3, init_filters=16),
+        (1, 1, 64, 64, 64)),
     "monai BasicUNet": (_monai(
         "BasicUNet", spatial_dims=3, in_channels=1, out_channels=3,
-        features=(8, 8, 16, 32, 64, 8)), (1, 1, 48, 48, 48)),
+        features=(16, 16, 32, 64, 128, 16)), (1, 1, 64, 64, 64)),
     "nnU-Net PlainConvUNet": (_dna("PlainConvUNet", n_conv_per_stage=2),
-                              (1, 1, 48, 48, 48)),
+                              (1, 1, 64, 64, 64)),
     "nnU-Net ResidualEncoderUNet": (_dna("ResidualEncoderUNet", n_blocks_per_stage=2),
-                                    (1, 1, 48, 48, 48)),
+                                    (1, 1, 64, 64, 64)),
 }
 QUICK = ("monai UNet (residual units)", "monai BasicUNet 2-D")
 
@@ -166,27 +168,31 @@ def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bo
     build, shape = ZOO[name]
     torch.manual_seed(0)
     model = build()
-    tr = trace_step(model, shape)
-    keep = simulate(tr, prof).peak_bytes
+    # the lowest reachable peak: the search's lowest-peak plan at a budget nothing fits
+    floor = plan_memory(model, shape, prof, budget_bytes=1, require_fit=False)
+    keep = floor.keep_all.peak_bytes
     base_peaks, base_times = measured_steps(model, shape, None)
     rows = [{"net": name, "shape": list(shape), "budget": None, "plan": "keep-all",
              "predicted": keep, "measured": base_peaks, "step_ratio": 1.0,
+             "floor": floor.predicted.peak_bytes, "floor_plan": floor.plan.name,
+             "lowest_fraction": floor.predicted.peak_bytes / (1 - DEFAULT_MARGIN) / keep,
              "rss": rss_in_fresh_process(name, None) if rss else None}]
     for f in budgets:
         budget = int(f * keep)
         try:
-            plan = choose_plan(model, shape, prof, budget_bytes=budget)
+            ev = plan_memory(model, shape, prof, budget_bytes=budget)
         except InputError as exc:
             rows.append({"net": name, "shape": list(shape), "budget": budget, "fraction": f,
                          "plan": None, "detail": str(exc)})
             continue
-        pred = simulate(tr, prof, plan.swap, plan.recompute).peak_bytes
-        peaks, times = measured_steps(model, shape, plan)
+        peaks, times = measured_steps(model, shape, ev.plan)
         rows.append({"net": name, "shape": list(shape), "budget": budget, "fraction": f,
-                     "plan": plan.name, "predicted": pred, "measured": peaks,
-                     "step_ratio": times[-1] / base_times[-1],
+                     "plan": ev.plan.name, "predicted": ev.predicted.peak_bytes,
+                     "predicted_first_step": ev.predicted.first_step_peak_bytes,
+                     "predicted_ratio": ev.predicted.step_s / ev.keep_all.step_s,
+                     "measured": peaks, "step_ratio": times[-1] / base_times[-1],
                      "fits": all(p <= budget for p in peaks),
-                     "rss": rss_in_fresh_process(name, plan) if rss else None})
+                     "rss": rss_in_fresh_process(name, ev.plan) if rss else None})
     return rows
 
 
@@ -194,8 +200,10 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], took: float) -> st
     mib = 2**20
     out = ["# The planner on a zoo of networks (CPU)", "",
            f"{env['cpu']}, torch {env['torch']}; {took / 60:.1f} min. Peaks in MiB: "
-           "predicted, then measured on steps 1-3 (profiler allocations + weights + Adam "
-           "state); error of step 3; step time ratio to keep-all at step 3; RSS: a fresh "
+           "predicted (the higher of the first and later steps), then measured on steps 1-3 "
+           "(profiler allocations + weights + Adam state, one engine per run entered per "
+           "step); error: predicted against the highest measured step; time: measured step "
+           "time ratio to keep-all at step 3 (predicted in brackets); RSS: a fresh "
            "process's peak RSS over the three steps less its RSS before them.", "",
            "| net | budget | plan | predicted | measured 1 / 2 / 3 | error | time | fits |"
            " RSS |", "|---|---|---|---|---|---|---|---|---|"]
@@ -203,17 +211,34 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], took: float) -> st
         budget = "keep-all" if r["budget"] is None else \
             f"{r['fraction']:.1f} ({r['budget'] / mib:.0f})"
         if r["plan"] is None:
-            out.append(f"| {r['net']} | {budget} | no plan: {r['detail'][:80]} |"
+            out.append(f"| {r['net']} | {budget} | no plan: {_floor_part(r['detail'])} |"
                        " | | | | | |")
             continue
         m = r["measured"]
-        err = r["predicted"] / m[-1] - 1
+        err = r["predicted"] / max(m) - 1
         rss = "" if r.get("rss") is None else f"{r['rss'] / mib:.0f}"
         fits = "" if r["budget"] is None else ("yes" if r["fits"] else "**no**")
+        pred = f" ({r['predicted_ratio']:.2f}x)" if "predicted_ratio" in r else ""
         out.append(f"| {r['net']} | {budget} | {r['plan']} | {r['predicted'] / mib:.1f} | "
                    f"{' / '.join(f'{p / mib:.1f}' for p in m)} | {err:+.1%} | "
-                   f"{r['step_ratio']:.2f}x | {fits} | {rss} |")
+                   f"{r['step_ratio']:.2f}x{pred} | {fits} | {rss} |")
+    out += ["", "Per network: the lowest reachable peak (predicted; the search's lowest-peak "
+            "plan) and the lowest budget that fits it after the 10% margin, as a fraction "
+            "of keep-all's predicted peak.", "",
+            "| net | shape | keep-all | lowest peak | its plan | lowest budget that fits |",
+            "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["budget"] is None:
+            out.append(f"| {r['net']} | {'x'.join(map(str, r['shape']))} | "
+                       f"{r['predicted'] / mib:.1f} | {r['floor'] / mib:.1f} | "
+                       f"{r['floor_plan']} | {r['lowest_fraction']:.2f} |")
     return "\n".join(out) + "\n"
+
+
+def _floor_part(detail: str) -> str:
+    """The no-fit error's floor, without the budget it restates."""
+    at = detail.find("the lowest reachable peak")
+    return (detail[at:] if at >= 0 else detail)[:160]
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ class OpRecord:
     scope: str          # innermost module scope in forward; "" at the top level or in bwd
     flops: float        # from torch.utils.flop_counter; 0 for ops it does not count
     io_bytes: int       # bytes of tensor inputs plus outputs (memory traffic bound)
-    cpu_workspace_bytes: int = 0  # im2col buffer if a CPU would run the native conv path
+    cpu_workspace_bytes: int = 0  # a CPU conv's own buffers while it runs (opcost)
     conv: str = ""      # conv ops: "Cin,Cout,k,stride,D,H,W" of the input (for calibration)
 
 
