@@ -54,6 +54,7 @@ class _Storage:
     in_window: bool   # its copy-out and copy-in fit between save and first use
     uid: int = -1     # trace uid
     stall_s: float = 0.0  # how much longer its round trip takes than its window
+    out_s: float = 0.0    # its copy-out's time on the link
 
 
 def _storages(trace: StepTrace, dev: DeviceProfile, keep: SimResult) -> list[_Storage]:
@@ -69,7 +70,8 @@ def _storages(trace: StepTrace, dev: DeviceProfile, keep: SimResult) -> list[_St
         first, packed, n = min(uses), recs[0].packed_at, recs[0].nbytes
         window = starts[first] - ends[max(packed, 0)]
         trip = n / out_rate + n / in_rate
-        out.append(_Storage(i, n, packed, first, window >= trip, uid, max(0.0, trip - window)))
+        out.append(_Storage(i, n, packed, first, window >= trip, uid, max(0.0, trip - window),
+                            n / out_rate))
     return out
 
 
@@ -185,14 +187,21 @@ def mixed_set(trace: StepTrace, dev: DeviceProfile, usable: int,
         at = max(range(len(mem)), key=mem.__getitem__)
         freed, excess = 0, r.peak_bytes - usable
         swap, mods = set(m.swap), list(m.modules)
+        # the link copies one storage at a time: a swap frees nothing at the peak when
+        # the copy-outs queued before it take longer than forward has run by then
+        t_at = r.timeline["op_start_s"][at]
+        busy = sum(s.out_s for s in storages if s.uid in swap and s.packed_at < at)
         for _score, gain, a in _actions(storages, options, m, at, trace):
             if isinstance(a, Rerun):
                 if any(_nested(a.name, x) for x in mods):
                     continue
                 mods.append(a.name)
                 swap -= a.uids | set(trace.module_inputs.get(a.name, []))
+            elif busy + a.out_s > t_at:
+                continue
             else:
                 swap.add(a.uid)
+                busy += a.out_s
             freed += gain
             if freed >= excess:
                 break
