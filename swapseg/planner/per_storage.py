@@ -150,11 +150,13 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-def _actions(storages: list[_Storage], options: list[Rerun], m: Mixed,
-             at: int, trace: StepTrace) -> list[tuple[float, int, Rerun | _Storage]]:
+def _actions(storages: list[_Storage], options: list[Rerun], m: Mixed, at: int,
+             trace: StepTrace, excess: int) -> list[tuple[float, int, Rerun | _Storage]]:
     """(bytes freed at op ``at`` per predicted second, bytes, action) for every storage
     still kept and every module not yet rerun: a swap costs the stall it is predicted
-    to add (none inside its transfer window), a rerun its forward ops' time."""
+    to add (none inside its transfer window), a rerun its forward ops' time. Bytes past
+    ``excess`` count for nothing, so a module much larger than needed (whose rerun
+    rebuilds all it saved at once) loses to the smaller ones that suffice."""
     chosen = [o for o in options if o.name in m.modules]
     hidden = {u for o in chosen for u in o.uids}
     inputs = {u for o in chosen for u in trace.module_inputs.get(o.name, [])}
@@ -162,53 +164,68 @@ def _actions(storages: list[_Storage], options: list[Rerun], m: Mixed,
     out: list[tuple[float, int, Rerun | _Storage]] = []
     for s in live.values():
         if s.uid not in m.swap and s.uid not in hidden and s.uid not in inputs:
-            out.append((s.nbytes / (s.stall_s + 1e-12), s.nbytes, s))
+            out.append((min(s.nbytes, excess) / (s.stall_s + 1e-12), s.nbytes, s))
     for o in options:
         if any(_nested(o.name, c.name) for c in chosen):
             continue
         gain = sum(live[u].nbytes for u in o.uids if u in live and u not in m.swap)
         if gain:
-            out.append((gain / (o.seconds + 1e-12), gain, o))
+            out.append((min(gain, excess) / (o.seconds + 1e-12), gain, o))
     out.sort(key=lambda a: (a[0], a[1]), reverse=True)
     return out
+
+
+def _round(trace: StepTrace, storages: list[_Storage], options: list[Rerun], m: Mixed,
+           r: SimResult, usable: int) -> Mixed:
+    """``m`` with the actions that free the excess at ``r``'s peak op, best first."""
+    mem = r.timeline["memory_bytes"]
+    at = max(range(len(mem)), key=mem.__getitem__)
+    freed, excess = 0, r.peak_bytes - usable
+    swap, mods = set(m.swap), list(m.modules)
+    # the link copies one storage at a time: a swap frees nothing at the peak when the
+    # copy-outs queued before it take longer than forward has run by then
+    t_at = r.timeline["op_start_s"][at]
+    busy = sum(s.out_s for s in storages if s.uid in swap and s.packed_at < at)
+    for _score, gain, a in _actions(storages, options, m, at, trace, excess):
+        if isinstance(a, Rerun):
+            if any(_nested(a.name, x) for x in mods):
+                continue
+            mods.append(a.name)
+            swap -= a.uids | set(trace.module_inputs.get(a.name, []))
+        elif busy + a.out_s > t_at:
+            continue
+        else:
+            swap.add(a.uid)
+            busy += a.out_s
+        freed += gain
+        if freed >= excess:
+            break
+    return Mixed(frozenset(swap), tuple(mods))
 
 
 def mixed_set(trace: StepTrace, dev: DeviceProfile, usable: int,
               keep: SimResult) -> Mixed:
     """The greedy pass choosing, at each peak, between swapping a storage and rerunning
-    a module by bytes freed per predicted second, until the plan fits ``usable``."""
+    a module by bytes freed per predicted second, until the plan fits ``usable``.
+
+    A rerun rebuilds all its module saved at once in backward, so a large module can
+    raise the peak it lowered in forward: a round whose new reruns do not lower the
+    peak is undone and those modules are not offered again (their parts still are)."""
     storages = _storages(trace, dev, keep)
     options = reruns(trace, dev)
     m, r = Mixed(frozenset(), ()), keep
-    for _ in range(MAX_ROUNDS):
+    for _ in range(2 * MAX_ROUNDS):
         if r.peak_bytes <= usable:
             break
-        mem = r.timeline["memory_bytes"]
-        at = max(range(len(mem)), key=mem.__getitem__)
-        freed, excess = 0, r.peak_bytes - usable
-        swap, mods = set(m.swap), list(m.modules)
-        # the link copies one storage at a time: a swap frees nothing at the peak when
-        # the copy-outs queued before it take longer than forward has run by then
-        t_at = r.timeline["op_start_s"][at]
-        busy = sum(s.out_s for s in storages if s.uid in swap and s.packed_at < at)
-        for _score, gain, a in _actions(storages, options, m, at, trace):
-            if isinstance(a, Rerun):
-                if any(_nested(a.name, x) for x in mods):
-                    continue
-                mods.append(a.name)
-                swap -= a.uids | set(trace.module_inputs.get(a.name, []))
-            elif busy + a.out_s > t_at:
-                continue
-            else:
-                swap.add(a.uid)
-                busy += a.out_s
-            freed += gain
-            if freed >= excess:
-                break
-        if freed == 0:
+        nxt = _round(trace, storages, options, m, r, usable)
+        if nxt == m:
             break
-        m = Mixed(frozenset(swap), tuple(mods))
-        r = m.run(trace, dev)
+        res = nxt.run(trace, dev)
+        added = set(nxt.modules) - set(m.modules)
+        if added and res.peak_bytes >= r.peak_bytes:
+            options = [o for o in options if o.name not in added]
+            continue
+        m, r = nxt, res
     return m
 
 
