@@ -67,8 +67,8 @@ def _op_seconds(trace: StepTrace, dev: DeviceProfile, ops: Iterable[int]) -> flo
 def _rerun(trace: StepTrace, dev: DeviceProfile, name: str) -> Rerun | None:
     """``name`` as a Rerun, or None when it does not qualify or frees nothing."""
     first, last = trace.module_ops[name]
-    if last < first:
-        return None
+    if last < first or any(c in name for c in "*?["):
+        return None  # a name that reads as a glob would checkpoint other modules too
     inputs = set(trace.module_inputs.get(name, []))
     uniq = trace.unique_saved()
     if len(trace.module_inputs.get(name, [])) > 1 or \

@@ -13,6 +13,12 @@ Both sets are offered at several prefetch depths and, on the disk tier, several
 in-flight bounds; the search simulates each and keeps the fastest that fits. Plans
 name storages by forward index (``SwapPolicy.storages``), so the engine carries them
 out exactly.
+
+A second pass (``mixed_set``) may also rerun modules (``swapseg.planner.per_module``):
+at each peak it weighs every storage still kept (cost: the stall its round trip adds
+beyond its window) against every module not yet rerun (cost: its forward ops' time) by
+bytes freed per predicted second, so cheap reruns replace swaps the link cannot carry
+in time. Its plan, pruned the same way, is offered beside the swap sets.
 """
 
 from __future__ import annotations
@@ -235,9 +241,9 @@ def prune_mixed(trace: StepTrace, dev: DeviceProfile, usable: int, m: Mixed) -> 
     best = m.run(trace, dev)
     if best.peak_bytes > usable:
         return m
-    order = trace.unique_saved()
+    pos = {u: i for i, u in enumerate(trace.unique_saved())}
     trials = [("r", x) for x in reversed(m.modules)] + \
-        [("s", u) for u in sorted(m.swap, key=list(order).index, reverse=True)][:MAX_PRUNE]
+        [("s", u) for u in sorted(m.swap, key=pos.__getitem__, reverse=True)][:MAX_PRUNE]
     for kind, x in trials:
         trial = Mixed(m.swap, tuple(y for y in m.modules if y != x)) if kind == "r" \
             else Mixed(m.swap - {x}, m.modules)
