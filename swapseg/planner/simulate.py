@@ -74,16 +74,16 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
     regions: dict[str, int] = {}
     region_ops: dict[str, list[int]] = {}
     region_inputs: dict[str, list[int]] = {}
-    # saved inside a checkpointed region: either recomputed, or kept by the selective-
-    # checkpoint cache (speed mode), which the swap engine's hooks never see
+    # saved inside a checkpointed region: recomputed or kept by the selective-checkpoint
+    # cache (speed mode); the engine's hooks see only the region's inputs (at its entry)
     in_region: set[int] = set()
     if recompute is not None:
         for r in _regions(trace, recompute):
             first, last = trace.module_ops[r]
             ops = list(range(first, last + 1))
-            mine = [uid for uid, recs in uniq.items()
-                    if recs[0].scope == r or recs[0].scope.startswith(r + ".")]
-            in_region.update(mine)
+            mine = [uid for uid, recs in uniq.items()  # one saved outside too stays
+                    if all(x.scope == r or x.scope.startswith(r + ".") for x in recs)]
+            in_region.update(u for u in mine if u not in trace.module_inputs.get(r, []))
             if recompute.mode == "speed":  # conv and matmul outputs stay saved
                 mine = [u for u in mine if trace.storages[u].producer not in SPEED_KEEP_OPS]
                 ops = [i for i in ops if trace.ops[i].name not in SPEED_KEEP_OPS]

@@ -32,7 +32,8 @@ def test_chosen_is_no_slower_than_the_best_named_candidate(trace, frac):
     res = search(trace, DEV, int(frac * keep / 0.9))
     per = [c for c in res.candidates if c.name.startswith("per-storage-")]
     named = [c for c in res.candidates if c not in per and c.fits]
-    assert per and all(c.swap.storages and c.plan.recompute is None for c in per)
+    # swap sets, or (test_per_module) swap sets beside per-module reruns
+    assert per and all(c.swap and c.swap.storages or c.plan.recompute for c in per)
     assert any(c.fits for c in per)
     base = res.candidates[0].result.step_s
     best = min(named, key=lambda c: rank(c.result, base))
@@ -56,8 +57,8 @@ def test_the_disk_tier_tunes_the_inflight_bound(trace):
                               disk_read_bytes_per_s=1e9)
     keep = simulate(trace, cpu)
     plans = storage_plans(trace, cpu, int(0.6 * keep.peak_bytes), keep)
-    assert {p.swap.max_inflight_bytes for p in plans} == {-1, 2**30, 2 * 2**30}
-    sets = sorted({p.swap.storages for p in plans}, key=len)
+    assert {p.swap.max_inflight_bytes for p in plans if p.swap} == {-1, 2**30, 2 * 2**30}
+    sets = sorted({p.swap.storages for p in plans if p.recompute is None}, key=len)
     assert len(sets) in (1, 2) and set(sets[0]) <= set(sets[-1])  # pruned within greedy
     res = search(trace, cpu, int(0.6 * keep.peak_bytes / 0.9))
     assert all(c.swap is None or c.swap.tier == "disk" for c in res.candidates)
