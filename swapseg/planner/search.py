@@ -1,9 +1,10 @@
 """Search swap / recompute / hybrid plans; pick the fastest predicted one under a budget.
 
 Candidates come from the traced step and the model's own module tree, so they work for
-any model and assume no module name: keep all; swap all at several prefetch distances;
-the first N saved tensors in forward order; module groups (each top-level child, and
-depth-first halves of the tree) swapped alone or kept while the rest is swapped;
+any model and assume no module name: keep all; swap all at several prefetch distances
+(and, where the tier bounds the bytes in flight, at larger bounds); the first N saved
+tensors in forward order; module groups (each top-level child, and depth-first halves
+of the tree) swapped alone or kept while the rest is swapped;
 recomputation (full and speed) of each group and of everything; hybrids that recompute
 one group and swap the rest; and, when keeping everything does not fit, per-storage
 plans (``swapseg.planner.per_storage``). Domain code adds its own candidates through
@@ -180,6 +181,10 @@ def candidates(trace: StepTrace) -> list[MemoryPlan]:
     c = [plan("keep-all")]
     for pf in (1, 2, 4, 8, 20):
         c.append(plan(f"swap-all-pf{pf}", SwapPolicy(prefetch=pf)))
+    for pf in (4, 8):  # a slow tier's writes may run further ahead of forward (only the
+        for bound in (2**30, 2 * 2**30):  # disk tier bounds them; elsewhere these dedupe)
+            c.append(plan(f"swap-all-pf{pf}-inflight{bound >> 20}MiB",
+                          SwapPolicy(prefetch=pf, max_inflight_bytes=bound)))
     for frac in (0.25, 0.5, 0.75):
         n = max(1, round(frac * n_uniq))
         c.append(plan(f"first-{n}-pf8", SwapPolicy(n_tensors=n, prefetch=8)))

@@ -173,3 +173,15 @@ def test_calibrate_tier_fits_non_negative_costs_from_real_steps(tmp_path):
     assert all(r["copies"] > 0 and r["bytes"] > 0 and r["wall_s"] > 0 for r in rows)
     assert fitted.disk_copy_overhead_s >= 0 and fitted.disk_copy_s_per_byte >= 0
     assert "disk-tier step" in fitted.sources["disk_copies"]
+
+
+def test_search_tries_larger_in_flight_bounds_where_the_default_makes_forward_wait(
+        monkeypatch):
+    eng = importlib.import_module("swapseg.offload.engine")
+    monkeypatch.setattr(eng, "DISK_INFLIGHT_BYTES", 50)  # A (100 B) waits past it: 12 s
+    res = search(toy_trace(), CPU, budget_bytes=140, margin=0.0)
+    rows = {c.name: c.result for c in res.candidates}
+    wide = rows["swap-all-pf4-inflight1024MiB"]  # forward runs on while A is written
+    assert wide.step_s == pytest.approx(10.0) and rows["swap-all-pf1"].step_s == 12.0
+    assert wide.peak_bytes == 171  # A stays until its write ends: no memory saved
+    assert res.chosen.name == "swap-all-pf1"  # the budget (140) needs the wait
