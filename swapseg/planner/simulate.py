@@ -11,7 +11,9 @@ copy-out ends and no forward code still holds it; in backward, the first unpack 
 entry at position p of the unpack order (every storage the engine's hooks see, kept or
 swapped) starts the swap-in of positions p+1..p+prefetch, the first window starts when
 backward starts, and a swap-in cannot start before the copy-out of the
-same storage ended. Recomputed scopes rerun their forward ops just before the first
+same storage ended. A swap-in's buffer is resident from the moment the engine asks for
+it (the transport allocates it then), though the lane may still be busy with earlier
+copies. Recomputed scopes rerun their forward ops just before the first
 backward op that needs one of their saved tensors.
 
 The first step is simulated apart: with no unpack order learned yet, the engine
@@ -38,6 +40,7 @@ from swapseg.offload.policy import (
     concrete_tier,
     scope_matches,
 )
+from swapseg.planner.diskcost import cached_storages, copy_extra, cpu_rates
 from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
@@ -163,35 +166,9 @@ def swap_mode(swap: SwapPolicy | None, dev: DeviceProfile) -> str:
     return "link"
 
 
-def _cached(trace: StepTrace, swapped: list[int], out_at: dict[int, int],
-            cache_bytes: int) -> set[int]:
-    """Swapped storages the page cache still holds in backward: the last written ones."""
-    kept: set[int] = set()
-    total = 0
-    for u in sorted(swapped, key=lambda u: out_at[u], reverse=True):
-        total += trace.storages[u].nbytes
-        if total > cache_bytes:
-            break
-        kept.add(u)
-    return kept
-
-
 def _op_s(dev: DeviceProfile, op: Any) -> float:
     return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "",
                           layer_key(op.phase, op.conv))
-
-
-def _cpu_rates(dev: DeviceProfile, disk: bool) -> tuple[float, float]:
-    """(out, in) bytes per second of the cores' time a copy takes: a memory copy, or for
-    the disk tier its probed CPU rates where measured."""
-    out_rate = dev.disk_write_cpu_bytes_per_s if disk else 0.0
-    in_rate = dev.disk_read_cpu_bytes_per_s if disk else 0.0
-    return out_rate or dev.d2h_bytes_per_s, in_rate or dev.h2d_bytes_per_s
-
-
-def _copy_extra(dev: DeviceProfile, nbytes: int, disk: bool) -> float:
-    """The cores' time a disk-tier copy takes beyond its probed CPU rate (0 otherwise)."""
-    return dev.disk_copy_overhead_s + nbytes * dev.disk_copy_s_per_byte if disk else 0.0
 
 
 def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
@@ -223,9 +200,9 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     for r, i in dec.regions.items():
         rerun_at.setdefault(i, []).append(r)
     disk = mode == "disk"
-    cached = _cached(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
+    cached = cached_storages(trace, swapped, out_at, dev.disk_cache_bytes) if disk else set()
     written = 0
-    out_rate, in_rate = _cpu_rates(dev, disk)
+    out_rate, in_rate = cpu_rates(dev, disk)
     # the engine makes forward wait while more copy-out bytes than ``inflight_max`` are
     # in flight (modelled for the disk tier, the only one with a bound by default)
     bound = inflight_max if disk and inflight_max is not None else float("inf")
@@ -234,6 +211,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     t = d2h_free = h2d_free = stall = rec_s = 0.0
     copy_out: dict[int, tuple[float, float]] = {}
     copy_in: dict[int, tuple[float, float]] = {}
+    asked: dict[int, float] = {}  # the engine allocates a copy-in's buffer when it asks
     starts, ends, stalls = [], [], []
     reruns: list[tuple[float, float]] = []
 
@@ -245,10 +223,10 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         n = trace.storages[u].nbytes
         cpu = n / in_rate  # the cores' part; a disk read adds the device's time
         d = n / dev.disk_read_bytes_per_s if disk and u not in cached else cpu
-        copy_in[u] = (s, s + d)
+        copy_in[u], asked[u] = (s, s + d), max(now, copy_out[u][1])
         h2d_free = copy_in[u][1]
         if dev.copies_share_compute:
-            t += cpu + _copy_extra(dev, n, disk)
+            t += cpu + copy_extra(dev, n, disk)
 
     def start_outs(i: int) -> None:
         nonlocal d2h_free, t, written, inflight_bytes, stall
@@ -262,7 +240,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             copy_out[u] = (s, s + d)
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
-                t += cpu + _copy_extra(dev, n, disk)
+                t += cpu + copy_extra(dev, n, disk)
             if disk:
                 inflight.append((s + d, n))
                 inflight_bytes += n
@@ -298,7 +276,8 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         ends.append(t)
         start_outs(i)  # packed during op i (or just before op i+1): copy once it is done
     return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
-            "stalls": stalls, "reruns": reruns, "stall_s": stall, "recompute_s": rec_s, "step_s": t}
+            "asked": asked, "stalls": stalls, "reruns": reruns, "stall_s": stall,
+            "recompute_s": rec_s, "step_s": t}
 
 
 def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
@@ -345,7 +324,7 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
             add(saved, packed, release, s.nbytes)
         elif fate == SWAP:
             out_end = last_op_by(lanes["copy_out"][s.uid][1])
-            in_start = op_from(lanes["copy_in"][s.uid][0])
+            in_start = op_from(lanes["asked"][s.uid])
             add(total, s.produced_at, max(fwd_end, out_end), s.nbytes)
             add(saved, packed, out_end, s.nbytes)
             add(total, max(in_start, max(fwd_end, out_end) + 1), release, s.nbytes)

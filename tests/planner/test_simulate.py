@@ -185,3 +185,22 @@ def test_storages_policy_swaps_exactly_those():
     assert r.swapped_tensors == 2 and r.swapped_bytes == 1500
     dec = decide(tr, SwapPolicy(storages=(1,)), None)
     assert dec.fate == {0: "keep", 1: "swap", 2: "keep"}
+
+
+def test_a_queued_copy_in_holds_its_buffer_from_the_request():
+    """A (10 B, used at op4), B (1000 B, op6), C (10 B, op7); copy-outs instant, copy-ins
+    at 100 B/s, prefetch 2. Backward asks for A and B at t=4 (A 4..4.1, B 4.1..14.1);
+    A's unpack at op4 asks for C at 4.1, whose copy waits behind B until 14.1, during
+    op6. The transport allocates C's buffer when asked, so op5 holds B and C: 1010 B."""
+    ops = [OpRecord(i, "fwd" if i < 4 else "bwd", "aten.x", "m" if i < 4 else "", 1.0, 0)
+           for i in range(8)]
+    sizes, uses = (10, 1000, 10), (4, 6, 7)
+    st = {u: StorageRecord(u, n, "act", u, u + 1, "aten.x", "m") for u, n in enumerate(sizes)}
+    saved = [SavedRecord(u, u, n, "m", u, uses=[uses[u]], released_at=uses[u])
+             for u, n in enumerate(sizes)]
+    trace = StepTrace("queued", (1,), ops, st, saved, param_bytes=0, grad_bytes=0,
+                      optimizer_bytes=0, n_fwd_ops=4, module_inputs={}, module_ops={})
+    link = dataclasses.replace(DEV, d2h_bytes_per_s=1e9)
+    r = simulate(trace, link, SwapPolicy(prefetch=2))
+    assert r.timeline["copy_in_s"][2] == pytest.approx([14.1, 14.2])  # C, behind B
+    assert r.timeline["memory_bytes"][5] == 1010
