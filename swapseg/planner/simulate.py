@@ -117,7 +117,10 @@ def decide(trace: StepTrace, swap: SwapPolicy | None,
                 continue
             if swap.n_tensors != -1 and n >= swap.n_tensors:
                 break
-            fate[uid] = SWAP
+            # swapped; but a later pack in an excluded scope makes a kept entry of its
+            # own in the engine, which holds the storage on the device until backward
+            fate[uid] = KEEP if swap.exclude and any(
+                scope_matches(r.scope, swap.exclude) for r in recs[1:]) else SWAP
             n += 1
     return Decision(fate, regions, region_ops, region_inputs)
 

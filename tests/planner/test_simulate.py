@@ -204,3 +204,15 @@ def test_a_queued_copy_in_holds_its_buffer_from_the_request():
     r = simulate(trace, link, SwapPolicy(prefetch=2))
     assert r.timeline["copy_in_s"][2] == pytest.approx([14.1, 14.2])  # C, behind B
     assert r.timeline["memory_bytes"][5] == 1010
+
+
+def test_a_storage_saved_again_in_an_excluded_scope_stays_on_the_device():
+    """A (100 B) is saved by op1 in ``enc`` and again by op2 in ``dec``. Excluding
+    ``dec`` swaps A's first pack, but the engine keeps a device entry for the second
+    (``SwapEngine.pack``), so A stays resident: keep-all's peak. Excluding nothing swaps
+    it and frees it (131 B, as in ``test_swap_by_hand``)."""
+    tr = toy_trace()
+    tr.saved.append(SavedRecord(1, 0, 100, "dec", 2, uses=[4], released_at=4))
+    kept = simulate(tr, DEV, SwapPolicy(exclude=("dec",)))
+    assert kept.swapped_tensors == 0 and kept.peak_bytes == 150 + 21
+    assert simulate(tr, DEV, SwapPolicy(exclude=("other",))).peak_bytes == 110 + 21
