@@ -18,13 +18,17 @@ def op_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
 
 
 def cpu_conv_workspace(name: str, args: tuple) -> int:
-    """Bytes a CPU conv allocates while it runs, beyond its inputs and outputs.
+    """Bytes a CPU conv (or batch norm's backward) allocates while it runs, beyond its
+    inputs and outputs.
 
     ATen's ``ConvParams::use_mkldnn`` takes oneDNN for a float CPU conv when batch > 1,
     or kernels > 3, or B*C*D*H > 20480 (``_onednn_bytes``); otherwise the native path
     (``slow_conv3d``, ``slow_conv_transpose3d``) unfolds into a column buffer, in forward
     and again in backward.
     """
+    if name == "aten.native_batch_norm_backward":  # a second input-sized buffer beside
+        return int(args[1].numel() * args[1].element_size())  # grad_input (any norm
+        # that runs on batch norm: instance norm too)
     if name == "aten.convolution":
         x, w, stride, dilation, transposed = args[0], args[1], args[3], args[5], args[6]
         out_vox = _out_voxels(x, w, stride, args[4], dilation, transposed, args[7])
