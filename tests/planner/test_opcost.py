@@ -1,4 +1,4 @@
-"""The CPU convolution's working bytes (``opcost.cpu_conv_workspace``), worked out by hand
+"""A CPU op's own working bytes (``opcost.cpu_conv_workspace``), worked out by hand
 for each path ATen takes; the figures match torch 2.13's profiler allocations."""
 
 import torch
@@ -46,3 +46,10 @@ def test_native_path_unfolds_columns_and_transposed_onednn_doubles_the_output():
                                                                             20 * MIB)
     # transposed 64 -> 32 at 16^3 (native): columns of 32 * 8 * 16^3 floats
     assert _args((1, 64, 16, 16, 16), 32, 2, stride=2, transposed=True) == (4 * MIB, 4 * MIB)
+
+
+def test_batch_norm_backward_holds_a_second_input_sized_buffer():
+    x = torch.empty((1, 16, 64, 64, 64), device="meta")  # 16 MiB
+    args = (x, x, None, None, None, None, None, True, 1e-5, [True, True, True])
+    assert cpu_conv_workspace("aten.native_batch_norm_backward", args) == 16 * MIB
+    assert cpu_conv_workspace("aten.native_batch_norm", (x,)) == 0
