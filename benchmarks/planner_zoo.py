@@ -203,7 +203,8 @@ def zoo_rows(name: str, budgets: tuple[float, ...], prof: DeviceProfile, rss: bo
             named_row = None
         rows.append({"net": name, "shape": list(shape), "budget": budget, "fraction": f,
                      "named": named_row,
-                     "plan": ev.plan.name, "predicted": ev.predicted.peak_bytes,
+                     "plan": ev.plan.name, "memory_plan": ev.plan.to_dict(),
+                     "predicted": ev.predicted.peak_bytes,
                      "predicted_first_step": ev.predicted.first_step_peak_bytes,
                      "predicted_ratio": ev.predicted.step_s / ev.keep_all.step_s,
                      "measured": peaks,

@@ -6,7 +6,14 @@ from __future__ import annotations
 from swapseg.planner.profiles import DeviceProfile
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["cached_storages", "cpu_rates", "copy_extra"]
+__all__ = ["cached_storages", "cpu_rates", "copy_extra", "DISK_COPY_SLACK"]
+
+#: A write past the page cache's share takes a time that varies from run to run
+#: (writeback, the other jobs on the cores), and whether a storage has left the device by
+#: a peak op can turn on it: such a storage counts as resident until this many times its
+#: predicted write time has passed (or forward waited for it), so a plan that fits does
+#: not depend on the disk being fast that day.
+DISK_COPY_SLACK = 2.0
 
 
 def cached_storages(trace: StepTrace, swapped: list[int], out_at: dict[int, int],

@@ -40,7 +40,7 @@ from swapseg.offload.policy import (
     concrete_tier,
     scope_matches,
 )
-from swapseg.planner.diskcost import cached_storages, copy_extra, cpu_rates
+from swapseg.planner.diskcost import DISK_COPY_SLACK, cached_storages, copy_extra, cpu_rates
 from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.trace import StepTrace
 
@@ -209,12 +209,13 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
     # the engine makes forward wait while more copy-out bytes than ``inflight_max`` are
     # in flight (modelled for the disk tier, the only one with a bound by default)
     bound = inflight_max if disk and inflight_max is not None else float("inf")
-    inflight: collections.deque[tuple[float, int]] = collections.deque()
+    inflight: collections.deque[tuple[float, int, int]] = collections.deque()
     inflight_bytes = 0
     t = d2h_free = h2d_free = stall = rec_s = 0.0
     copy_out: dict[int, tuple[float, float]] = {}
     copy_in: dict[int, tuple[float, float]] = {}
     asked: dict[int, float] = {}  # the engine allocates a copy-in's buffer when it asks
+    left: dict[int, float] = {}   # when a copied-out storage surely left the device
     starts, ends, stalls = [], [], []
     reruns: list[tuple[float, float]] = []
 
@@ -238,19 +239,21 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             n = trace.storages[u].nbytes
             cpu = n / out_rate
             written += n  # past the page cache's share, a write runs at the disk's pace
-            d = n / dev.disk_write_bytes_per_s if disk and written > dev.disk_cache_bytes \
-                else cpu
+            to_disk = disk and written > dev.disk_cache_bytes
+            d = n / dev.disk_write_bytes_per_s if to_disk else cpu
             copy_out[u] = (s, s + d)
+            left[u] = s + d * (DISK_COPY_SLACK if to_disk else 1.0)
             d2h_free = copy_out[u][1]
             if dev.copies_share_compute:
                 t += cpu + copy_extra(dev, n, disk)
             if disk:
-                inflight.append((s + d, n))
+                inflight.append((s + d, n, u))
                 inflight_bytes += n
         while inflight and (inflight[0][0] <= t or inflight_bytes > bound):
-            end, n = inflight.popleft()
+            end, n, v = inflight.popleft()
             inflight_bytes -= n
-            if end > t:
+            if end > t:  # forward waits for this write: then it surely ended
+                left[v] = min(left[v], end)
                 stalls.append((t, end))
                 stall += end - t
                 t = end
@@ -279,7 +282,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
         ends.append(t)
         start_outs(i)  # packed during op i (or just before op i+1): copy once it is done
     return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
-            "asked": asked, "stalls": stalls, "reruns": reruns, "stall_s": stall,
+            "asked": asked, "left": left, "stalls": stalls, "reruns": reruns, "stall_s": stall,
             "recompute_s": rec_s, "step_s": t}
 
 
@@ -326,7 +329,7 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
             add(total, s.produced_at, max(fwd_end, release), s.nbytes)
             add(saved, packed, release, s.nbytes)
         elif fate == SWAP:
-            out_end = last_op_by(lanes["copy_out"][s.uid][1])
+            out_end = last_op_by(lanes["left"][s.uid])
             in_start = op_from(lanes["asked"][s.uid])
             add(total, s.produced_at, max(fwd_end, out_end), s.nbytes)
             add(saved, packed, out_end, s.nbytes)

@@ -185,3 +185,14 @@ def test_search_tries_larger_in_flight_bounds_where_the_default_makes_forward_wa
     assert wide.step_s == pytest.approx(10.0) and rows["swap-all-pf1"].step_s == 12.0
     assert wide.peak_bytes == 171  # A stays until its write ends: no memory saved
     assert res.chosen.name == "swap-all-pf1"  # the budget (140) needs the wait
+
+
+def test_a_storage_counts_as_resident_until_twice_its_disk_write_time(monkeypatch):
+    """A (100 B) is written 2..3 at 100 B/s past a page cache of none. Its write may run
+    slower on the day: it counts as resident until 2 + 2 * 1 = 4, through op3, where C
+    (50 B) is made: 150 + 21. Trusting the predicted time it would leave after op2."""
+    disk = dataclasses.replace(CPU, disk_write_bytes_per_s=100.0)
+    assert simulate(toy_trace(), disk, SwapPolicy(tier="disk")).peak_bytes == 150 + 21
+    sim = importlib.import_module("swapseg.planner.simulate")
+    monkeypatch.setattr(sim, "DISK_COPY_SLACK", 1.0)
+    assert simulate(toy_trace(), disk, SwapPolicy(tier="disk")).peak_bytes == 110 + 21
