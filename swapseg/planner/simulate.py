@@ -42,6 +42,7 @@ from swapseg.offload.policy import (
 )
 from swapseg.planner.diskcost import DISK_COPY_SLACK, cached_storages, copy_extra, cpu_rates
 from swapseg.planner.profiles import DeviceProfile, layer_key
+from swapseg.planner.rerun import rerun_transients
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode", "device_type"]
@@ -340,6 +341,9 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
                           if recs[0].scope == r or recs[0].scope.startswith(r + "."))
             add(total, s.produced_at, fwd_end, s.nbytes)
             add(total, max(dec.regions[region], fwd_end + 1), release, s.nbytes)
+    for r, at in dec.regions.items():  # a rerun makes its region's transients again
+        add(total, min(at, n - 1), min(at, n - 1),
+            rerun_transients(trace, dec.region_ops[r], set(uniq), workspace))
     return np.cumsum(total)[:n], np.cumsum(saved)[:n]
 
 

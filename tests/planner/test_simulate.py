@@ -216,3 +216,20 @@ def test_a_storage_saved_again_in_an_excluded_scope_stays_on_the_device():
     kept = simulate(tr, DEV, SwapPolicy(exclude=("dec",)))
     assert kept.swapped_tensors == 0 and kept.peak_bytes == 150 + 21
     assert simulate(tr, DEV, SwapPolicy(exclude=("other",))).peak_bytes == 110 + 21
+
+
+def test_a_rerun_holds_its_regions_unsaved_outputs_again():
+    """Module m (ops 0-3) saves A (100 B, op0, used at op4) and makes T (40 B) at op1,
+    freed at op2, saved by no one. Recomputing m reruns ops 0-3 before op4: op4 holds A
+    again and, while the rerun runs, T too: 100 + 40 (no weights here)."""
+    ops = [OpRecord(i, "fwd" if i < 4 else "bwd", "aten.x", "m" if i < 4 else "", 1.0, 0)
+           for i in range(6)]
+    st = {0: StorageRecord(0, 100, "act", 0, 1, "aten.x", "m"),
+          1: StorageRecord(1, 40, "act", 1, 2, "aten.x", "m")}
+    saved = [SavedRecord(0, 0, 100, "m", 0, uses=[4], released_at=4)]
+    tr = StepTrace("rerun", (1,), ops, st, saved, param_bytes=0, grad_bytes=0,
+                   optimizer_bytes=0, n_fwd_ops=4, module_inputs={"m": []},
+                   module_ops={"m": (0, 3)})
+    r = simulate(tr, DEV, None, RecomputePolicy(("m",)))
+    assert r.recomputed_tensors == 1
+    assert r.timeline["memory_bytes"][4] == 100 + 40
