@@ -2,12 +2,12 @@
 
 For each network of the zoo (MONAI and nnU-Net's dynamic_network_architectures, one 2-D
 net), at a CPU shape where activations dominate: the trace's keep-all peak, then
-``choose_plan`` at budgets of 0.8, 0.6 and 0.4 of it on one ``local`` profile (probes of
-this machine, measured once; the plan's peak does not depend on the clock, its choice
-does). Each plan, and keep-all, runs three Adam steps under one ``OffloadEngine`` (built
-once, entered per step, as a training run does); each
-step's peak is the profiler's allocation peak of forward + backward (gradients set to
-None first) plus weights and Adam state, the planner's definition. With ``--rss`` each
+``plan_memory`` at budgets of 0.8, 0.6 and 0.4 of it on one ``local`` profile (probes of
+this machine, measured once). Each plan, and keep-all, runs three Adam steps under one
+``OffloadEngine`` (built once, entered per step, as a training run does; the output held
+through backward, as nnU-Net's loop does and the planner's trace assumes); each step's
+peak is the profiler's allocation peak of forward + backward (gradients set to None
+first) plus weights and Adam state, the planner's definition. With ``--rss`` each
 plan also runs in a fresh process: its peak RSS over the steps less its RSS once the
 model is built (the imports, MONAI's included, are not the step's).
 Writes a JSON and a markdown table.
@@ -124,8 +124,9 @@ def measured_steps(model: nn.Module, shape: tuple[int, ...], plan: MemoryPlan | 
             opt.zero_grad(set_to_none=True)
 
             def step() -> None:
-                with engine.step():
-                    default_loss(model(x)).backward()
+                with engine.step():  # the output held through backward, as nnU-Net's
+                    out = model(x)   # loop does and the planner's trace assumes
+                    default_loss(out).backward()
 
             if i < steps:
                 peaks.append(persistent + profiled_peak_bytes(step))
@@ -159,7 +160,8 @@ def _child(name: str, plan_path: str, out: str) -> None:
         for _ in range(3):
             opt.zero_grad(set_to_none=True)
             with engine.step():
-                default_loss(model(x)).backward()
+                out = model(x)
+                default_loss(out).backward()
             opt.step()
     Path(out).write_text(json.dumps({"step_rss_bytes": _status("VmHWM") - before}))
 
