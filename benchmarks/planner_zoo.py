@@ -160,8 +160,8 @@ def _child(name: str, plan_path: str, out: str) -> None:
         for _ in range(3):
             opt.zero_grad(set_to_none=True)
             with engine.step():
-                out = model(x)
-                default_loss(out).backward()
+                y = model(x)  # held through backward, as in measured_steps
+                default_loss(y).backward()
             opt.step()
     Path(out).write_text(json.dumps({"step_rss_bytes": _status("VmHWM") - before}))
 
