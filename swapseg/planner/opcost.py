@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.flop_counter import flop_registry
 
-__all__ = ["op_flops", "cpu_conv_workspace", "conv_key"]
+__all__ = ["op_flops", "cpu_workspace", "conv_key"]
 
 
 def op_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
@@ -17,7 +17,7 @@ def op_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> float:
     return float(fn(*args, **kwargs, out_val=out))
 
 
-def cpu_conv_workspace(name: str, args: tuple) -> int:
+def cpu_workspace(name: str, args: tuple) -> int:
     """Bytes a CPU conv (or batch norm's backward) allocates while it runs, beyond its
     inputs and outputs.
 
@@ -26,9 +26,9 @@ def cpu_conv_workspace(name: str, args: tuple) -> int:
     (``slow_conv3d``, ``slow_conv_transpose3d``) unfolds into a column buffer, in forward
     and again in backward.
     """
-    if name == "aten.native_batch_norm_backward":  # a second input-sized buffer beside
-        return int(args[1].numel() * args[1].element_size())  # grad_input (any norm
-        # that runs on batch norm: instance norm too)
+    if name == "aten.native_batch_norm_backward":
+        # a second input-sized buffer beside grad_input (instance norm runs on it too)
+        return int(args[1].numel() * args[1].element_size())
     if name == "aten.convolution":
         x, w, stride, dilation, transposed = args[0], args[1], args[3], args[5], args[6]
         out_vox = _out_voxels(x, w, stride, args[4], dilation, transposed, args[7])

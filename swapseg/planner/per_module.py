@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from swapseg.offload.policy import RecomputePolicy, SwapPolicy
-from swapseg.planner.profiles import DeviceProfile, layer_key
-from swapseg.planner.simulate import decide
+from swapseg.planner.profiles import DeviceProfile
+from swapseg.planner.simulate import decide, op_seconds
 from swapseg.planner.trace import StepTrace
 
 __all__ = ["Rerun", "reruns", "seen_storages", "swap_indices", "recompute_policy",
@@ -51,17 +51,6 @@ class Rerun:
 
 def _inside(scope: str, name: str) -> bool:
     return scope == name or scope.startswith(name + ".")
-
-
-def _op_seconds(trace: StepTrace, dev: DeviceProfile, ops: Iterable[int]) -> float:
-    # the simulator's own cost of an op (simulate._op_s), so the greedy pass weighs a
-    # rerun as the simulation of its plan will
-    total = 0.0
-    for i in ops:
-        op = trace.ops[i]
-        total += dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "",
-                                layer_key(op.phase, op.conv))
-    return total
 
 
 def _rerun(trace: StepTrace, dev: DeviceProfile, name: str) -> Rerun | None:
@@ -90,7 +79,9 @@ def _rerun(trace: StepTrace, dev: DeviceProfile, name: str) -> Rerun | None:
         return None
     nbytes = sum(trace.storages[u].nbytes for u in freed)
     return Rerun(name, frozenset(freed), nbytes,
-                 _op_seconds(trace, dev, range(first, last + 1)))
+                 # the simulator's own op cost: the greedy pass weighs a rerun as the
+                 # simulation of its plan will
+                 sum(op_seconds(dev, trace.ops[i]) for i in range(first, last + 1)))
 
 
 def reruns(trace: StepTrace, dev: DeviceProfile) -> list[Rerun]:

@@ -45,7 +45,8 @@ from swapseg.planner.profiles import DeviceProfile, layer_key
 from swapseg.planner.rerun import rerun_transients
 from swapseg.planner.trace import StepTrace
 
-__all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode", "device_type"]
+__all__ = ["Decision", "SimResult", "decide", "simulate", "swap_mode", "device_type",
+           "op_seconds"]
 
 KEEP, SWAP, RECOMPUTE = "keep", "swap", "recompute"
 
@@ -170,7 +171,8 @@ def swap_mode(swap: SwapPolicy | None, dev: DeviceProfile) -> str:
     return "link"
 
 
-def _op_s(dev: DeviceProfile, op: Any) -> float:
+def op_seconds(dev: DeviceProfile, op: Any) -> float:
+    """One traced op's predicted time on ``dev`` (conv ops by their calibrated layer)."""
     return dev.op_seconds(op.flops, op.io_bytes, op.phase if op.conv else "",
                           layer_key(op.phase, op.conv))
 
@@ -266,7 +268,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
             for u in order[:prefetch]:
                 swap_in(u, t)
         for r in rerun_at.get(i, []):
-            d = sum(_op_s(dev, trace.ops[j]) for j in dec.region_ops[r])
+            d = sum(op_seconds(dev, trace.ops[j]) for j in dec.region_ops[r])
             reruns.append((t, t + d))
             rec_s += d
             t += d
@@ -279,7 +281,7 @@ def _run_lanes(trace: StepTrace, dev: DeviceProfile, dec: Decision,
                 stall += copy_in[u][1] - t
                 t = copy_in[u][1]
         starts.append(t)
-        t += _op_s(dev, op)
+        t += op_seconds(dev, op)
         ends.append(t)
         start_outs(i)  # packed during op i (or just before op i+1): copy once it is done
     return {"starts": starts, "ends": ends, "copy_out": copy_out, "copy_in": copy_in,
@@ -341,9 +343,10 @@ def _memory(trace: StepTrace, dec: Decision, lanes: dict[str, Any],
                           if recs[0].scope == r or recs[0].scope.startswith(r + "."))
             add(total, s.produced_at, fwd_end, s.nbytes)
             add(total, max(dec.regions[region], fwd_end + 1), release, s.nbytes)
+    saved_uids = set(uniq)
     for r, at in dec.regions.items():  # a rerun makes its region's transients again
         add(total, min(at, n - 1), min(at, n - 1),
-            rerun_transients(trace, dec.region_ops[r], set(uniq), workspace))
+            rerun_transients(trace, dec.region_ops[r], saved_uids, workspace))
     return np.cumsum(total)[:n], np.cumsum(saved)[:n]
 
 

@@ -39,7 +39,7 @@ from swapseg.planner.loss import (
     real_tensors,
     surrogate_loss,
 )
-from swapseg.planner.opcost import conv_key, cpu_conv_workspace, op_flops
+from swapseg.planner.opcost import conv_key, cpu_workspace, op_flops
 
 __all__ = ["OpRecord", "SavedRecord", "StorageRecord", "StepTrace", "trace_step", "LossFn"]
 
@@ -209,7 +209,7 @@ class _Recorder(TorchDispatchMode):
         self.ops.append(OpRecord(len(self.ops), self.phase, name,
                                  self.scope[-1] if self.phase == "fwd" else "",
                                  op_flops(func, args, kwargs, out), io,
-                                 cpu_conv_workspace(name, args), conv_key(name, args)))
+                                 cpu_workspace(name, args), conv_key(name, args)))
         for t in _tensors(out):
             self.register(t, "act", name)
         return out

@@ -1,9 +1,9 @@
-"""A CPU op's own working bytes (``opcost.cpu_conv_workspace``), worked out by hand
+"""A CPU op's own working bytes (``opcost.cpu_workspace``), worked out by hand
 for each path ATen takes; the figures match torch 2.13's profiler allocations."""
 
 import torch
 
-from swapseg.planner.opcost import cpu_conv_workspace
+from swapseg.planner.opcost import cpu_workspace
 
 MIB = 2**20
 
@@ -19,8 +19,8 @@ def _args(x_shape, c_out, k, stride=1, dilation=1, transposed=False, nd=3, grad_
         (torch.nn.functional.conv3d if nd == 3 else torch.nn.functional.conv2d)(
             x, w, stride=st, padding=pad, dilation=dil)
     bwd = (y, x, w, None, st, pad, dil, transposed, outpad, 1, [grad_in, True, False])
-    return cpu_conv_workspace("aten.convolution", fwd), \
-        cpu_conv_workspace("aten.convolution_backward", bwd)
+    return cpu_workspace("aten.convolution", fwd), \
+        cpu_workspace("aten.convolution_backward", bwd)
 
 
 def test_onednn_conv_holds_a_blocked_copy_of_input_or_output_and_both_in_backward():
@@ -51,5 +51,5 @@ def test_native_path_unfolds_columns_and_transposed_onednn_doubles_the_output():
 def test_batch_norm_backward_holds_a_second_input_sized_buffer():
     x = torch.empty((1, 16, 64, 64, 64), device="meta")  # 16 MiB
     args = (x, x, None, None, None, None, None, True, 1e-5, [True, True, True])
-    assert cpu_conv_workspace("aten.native_batch_norm_backward", args) == 16 * MIB
-    assert cpu_conv_workspace("aten.native_batch_norm", (x,)) == 0
+    assert cpu_workspace("aten.native_batch_norm_backward", args) == 16 * MIB
+    assert cpu_workspace("aten.native_batch_norm", (x,)) == 0
