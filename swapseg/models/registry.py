@@ -49,14 +49,12 @@ def parse_kwargs(text: str | None, what: str = "model") -> dict[str, Any]:
     return json_object(text, f"{what} kwargs {text!r}") if text else {}
 
 
-def resolve(spec: str, what: str = "model",
-            names: dict[str, Callable[..., Any]] | None = None) -> Callable[..., Any]:
+def resolve(spec: str, what: str = "model") -> Callable[..., Any]:
     """The factory a spec names (a registered name or ``module.path:callable``).
 
-    ``what`` names the thing in errors (``model``, ``loss``); ``names`` are its
-    registered names (default: ``MODELS`` for a model, none otherwise)."""
-    if names is None:
-        names = MODELS if what == "model" else {}
+    ``what`` names the thing in errors (``model``, ``loss``); only models have
+    registered names (``MODELS``)."""
+    names: dict[str, Callable[..., Any]] = MODELS if what == "model" else {}
     if spec in names:
         return names[spec]
     if ":" not in spec:
